@@ -1,0 +1,1 @@
+//! Image references: `[domain/]path[:tag][@digest]`, normalized as docker does.

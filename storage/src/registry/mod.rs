@@ -1,0 +1,1 @@
+//! An OCI distribution (v2) registry client.
