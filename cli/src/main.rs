@@ -1,1 +1,64 @@
-fn main() {}
+//! `storectl`: the command-line front end of the storectl image store.
+//!
+//! Rendering only: every verb is a thin layer over `storectl-storage` /
+//! `storectl-remote`, in its own file under `commands/`. Errors print as one
+//! line on stderr (`storectl: error: …`) with exit code 1.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod commands;
+mod progress;
+mod util;
+
+/// A layered container image store with read-only sharing across hosts.
+#[derive(Debug, Parser)]
+#[command(name = "storectl", version, about, propagate_version = true)]
+struct Cli {
+    /// Store root (default: /var/lib/storectl as root, $XDG_DATA_HOME/storectl otherwise).
+    #[arg(long, global = true, env = "STORECTL_ROOT")]
+    root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: commands::Command,
+}
+
+/// The default store root for this user.
+fn default_root() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/storectl");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data.join("storectl")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STORECTL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let root = cli.root.clone().unwrap_or_else(default_root);
+    match cli.command.run(&root) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("storectl: error: {e:#}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+

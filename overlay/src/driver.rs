@@ -40,12 +40,13 @@ impl Driver {
         &self.root
     }
 
-    /// Start building a layer whose parent chain is `parents` (nearest parent
-    /// first). `read_only` layers go under `RO/` (shared placement) and get no
-    /// `work/`; others get `diff/ work/ merged/`. Writes `link` (a fresh short
-    /// name) and `lower` (parents' short names, nearest first) into the staging dir.
-    pub fn stage_layer(&self, parents: &[&str], read_only: bool) -> Result<StagedLayer> {
-        let _ = (parents, read_only);
+    /// Start building a layer. `read_only` layers go under `RO/` (shared
+    /// placement) and get no `work/`; others get `diff/ work/ merged/`. Writes
+    /// `link` (a fresh short name) into the staging dir. Parents are only named
+    /// at [`StagedLayer::commit`], so a chain's layers can be staged and
+    /// extracted in parallel before any of them is committed.
+    pub fn stage_layer(&self, read_only: bool) -> Result<StagedLayer> {
+        let _ = read_only;
         todo!()
     }
 
@@ -93,11 +94,13 @@ impl StagedLayer {
         self.path.join("diff")
     }
 
-    /// Sync the staged tree (syncfs of its filesystem), rename it to its final
-    /// name `id` (`RO/<id>` plus the `<id> -> RO/<id>` symlink when read-only),
-    /// and create `l/<short>`. Fails if `id` already exists.
-    pub fn commit(mut self, id: &str) -> Result<()> {
-        let _ = id;
+    /// Write `lower` (the short names of `parents`, nearest parent first,
+    /// `l/<short>:l/<short>…`; parents must be committed already), sync the
+    /// staged tree (syncfs of its filesystem), rename it to its final name `id`
+    /// (`RO/<id>` plus the `<id> -> RO/<id>` symlink when read-only), and create
+    /// `l/<short>`. Fails if `id` already exists.
+    pub fn commit(mut self, id: &str, parents: &[&str]) -> Result<()> {
+        let _ = (id, parents);
         self.committed = true;
         todo!()
     }

@@ -1,6 +1,67 @@
-//! # storectl-storage
+//! # storectl-storage — layer store, image store, and the `Store` facade
 //!
-//! (Being written: layer store, image store, the Store facade, import, progress.)
+//! This crate owns the metadata half of a store root, and drives the layer
+//! driver ([`storectl_overlay`]) for the contents:
+//!
+//! ```text
+//! <root>/
+//!   overlay/ …                         the layer driver's (see storectl-overlay)
+//!   overlay-layers/<id>/layer.json     one record per layer; <id> = OCI chain id
+//!   overlay-layers/<id>/<id>.tar-split.gz   tar headers to rebuild the layer tar
+//!   overlay-layers/<id> -> RO/<id>     a shared (read-only) layer's record
+//!   overlay-images/<id>/images.json    one record per image; <id> = sha256 of config
+//!   overlay-images/<id>/manifest       the manifest it was loaded from
+//!   overlay-images/<id>/config         the image config
+//!   mounts/<image id>/                 where `mount` puts an image
+//!   generation                         replaced after every publish or removal
+//!   storage.lock                       the single-writer lock (flock; "host H pid P")
+//! ```
+//!
+//! Field names in the records follow containers/storage (`compressed-diff-digest`,
+//! `diff-size`, `big-data-names`, …).
+//!
+//! ## Rules
+//!
+//! * **Layer id = chain id.** A layer two images share is stored once and
+//!   imported once; `rmi` removes only layers no remaining image needs.
+//! * **Atomic publish.** Everything appears by `rename`: a layer's overlay dir
+//!   (built in `.staging-*`, synced), then its record dir, then the image dir
+//!   (staged whole) — only after every layer of its chain. Removal is the
+//!   reverse: the image dir is renamed away first. Readers take no lock and
+//!   never see half a layer or image. `generation` is bumped after each step.
+//! * **One writer.** Mutations hold `storage.lock`; a second writer gets
+//!   [`Error::Locked`] naming the holder. Taking the lock sweeps the
+//!   dot-prefixed debris (`.staging-*`, `.trash-*`, `.tmp-*`) a crashed writer
+//!   left, and layers no image uses.
+//! * **Everything is checked.** Every blob's sha256 against its descriptor,
+//!   every layer's uncompressed sha256 against the config's `rootfs.diff_ids`;
+//!   a mismatch leaves nothing behind.
+//! * **Junk is skipped, not fatal.** Opening a store skips (with a `tracing`
+//!   warning) records that do not parse, layers whose chain is broken, and
+//!   images missing a layer. The library never prints.
+//!
+//! ## Using it
+//!
+//! ```no_run
+//! use storectl_storage::{LoadOptions, NoopReporter, Store, StoreOptions};
+//! let store = Store::open(StoreOptions::new("/var/lib/storectl"))?;
+//! let image = store.load("busybox-oci:latest", &LoadOptions::default(), &NoopReporter)?;
+//! let path = store.mount_image(&image)?;
+//! # Ok::<(), storectl_storage::Error>(())
+//! ```
 
+pub mod digest;
+mod error;
+pub mod fsutil;
+pub mod import;
+pub mod lock;
+pub mod meta;
+pub mod progress;
 pub mod reference;
 pub mod registry;
+mod store;
+
+pub use error::{Error, Result};
+pub use meta::{Image, Layer};
+pub use progress::{EventKind, NoopReporter, ProgressEvent, Reporter};
+pub use store::{list_ids, LayerCheck, LoadOptions, Removed, State, Store, StoreOptions};

@@ -1,0 +1,96 @@
+//! `storectl ls`: list images.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::util::{human_size, open_store, out, short_time};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also list each image's layers.
+    #[arg(long)]
+    layers: bool,
+}
+
+/// `docker.io/library/busybox:latest` → (`docker.io/library/busybox`, `latest`).
+fn split_name(name: &str) -> (&str, &str) {
+    let name = name.split('@').next().unwrap_or(name);
+    match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (name, "<none>"),
+    }
+}
+
+pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
+    let store = open_store(root)?;
+    let mut images = store.images();
+    images.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+    if args.json {
+        let mut list = Vec::new();
+        for image in &images {
+            let layers = store.image_layers(image)?;
+            let mut v = json!({
+                "id": image.id,
+                "names": image.names,
+                "digest": image.digest,
+                "created": image.created,
+                "size": store.image_size(image),
+                "layers": layers.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+            });
+            if args.layers {
+                v["layer_details"] = serde_json::to_value(&layers)?;
+            }
+            list.push(v);
+        }
+        out(serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    out(format!(
+        "{:<40} {:<16} {:<12} {:<19} {:>9}",
+        "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"
+    ));
+    for image in &images {
+        let names: Vec<(&str, &str)> = if image.names.is_empty() {
+            vec![("<none>", "<none>")]
+        } else {
+            image.names.iter().map(|n| split_name(n)).collect()
+        };
+        for (repo, tag) in names {
+            out(format!(
+                "{:<40} {:<16} {:<12} {:<19} {:>9}",
+                repo,
+                tag,
+                &image.id[..12],
+                short_time(image.created.as_deref()),
+                human_size(store.image_size(image))
+            ));
+        }
+        if args.layers {
+            for layer in store.image_layers(image)? {
+                out(format!(
+                    "  layer {}  {:>9}  {}",
+                    &layer.id[..12],
+                    human_size(layer.diff_size.unwrap_or(0)),
+                    layer.compressed_diff_digest.as_deref().unwrap_or("-")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_name;
+
+    #[test]
+    fn names_split_at_the_tag() {
+        assert_eq!(split_name("docker.io/library/a:1"), ("docker.io/library/a", "1"));
+        assert_eq!(split_name("localhost:5000/a"), ("localhost:5000/a", "<none>"));
+        assert_eq!(split_name("localhost:5000/a:v2"), ("localhost:5000/a", "v2"));
+    }
+}

@@ -1,0 +1,48 @@
+//! One file per verb.
+
+use std::path::Path;
+
+use clap::Subcommand;
+
+mod inspect;
+mod load;
+mod ls;
+mod mount;
+mod rmi;
+mod tag;
+mod verify;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List images.
+    Ls(ls::Args),
+    /// Show an image's metadata, layers and config as JSON.
+    Inspect(inspect::Args),
+    /// Load an image from an OCI layout directory or a docker-archive tarball.
+    Load(load::Args),
+    /// Mount an image read-only and print the mount path.
+    Mount(mount::Args),
+    /// Unmount an image mounted with `storectl mount`.
+    Umount(mount::UmountArgs),
+    /// Give an image another name.
+    Tag(tag::Args),
+    /// Remove an image and the layers no other image needs.
+    Rmi(rmi::Args),
+    /// Re-hash layers from their files and tar-split metadata.
+    Verify(verify::Args),
+}
+
+impl Command {
+    pub fn run(self, root: &Path) -> anyhow::Result<()> {
+        match self {
+            Command::Ls(a) => ls::run(root, a),
+            Command::Inspect(a) => inspect::run(root, a),
+            Command::Load(a) => load::run(root, a),
+            Command::Mount(a) => mount::run(root, a),
+            Command::Umount(a) => mount::run_umount(root, a),
+            Command::Tag(a) => tag::run(root, a),
+            Command::Rmi(a) => rmi::run(root, a),
+            Command::Verify(a) => verify::run(root, a),
+        }
+    }
+}

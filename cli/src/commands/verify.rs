@@ -1,0 +1,47 @@
+//! `storectl verify`: rebuild each layer's tar from its files and tar-split
+//! metadata, and check it hashes to the layer's diffID.
+
+use std::path::Path;
+
+use crate::util::{open_store, out};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this image's layers (default: every layer in the store).
+    image: Option<String>,
+}
+
+pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
+    let store = open_store(root)?;
+    let layers = match &args.image {
+        Some(name) => store.image_layers(&store.resolve_image(name)?)?,
+        None => store.layers(),
+    };
+    let mut bad = Vec::new();
+    for layer in &layers {
+        let check = store.verify_layer(&layer.id)?;
+        match &check.found {
+            _ if check.ok() => out(format!("ok        {}", layer.id)),
+            Ok(found) => {
+                out(format!(
+                    "MISMATCH  {}  expected {} found {found}",
+                    layer.id, check.expected
+                ));
+                bad.push(layer.id.clone());
+            }
+            Err(why) => {
+                out(format!("FAILED    {}  {why}", layer.id));
+                bad.push(layer.id.clone());
+            }
+        }
+    }
+    if !bad.is_empty() {
+        anyhow::bail!(
+            "{} of {} layers failed verification: {}",
+            bad.len(),
+            layers.len(),
+            bad.join(", ")
+        );
+    }
+    Ok(())
+}

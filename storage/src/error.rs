@@ -1,0 +1,80 @@
+use std::path::PathBuf;
+
+/// Errors of the layer and image stores. Every I/O error names its path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("image not known: {name}")]
+    ImageUnknown { name: String },
+    #[error("{name:?} is ambiguous: it matches {count} images")]
+    AmbiguousImage { name: String, count: usize },
+    #[error("layer not known: {id}")]
+    LayerUnknown { id: String },
+    #[error("digest mismatch for {what}: expected {expected}, found {found}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        found: String,
+    },
+    /// A malformed image archive or layout (bad JSON, missing blob, …).
+    #[error("{path}: not a valid image archive: {reason}")]
+    InvalidArchive { path: PathBuf, reason: String },
+    /// The store root cannot be written (permissions, read-only mount, …).
+    #[error("store root {path} is not writable: {reason}")]
+    ReadOnlyStore { path: PathBuf, reason: String },
+    /// Another writer holds the store's lock.
+    #[error("store {path} is locked by another writer ({holder})")]
+    Locked { path: PathBuf, holder: String },
+    #[error("invalid image name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("image {id} is mounted at {path}; unmount it first")]
+    ImageMounted { id: String, path: PathBuf },
+    #[error("layer {layer}: {source}")]
+    Layer {
+        layer: String,
+        #[source]
+        source: storectl_overlay::Error,
+    },
+    #[error(transparent)]
+    Overlay(#[from] storectl_overlay::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn archive(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::InvalidArchive {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `result.map_err(|e| Error::io(path, e))` in short.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

@@ -1,0 +1,164 @@
+//! Small filesystem helpers: atomic file replacement, directory sync, time stamps.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{IoContext, Result};
+
+/// A name unique to this process and call, for `.staging-*` / `.tmp-*` / `.trash-*`.
+pub fn unique_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}
+
+/// Write `data` to `dir/name` atomically: `.tmp-*` file, fsync, rename, fsync dir.
+pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!(".tmp-{}", unique_suffix()));
+    let result = (|| {
+        let mut f = File::create(&tmp).at(&tmp)?;
+        f.write_all(data).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+        let dest = dir.join(name);
+        fs::rename(&tmp, &dest).at(&dest)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Write a new file `path` and fsync it (for files inside a staging dir).
+pub fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
+    let mut f = File::create(path).at(path)?;
+    f.write_all(data).at(path)?;
+    f.sync_all().at(path)
+}
+
+/// fsync a directory so a rename inside it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Rename `path` to a dot-prefixed `.trash-*` sibling and delete it. The rename
+/// makes the removal atomic for readers; the delete may be finished by a later
+/// writer's debris sweep if we crash.
+pub fn remove_dir_atomic(path: &Path) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let trash: PathBuf = parent.join(format!(".trash-{}", unique_suffix()));
+    fs::rename(path, &trash).at(path)?;
+    sync_dir(parent)?;
+    fs::remove_dir_all(&trash).at(&trash)
+}
+
+/// Is `name` debris left by an interrupted writer?
+pub fn is_debris(name: &str) -> bool {
+    name.starts_with(".staging-") || name.starts_with(".trash-") || name.starts_with(".tmp-")
+}
+
+/// Remove debris entries directly inside `dir`. Returns how many were removed.
+pub fn remove_debris_in(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(crate::Error::io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name();
+        if !is_debris(&name.to_string_lossy()) {
+            continue;
+        }
+        let path = entry.path();
+        let ft = entry.file_type().at(&path)?;
+        if ft.is_dir() {
+            fs::remove_dir_all(&path).at(&path)?;
+        } else {
+            fs::remove_file(&path).at(&path)?;
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// The current time as RFC 3339 UTC with nanoseconds, e.g. `2026-11-22T07:40:01.123456789Z`.
+pub fn now_rfc3339() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs() as i64, d.subsec_nanos())
+}
+
+/// Format seconds since the epoch (UTC) as RFC 3339 (pure).
+pub fn rfc3339(secs: i64, nanos: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let frac = if nanos == 0 {
+        String::new()
+    } else {
+        format!(".{nanos:09}")
+    };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
+        assert_eq!(rfc3339(1_795_340_401, 0), "2026-11-22T09:40:01Z");
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomic(dir.path(), "f", b"one").unwrap();
+        write_atomic(dir.path(), "f", b"two").unwrap();
+        assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn debris_names() {
+        assert!(is_debris(".staging-1-2"));
+        assert!(is_debris(".trash-x"));
+        assert!(!is_debris(".nfs000123"));
+        assert!(!is_debris("abc"));
+    }
+}

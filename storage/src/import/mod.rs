@@ -1,0 +1,130 @@
+//! Reading images out of OCI image layouts and docker-archive tarballs.
+//!
+//! Both formats are reduced to a [`SourceImage`]: the manifest and config
+//! bytes (digests verified), the layer blobs in order (base first) with their
+//! declared digest and compression, and the names the source gives the image.
+//! Blobs are located, not read: each [`BlobLocation`] is a byte range of a file
+//! on disk, so layers can be opened and streamed independently in parallel.
+//!
+//! ```text
+//! PATH (dir)  ── oci-layout/index.json ──┐
+//! PATH (tar)  ── indexed tar members ────┼─ manifest.json  → docker-archive
+//!                                        └─ index.json     → OCI layout (oci-archive)
+//! ```
+
+mod blobs;
+mod docker;
+mod oci;
+pub mod spec;
+
+use std::path::{Path, PathBuf};
+
+pub use blobs::BlobLocation;
+use blobs::Blobs;
+use storectl_overlay::Compression;
+
+use crate::error::{Error, Result};
+
+/// One layer blob of a source image.
+#[derive(Debug, Clone)]
+pub struct SourceLayer {
+    /// The blob's digest as the source declares it (`None` when the format
+    /// does not say, as in older docker-archives).
+    pub digest: Option<String>,
+    /// Declared media type → compression; `None` = sniff.
+    pub compression: Option<Compression>,
+    pub blob: BlobLocation,
+}
+
+/// An image found in a source, ready to import.
+#[derive(Debug, Clone)]
+pub struct SourceImage {
+    /// The manifest as distributed; `None` for docker-archives, whose
+    /// manifest the store writes after import (it needs the layer sizes).
+    pub manifest: Option<Vec<u8>>,
+    pub manifest_digest: Option<String>,
+    pub config: Vec<u8>,
+    /// `sha256:<hex>` of `config`; the hex is the image id.
+    pub config_digest: String,
+    pub layers: Vec<SourceLayer>,
+    /// Names the source gives the image (normalized references).
+    pub names: Vec<String>,
+}
+
+/// Open `spec` — `PATH` or `PATH:TAG` — and pick one image from it.
+///
+/// A directory is an OCI image layout; a file is a tarball holding either a
+/// docker-archive (`manifest.json`) or an OCI layout (`index.json`). `TAG`
+/// (or, for a source with several images, `want_name`) selects the image.
+pub fn open_source(spec: &str, want_name: Option<&str>) -> Result<SourceImage> {
+    let (path, tag) = split_source_spec(spec);
+    let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+    let blobs = if meta.is_dir() {
+        Blobs::dir(&path)
+    } else {
+        Blobs::tar(&path)?
+    };
+    if blobs.exists("manifest.json") {
+        docker::open(&blobs, tag.as_deref().or(want_name))
+    } else if blobs.exists("index.json") {
+        oci::open(&blobs, tag.as_deref())
+    } else {
+        Err(Error::archive(
+            &path,
+            "neither an OCI image layout (index.json) nor a docker-archive (manifest.json)",
+        ))
+    }
+}
+
+/// `PATH:TAG` → (PATH, Some(TAG)) when `PATH:TAG` does not exist but PATH
+/// does (the first `:` that gives an existing path; TAG may hold `:` itself,
+/// as in `archive.tar:busybox:latest`).
+fn split_source_spec(spec: &str) -> (PathBuf, Option<String>) {
+    if Path::new(spec).exists() {
+        return (PathBuf::from(spec), None);
+    }
+    for (i, _) in spec.match_indices(':') {
+        let (p, tag) = (&spec[..i], &spec[i + 1..]);
+        if !p.is_empty() && !tag.is_empty() && Path::new(p).exists() {
+            return (PathBuf::from(p), Some(tag.to_string()));
+        }
+    }
+    (PathBuf::from(spec), None)
+}
+
+/// Normalize the names a source gives, dropping (with a warning) any that do not parse.
+fn normalize_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in names {
+        match crate::reference::normalize_name(n) {
+            Ok(n) if !out.contains(&n) => out.push(n),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("ignoring image name {n:?} from the archive: {e}"),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_spec_splits_only_when_the_path_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("layout");
+        std::fs::create_dir(&p).unwrap();
+        let s = p.to_str().unwrap();
+        assert_eq!(split_source_spec(s), (p.clone(), None));
+        assert_eq!(
+            split_source_spec(&format!("{s}:v1")),
+            (p.clone(), Some("v1".into()))
+        );
+        let missing = format!("{s}-nope:v1");
+        assert_eq!(split_source_spec(&missing), (PathBuf::from(&missing), None));
+        assert_eq!(
+            split_source_spec(&format!("{s}:busybox:1.36")),
+            (p.clone(), Some("busybox:1.36".into()))
+        );
+    }
+}

@@ -1,0 +1,958 @@
+//! The [`Store`] facade: one store root, its layers and images, in memory and
+//! on disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use parking_lot::RwLock;
+use rayon::prelude::*;
+use sha2::{Digest as _, Sha256};
+use storectl_overlay::{apply_tar, ApplyOptions, Driver, StagedLayer};
+
+use crate::digest::{chain_ids, is_hex64, sha256_digest, HashingReader};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, sync_dir, unique_suffix, write_atomic, write_synced};
+use crate::import::{self, spec, SourceImage, SourceLayer};
+use crate::lock::WriterLock;
+use crate::meta::{self, Image, Layer, CONFIG, MANIFEST};
+use crate::progress::{EventKind, ProgressEvent, ProgressReader, Reporter, DEFAULT_INTERVAL};
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The store root (`/var/lib/storectl`, …).
+    pub root: PathBuf,
+    /// Place image layers under `RO/` (a writer whose layers go to a share).
+    pub shared_layers: bool,
+}
+
+impl StoreOptions {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StoreOptions {
+            root: root.into(),
+            shared_layers: false,
+        }
+    }
+}
+
+/// Options for [`Store::load`].
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// An extra name for the image (`NAME[:TAG]`), also used to pick an image
+    /// from a source that holds several.
+    pub name: Option<String>,
+    /// Refuse a layer once its uncompressed tar passes this many bytes.
+    pub max_layer_size: Option<u64>,
+    /// Layers imported at once.
+    pub jobs: usize,
+    /// Minimum time between two progress events of one blob.
+    pub progress_interval: Duration,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            name: None,
+            max_layer_size: None,
+            jobs: 3,
+            progress_interval: DEFAULT_INTERVAL,
+        }
+    }
+}
+
+/// The result of re-hashing one layer ([`Store::verify_layer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerCheck {
+    pub layer: String,
+    /// The recorded diffID.
+    pub expected: String,
+    /// The digest of the rebuilt tar, or why it could not be rebuilt.
+    pub found: std::result::Result<String, String>,
+}
+
+impl LayerCheck {
+    pub fn ok(&self) -> bool {
+        self.found.as_ref().is_ok_and(|f| *f == self.expected)
+    }
+}
+
+/// What [`Store::remove_image`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    pub image: String,
+    /// Layers no other image needed, top first.
+    pub layers: Vec<String>,
+}
+
+/// The in-memory view of a store: every valid layer and image.
+#[derive(Debug, Default, Clone)]
+pub struct State {
+    pub layers: BTreeMap<String, Layer>,
+    pub images: BTreeMap<String, Image>,
+}
+
+impl State {
+    /// Layer ids of the chain ending at `top`, top first; `None` when a layer
+    /// is missing or the parents loop.
+    pub fn chain(&self, top: &str) -> Option<Vec<&Layer>> {
+        let mut out = Vec::new();
+        let mut next = Some(top);
+        while let Some(id) = next {
+            let layer = self.layers.get(id)?;
+            if out.len() > self.layers.len() {
+                return None; // a cycle
+            }
+            out.push(layer);
+            next = layer.parent.as_deref();
+        }
+        Some(out)
+    }
+
+    /// Layers some image's chain uses.
+    pub fn referenced_layers(&self) -> BTreeSet<String> {
+        self.images
+            .values()
+            .filter_map(|i| self.chain(i.layer.as_deref()?))
+            .flatten()
+            .map(|l| l.id.clone())
+            .collect()
+    }
+}
+
+/// A layer store, an image store and the layer driver under one root.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    opts: StoreOptions,
+    driver: Driver,
+    state: RwLock<State>,
+}
+
+/// The parts of a root, by name.
+const OVERLAY: &str = "overlay";
+const LAYERS: &str = "overlay-layers";
+const IMAGES: &str = "overlay-images";
+const MOUNTS: &str = "mounts";
+const RO: &str = "RO";
+const LOCK: &str = "storage.lock";
+const GENERATION: &str = "generation";
+const LAYER_JSON: &str = "layer.json";
+const IMAGES_JSON: &str = "images.json";
+
+/// Names in `dir` that are layer/image ids (64 lowercase hex); everything else
+/// (dot files, `RO`, junk) is skipped. A missing dir is empty.
+pub fn list_ids(dir: &Path) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.at(dir)?;
+        if let Some(name) = entry.file_name().to_str() {
+            if is_hex64(name) {
+                ids.push(name.to_string());
+            }
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+fn create_dir(path: &Path) -> Result<()> {
+    match fs::create_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(match e.kind() {
+            std::io::ErrorKind::PermissionDenied
+            | std::io::ErrorKind::ReadOnlyFilesystem
+            | std::io::ErrorKind::AlreadyExists
+            | std::io::ErrorKind::NotADirectory => Error::ReadOnlyStore {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            },
+            _ => Error::io(path, e),
+        }),
+    }
+}
+
+/// A layer extracted into staging, verified, not yet published.
+struct Prepared {
+    staged: StagedLayer,
+    layer: Layer,
+    tar_split: Vec<u8>,
+}
+
+impl Store {
+    /// Open the store at `opts.root`, creating its directories when it can.
+    /// A root that cannot be written opens read-only (mutations then fail
+    /// with [`Error::ReadOnlyStore`]).
+    pub fn open(opts: StoreOptions) -> Result<Store> {
+        let root = opts.root.clone();
+        if root.exists() && !root.is_dir() {
+            return Err(Error::ReadOnlyStore {
+                path: root,
+                reason: "not a directory".into(),
+            });
+        }
+        let creatable = [OVERLAY, LAYERS, IMAGES]
+            .iter()
+            .all(|d| create_dir(&root.join(d)).is_ok());
+        let driver = Driver::open(&root.join(OVERLAY), creatable)?;
+        let store = Store {
+            root,
+            opts,
+            driver,
+            state: RwLock::new(State::default()),
+        };
+        let state = store.read_state()?;
+        *store.state.write() = state;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn driver(&self) -> &Driver {
+        &self.driver
+    }
+
+    fn layers_dir(&self) -> PathBuf {
+        self.root.join(LAYERS)
+    }
+
+    fn images_dir(&self) -> PathBuf {
+        self.root.join(IMAGES)
+    }
+
+    /// Where layer `id`'s record lives (through the `RO` symlink when shared).
+    fn layer_dir(&self, id: &str) -> PathBuf {
+        self.layers_dir().join(id)
+    }
+
+    fn image_dir(&self, id: &str) -> PathBuf {
+        self.images_dir().join(id)
+    }
+
+    /// Where `mount` puts image `id`.
+    pub fn mount_path(&self, id: &str) -> PathBuf {
+        self.root.join(MOUNTS).join(id)
+    }
+
+    /// A snapshot of the in-memory state.
+    pub fn state(&self) -> State {
+        self.state.read().clone()
+    }
+
+    /// Every valid image, by id.
+    pub fn images(&self) -> Vec<Image> {
+        self.state.read().images.values().cloned().collect()
+    }
+
+    /// Every valid layer, by id.
+    pub fn layers(&self) -> Vec<Layer> {
+        self.state.read().layers.values().cloned().collect()
+    }
+
+    pub fn layer(&self, id: &str) -> Result<Layer> {
+        self.state
+            .read()
+            .layers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::LayerUnknown { id: id.into() })
+    }
+
+    /// Read every valid layer and image record from disk. Invalid entries are
+    /// skipped with a warning; they never stop the store from opening.
+    fn read_state(&self) -> Result<State> {
+        let mut state = State::default();
+        for id in list_ids(&self.layers_dir())? {
+            let path = self.layer_dir(&id).join(LAYER_JSON);
+            let layer = match fs::read(&path) {
+                Ok(bytes) => meta::parse_layer(&bytes, &id),
+                Err(e) => Err(e.to_string()),
+            };
+            match layer {
+                Ok(l) if l.incomplete => tracing::debug!("layer {id} is incomplete"),
+                Ok(_) if !self.driver.exists(&id) => {
+                    tracing::warn!("skipping layer {id}: its overlay directory is missing")
+                }
+                Ok(l) => {
+                    state.layers.insert(id, l);
+                }
+                Err(e) => tracing::warn!("skipping layer {}: {e}", path.display()),
+            }
+        }
+        // A layer whose chain is broken is not usable.
+        let broken: Vec<String> = state
+            .layers
+            .keys()
+            .filter(|id| state.chain(id).is_none())
+            .cloned()
+            .collect();
+        for id in broken {
+            tracing::warn!("skipping layer {id}: its parent chain is incomplete");
+            state.layers.remove(&id);
+        }
+        for id in list_ids(&self.images_dir())? {
+            let path = self.image_dir(&id).join(IMAGES_JSON);
+            let image = match fs::read(&path) {
+                Ok(bytes) => meta::parse_image(&bytes, &id),
+                Err(e) => Err(e.to_string()),
+            };
+            match image {
+                Ok(i) if state.chain(i.layer.as_deref().unwrap_or("")).is_none() => {
+                    tracing::warn!("skipping image {id}: a layer of its chain is missing")
+                }
+                Ok(i) => {
+                    state.images.insert(id, i);
+                }
+                Err(e) => tracing::warn!("skipping image {}: {e}", path.display()),
+            }
+        }
+        Ok(state)
+    }
+
+    /// Re-read the store from disk (after another process changed it).
+    pub fn reload(&self) -> Result<()> {
+        let state = self.read_state()?;
+        *self.state.write() = state;
+        Ok(())
+    }
+
+    /// Take the writer lock, sweep debris of interrupted writers, and reload.
+    fn begin_write(&self) -> Result<WriterLock> {
+        let lock = WriterLock::acquire(&self.root.join(LOCK))?;
+        self.driver.remove_debris()?;
+        for dir in [
+            self.layers_dir(),
+            self.layers_dir().join(RO),
+            self.images_dir(),
+            self.root.clone(),
+        ] {
+            fsutil::remove_debris_in(&dir)?;
+        }
+        self.reload()?;
+        self.remove_orphans()?;
+        Ok(lock)
+    }
+
+    /// Remove what a crash between publish steps can leave: overlay dirs with
+    /// no layer record, records marked incomplete, and image layers that no
+    /// image uses any more (an interrupted import or `rmi`). Writer lock held.
+    fn remove_orphans(&self) -> Result<()> {
+        let state = self.state();
+        let referenced = state.referenced_layers();
+        let mut gone = Vec::new();
+        for id in list_ids(&self.layers_dir())? {
+            let incomplete = fs::read(self.layer_dir(&id).join(LAYER_JSON))
+                .ok()
+                .and_then(|b| meta::parse_layer(&b, &id).ok())
+                .is_some_and(|l| l.incomplete);
+            if incomplete || (state.layers.contains_key(&id) && !referenced.contains(&id)) {
+                gone.push(id);
+            }
+        }
+        // Children before parents.
+        gone.sort_by_key(|id| {
+            std::cmp::Reverse(state.chain(id).map(|c| c.len()).unwrap_or(0))
+        });
+        for id in &gone {
+            tracing::info!("removing unused layer {id}");
+            self.remove_layer_files(id)?;
+        }
+        for id in list_ids(self.driver.dir())? {
+            if !self.layer_dir(&id).exists() && !gone.contains(&id) {
+                tracing::info!("removing orphaned overlay directory {id}");
+                self.driver.remove_layer(&id)?;
+            }
+        }
+        if !gone.is_empty() {
+            self.reload()?;
+        }
+        Ok(())
+    }
+
+    /// Replace `generation` so readers notice a change.
+    fn bump_generation(&self) -> Result<()> {
+        let path = self.root.join(GENERATION);
+        let current: u64 = fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        write_atomic(
+            &self.root,
+            GENERATION,
+            format!("{} {}\n", current + 1, unique_suffix()).as_bytes(),
+        )
+    }
+
+    /// Find an image by full id, `sha256:` id, name (as given or normalized),
+    /// or unique id prefix.
+    pub fn resolve_image(&self, name: &str) -> Result<Image> {
+        let state = self.state.read();
+        let bare = name.strip_prefix("sha256:").unwrap_or(name);
+        if let Some(i) = state.images.get(bare) {
+            return Ok(i.clone());
+        }
+        let normalized = crate::reference::normalize_name(name).ok();
+        if let Some(i) = state.images.values().find(|i| {
+            i.names
+                .iter()
+                .any(|n| n == name || Some(n) == normalized.as_ref())
+        }) {
+            return Ok(i.clone());
+        }
+        let is_prefix = !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_hexdigit());
+        let matches: Vec<&Image> = if is_prefix {
+            state
+                .images
+                .range(bare.to_string()..)
+                .take_while(|(id, _)| id.starts_with(bare))
+                .map(|(_, i)| i)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Error::ImageUnknown { name: name.into() }),
+            many => Err(Error::AmbiguousImage {
+                name: name.into(),
+                count: many.len(),
+            }),
+        }
+    }
+
+    /// The image's layers, base first.
+    pub fn image_layers(&self, image: &Image) -> Result<Vec<Layer>> {
+        let state = self.state.read();
+        let top = image.layer.as_deref().unwrap_or("");
+        let mut chain: Vec<Layer> = state
+            .chain(top)
+            .ok_or_else(|| Error::LayerUnknown { id: top.into() })?
+            .into_iter()
+            .cloned()
+            .collect();
+        chain.reverse();
+        Ok(chain)
+    }
+
+    /// Bytes of the image's uncompressed layers.
+    pub fn image_size(&self, image: &Image) -> u64 {
+        self.image_layers(image)
+            .map(|ls| ls.iter().filter_map(|l| l.diff_size).sum())
+            .unwrap_or(0)
+    }
+
+    /// A stored document of the image (`manifest`, `config`).
+    pub fn image_big_data(&self, image: &Image, key: &str) -> Result<Vec<u8>> {
+        if !image.big_data_names.iter().any(|k| k == key) {
+            return Err(Error::io(
+                self.image_dir(&image.id).join(key),
+                std::io::ErrorKind::NotFound.into(),
+            ));
+        }
+        let path = self.image_dir(&image.id).join(key);
+        fs::read(&path).at(path)
+    }
+
+    /// Import the image at `source` (`PATH` or `PATH:TAG`; an OCI layout
+    /// directory, or a docker-archive / OCI-archive tarball). Layers already in
+    /// the store are not imported again; the others are extracted in parallel
+    /// and published base first, the image last.
+    pub fn load(&self, source: &str, opts: &LoadOptions, reporter: &dyn Reporter) -> Result<Image> {
+        let op = |event, name: &str| ProgressEvent {
+            event,
+            name: name.to_string(),
+            parents: vec![],
+            progress: 0,
+            total: 0,
+        };
+        reporter.report(&op(EventKind::Resolving, source));
+        let src = import::open_source(source, opts.name.as_deref())?;
+        let image = self.import(src, opts, reporter)?;
+        reporter.report(&op(EventKind::Done, &image.id));
+        Ok(image)
+    }
+
+    fn import(&self, src: SourceImage, opts: &LoadOptions, reporter: &dyn Reporter) -> Result<Image> {
+        let config = spec::parse_config(&src.config).map_err(|reason| Error::InvalidArchive {
+            path: PathBuf::from(&src.config_digest),
+            reason,
+        })?;
+        let diff_ids = &config.rootfs.diff_ids;
+        if diff_ids.len() != src.layers.len() {
+            return Err(Error::InvalidArchive {
+                path: PathBuf::from(&src.config_digest),
+                reason: format!(
+                    "the config lists {} layers, the manifest {}",
+                    diff_ids.len(),
+                    src.layers.len()
+                ),
+            });
+        }
+        let image_id = crate::digest::sha256_hex(&src.config_digest)
+            .ok_or_else(|| Error::InvalidArchive {
+                path: PathBuf::from(&src.config_digest),
+                reason: "config digest is not sha256".into(),
+            })?
+            .to_string();
+        let mut names = src.names.clone();
+        if let Some(n) = &opts.name {
+            let n = crate::reference::normalize_name(n).map_err(|e| Error::InvalidName {
+                name: n.clone(),
+                reason: e.to_string(),
+            })?;
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        let chain = chain_ids(diff_ids);
+        let parent_name = names.first().cloned().unwrap_or_else(|| image_id.clone());
+        let blob_event = |event, i: usize, progress: u64| {
+            let total = src.layers[i].blob.len;
+            ProgressEvent {
+                event,
+                name: src.layers[i].digest.clone().unwrap_or_else(|| diff_ids[i].clone()),
+                parents: vec![parent_name.clone()],
+                progress: if event == EventKind::Waiting { 0 } else { progress.min(total) },
+                total,
+            }
+        };
+
+        let _lock = self.begin_write()?;
+        let existing = self.state.read().images.get(&image_id).cloned();
+        if let Some(image) = existing {
+            for i in 0..chain.len() {
+                reporter.report(&blob_event(EventKind::AlreadyExists, i, src.layers[i].blob.len));
+            }
+            return self.add_names(&image.id, &names);
+        }
+        let todo: Vec<usize> = {
+            let state = self.state.read();
+            (0..chain.len())
+                .filter(|&i| {
+                    let have = state.layers.contains_key(&chain[i]);
+                    let ev = if have { EventKind::AlreadyExists } else { EventKind::Waiting };
+                    reporter.report(&blob_event(ev, i, src.layers[i].blob.len));
+                    !have
+                })
+                .collect()
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.jobs.clamp(1, 16))
+            .build()
+            .map_err(|e| Error::io(&self.root, std::io::Error::other(e)))?;
+        let results: Vec<Result<Prepared>> = pool.install(|| {
+            todo.par_iter()
+                .map(|&i| {
+                    let parent = i.checked_sub(1).map(|p| chain[p].clone());
+                    let prepared = self.prepare_layer(
+                        &src.layers[i],
+                        &diff_ids[i],
+                        &chain[i],
+                        parent,
+                        opts,
+                        reporter,
+                        blob_event(EventKind::Extracting, i, 0),
+                    );
+                    if prepared.is_ok() {
+                        reporter.report(&blob_event(EventKind::Complete, i, u64::MAX));
+                    }
+                    prepared
+                })
+                .collect()
+        });
+        let mut prepared = Vec::with_capacity(results.len());
+        for r in results {
+            prepared.push(r?); // the first error in layer order; the rest drop their staging
+        }
+        for p in prepared {
+            let parents: Vec<String> = match &p.layer.parent {
+                Some(parent) => self
+                    .state
+                    .read()
+                    .chain(parent)
+                    .map(|c| c.iter().map(|l| l.id.clone()).collect())
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let parents: Vec<&str> = parents.iter().map(String::as_str).collect();
+            self.publish_layer(p, &parents)?;
+        }
+
+        let manifest = match (&src.manifest, &src.manifest_digest) {
+            (Some(m), Some(d)) => (m.clone(), d.clone()),
+            _ => {
+                let m = self.docker_manifest(&src, &chain)?;
+                let d = sha256_digest(&m);
+                (m, d)
+            }
+        };
+        let image = Image {
+            id: image_id.clone(),
+            digest: Some(manifest.1.clone()),
+            names: Vec::new(),
+            layer: chain.last().cloned(),
+            created: config.created.clone().or_else(|| Some(fsutil::now_rfc3339())),
+            big_data_names: vec![MANIFEST.into(), CONFIG.into()],
+            big_data_sizes: [
+                (MANIFEST.to_string(), manifest.0.len() as u64),
+                (CONFIG.to_string(), src.config.len() as u64),
+            ]
+            .into(),
+            big_data_digests: [
+                (MANIFEST.to_string(), manifest.1.clone()),
+                (CONFIG.to_string(), src.config_digest.clone()),
+            ]
+            .into(),
+        };
+        self.publish_image(&image, &manifest.0, &src.config)?;
+        self.add_names(&image_id, &names)
+    }
+
+    /// A Docker schema 2 manifest for an image that came without one
+    /// (docker-archive): its layers as the uncompressed tars we hold.
+    fn docker_manifest(&self, src: &SourceImage, chain: &[String]) -> Result<Vec<u8>> {
+        let state = self.state.read();
+        let mut layers = Vec::new();
+        for id in chain {
+            let l = state.layers.get(id).ok_or_else(|| Error::LayerUnknown { id: id.clone() })?;
+            layers.push(spec::Descriptor {
+                media_type: spec::DOCKER_LAYER_TAR.into(),
+                digest: l.diff_digest.clone().unwrap_or_default(),
+                size: l.diff_size.unwrap_or(0),
+                annotations: None,
+                platform: None,
+            });
+        }
+        let manifest = spec::Manifest {
+            schema_version: 2,
+            media_type: Some(spec::DOCKER_MANIFEST.into()),
+            config: spec::Descriptor {
+                media_type: spec::DOCKER_CONFIG.into(),
+                digest: src.config_digest.clone(),
+                size: src.config.len() as u64,
+                annotations: None,
+                platform: None,
+            },
+            layers,
+            annotations: None,
+        };
+        Ok(serde_json::to_vec(&manifest).expect("a manifest serializes"))
+    }
+
+    /// Extract one layer blob into a staging dir and check its digests.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_layer(
+        &self,
+        src: &SourceLayer,
+        diff_id: &str,
+        id: &str,
+        parent: Option<String>,
+        opts: &LoadOptions,
+        reporter: &dyn Reporter,
+        event: ProgressEvent,
+    ) -> Result<Prepared> {
+        let layer_err = |source| Error::Layer {
+            layer: src.digest.clone().unwrap_or_else(|| diff_id.to_string()),
+            source,
+        };
+        let staged = self
+            .driver
+            .stage_layer(self.opts.shared_layers)
+            .map_err(layer_err)?;
+        let blob = src.blob.open()?;
+        let progress = ProgressReader::new(
+            std::io::BufReader::with_capacity(256 << 10, blob),
+            reporter,
+            event,
+            opts.progress_interval,
+        );
+        let mut compressed = HashingReader::new(progress);
+        let (compression, stream) =
+            storectl_overlay::compression::decompress(Box::new(&mut compressed), src.compression)
+                .map_err(layer_err)?;
+        let mut uncompressed = HashingReader::new(stream);
+        let mut tar_split = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        apply_tar(
+            &staged.diff_path(),
+            &mut uncompressed,
+            Some(&mut tar_split),
+            &ApplyOptions {
+                max_size: opts.max_layer_size,
+            },
+        )
+        .map_err(layer_err)?;
+        let (found_diff, diff_size) = uncompressed.finish().at(&src.blob.path)?;
+        let (found_blob, blob_size) = compressed.finish().at(&src.blob.path)?;
+        if found_diff != diff_id {
+            return Err(Error::DigestMismatch {
+                what: format!("uncompressed layer {}", src.digest.as_deref().unwrap_or(diff_id)),
+                expected: diff_id.to_string(),
+                found: found_diff,
+            });
+        }
+        if let Some(want) = &src.digest {
+            if *want != found_blob {
+                return Err(Error::DigestMismatch {
+                    what: format!("layer blob {want}"),
+                    expected: want.clone(),
+                    found: found_blob,
+                });
+            }
+        }
+        let tar_split = tar_split.finish().at(staged.diff_path())?;
+        let layer = Layer {
+            id: id.to_string(),
+            names: Vec::new(),
+            parent,
+            created: Some(fsutil::now_rfc3339()),
+            compressed_diff_digest: Some(found_blob),
+            compressed_size: Some(blob_size),
+            diff_digest: Some(found_diff),
+            diff_size: Some(diff_size),
+            compression: compression.code(),
+            incomplete: false,
+            disk_size: None,
+        };
+        Ok(Prepared {
+            staged,
+            layer,
+            tar_split,
+        })
+    }
+
+    /// Publish a prepared layer: overlay dir first, then its record (both by
+    /// rename), then the `RO` symlink.
+    fn publish_layer(&self, p: Prepared, parents: &[&str]) -> Result<()> {
+        let id = p.layer.id.clone();
+        p.staged.commit(&id, parents)?;
+        let mut layer = p.layer;
+        layer.disk_size = self.driver.diff_usage(&id).ok();
+        let json = serde_json::to_vec_pretty(&layer).expect("a layer record serializes");
+        let shared = self.opts.shared_layers;
+        let parent_dir = if shared {
+            self.layers_dir().join(RO)
+        } else {
+            self.layers_dir()
+        };
+        create_dir(&parent_dir)?;
+        let staging = parent_dir.join(format!(".staging-{}", unique_suffix()));
+        fs::create_dir(&staging).at(&staging)?;
+        write_synced(&staging.join(LAYER_JSON), &json)?;
+        write_synced(&staging.join(format!("{id}.tar-split.gz")), &p.tar_split)?;
+        sync_dir(&staging)?;
+        let dest = parent_dir.join(&id);
+        fs::rename(&staging, &dest).at(&dest)?;
+        sync_dir(&parent_dir)?;
+        if shared {
+            let link = self.layers_dir().join(&id);
+            std::os::unix::fs::symlink(format!("{RO}/{id}"), &link).at(&link)?;
+            sync_dir(&self.layers_dir())?;
+        }
+        self.state.write().layers.insert(id, layer);
+        self.bump_generation()
+    }
+
+    /// Publish an image dir whole: stage `images.json`, `manifest`, `config`,
+    /// fsync, rename into place.
+    fn publish_image(&self, image: &Image, manifest: &[u8], config: &[u8]) -> Result<()> {
+        let dir = self.images_dir();
+        let staging = dir.join(format!(".staging-{}", unique_suffix()));
+        fs::create_dir(&staging).at(&staging)?;
+        let json = serde_json::to_vec_pretty(image).expect("an image record serializes");
+        write_synced(&staging.join(IMAGES_JSON), &json)?;
+        write_synced(&staging.join(MANIFEST), manifest)?;
+        write_synced(&staging.join(CONFIG), config)?;
+        sync_dir(&staging)?;
+        let dest = dir.join(&image.id);
+        fs::rename(&staging, &dest).at(&dest)?;
+        sync_dir(&dir)?;
+        self.state.write().images.insert(image.id.clone(), image.clone());
+        self.bump_generation()
+    }
+
+    /// Rewrite an image's `images.json` in place (atomic replace).
+    fn write_image_record(&self, image: &Image) -> Result<()> {
+        let json = serde_json::to_vec_pretty(image).expect("an image record serializes");
+        write_atomic(&self.image_dir(&image.id), IMAGES_JSON, &json)?;
+        self.state.write().images.insert(image.id.clone(), image.clone());
+        Ok(())
+    }
+
+    /// Give image `id` the (normalized) `names`, taking them from any other
+    /// image that has them. Writer lock held.
+    fn add_names(&self, id: &str, names: &[String]) -> Result<Image> {
+        let others: Vec<Image> = self
+            .state
+            .read()
+            .images
+            .values()
+            .filter(|i| i.id != id && i.names.iter().any(|n| names.contains(n)))
+            .cloned()
+            .collect();
+        for mut other in others {
+            other.names.retain(|n| !names.contains(n));
+            self.write_image_record(&other)?;
+        }
+        let mut image = self
+            .state
+            .read()
+            .images
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::ImageUnknown { name: id.into() })?;
+        let before = image.names.len();
+        for n in names {
+            if !image.names.contains(n) {
+                image.names.push(n.clone());
+            }
+        }
+        if image.names.len() != before {
+            self.write_image_record(&image)?;
+            self.bump_generation()?;
+        }
+        Ok(image)
+    }
+
+    /// Add the name `name` (normalized, e.g. `docker.io/library/x:latest`) to an image.
+    pub fn tag(&self, image: &str, name: &str) -> Result<Image> {
+        let normalized = crate::reference::normalize_name(name).map_err(|e| Error::InvalidName {
+            name: name.into(),
+            reason: e.to_string(),
+        })?;
+        let _lock = self.begin_write()?;
+        let image = self.resolve_image(image)?;
+        self.add_names(&image.id, &[normalized])
+    }
+
+    /// Remove an image, then every layer of its chain that no other image needs.
+    pub fn remove_image(&self, name: &str) -> Result<Removed> {
+        let _lock = self.begin_write()?;
+        let image = self.resolve_image(name)?;
+        let mount = self.mount_path(&image.id);
+        if storectl_overlay::mount::is_mounted(&mount).unwrap_or(false) {
+            return Err(Error::ImageMounted {
+                id: image.id,
+                path: mount,
+            });
+        }
+        let chain: Vec<String> = self
+            .image_layers(&image)?
+            .into_iter()
+            .rev()
+            .map(|l| l.id)
+            .collect();
+        fsutil::remove_dir_atomic(&self.image_dir(&image.id))?;
+        self.state.write().images.remove(&image.id);
+        self.bump_generation()?;
+        let still_used = self.state.read().referenced_layers();
+        let mut removed = Vec::new();
+        for id in chain {
+            if still_used.contains(&id) {
+                break; // parents of a used layer are used too
+            }
+            self.remove_layer_files(&id)?;
+            self.state.write().layers.remove(&id);
+            removed.push(id);
+        }
+        if !removed.is_empty() {
+            self.bump_generation()?;
+        }
+        Ok(Removed {
+            image: image.id,
+            layers: removed,
+        })
+    }
+
+    /// Remove a layer's record (and `RO` link), then its overlay dir.
+    fn remove_layer_files(&self, id: &str) -> Result<()> {
+        let link = self.layer_dir(id);
+        let meta = fs::symlink_metadata(&link);
+        if meta.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
+            let target = self.layers_dir().join(RO).join(id);
+            if target.exists() {
+                fsutil::remove_dir_atomic(&target)?;
+            }
+            fs::remove_file(&link).at(&link)?;
+        } else if meta.is_ok() {
+            fsutil::remove_dir_atomic(&link)?;
+        }
+        match self.driver.remove_layer(id) {
+            Ok(()) | Err(storectl_overlay::Error::LayerUnknown(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Rebuild layer `id`'s tar from its diff and tar-split and hash it.
+    pub fn verify_layer(&self, id: &str) -> Result<LayerCheck> {
+        let layer = self.layer(id)?;
+        let expected = layer.diff_digest.clone().unwrap_or_default();
+        let split_path = self.layer_dir(id).join(format!("{id}.tar-split.gz"));
+        let found = (|| -> std::result::Result<String, String> {
+            let file = fs::File::open(&split_path)
+                .map_err(|e| format!("{}: {e}", split_path.display()))?;
+            let mut split = GzDecoder::new(std::io::BufReader::new(file));
+            let mut hasher = HashWriter(Sha256::new());
+            storectl_overlay::tarsplit::reassemble(
+                &self.driver.diff_path(id),
+                &mut split,
+                &mut hasher,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(format!("sha256:{}", hex::encode(hasher.0.finalize())))
+        })();
+        Ok(LayerCheck {
+            layer: id.to_string(),
+            expected,
+            found,
+        })
+    }
+
+    /// Mount an image read-only (overlayfs over its layers) at
+    /// [`Store::mount_path`]; mounting a mounted image returns the same path.
+    pub fn mount_image(&self, image: &Image) -> Result<PathBuf> {
+        let target = self.mount_path(&image.id);
+        if storectl_overlay::mount::is_mounted(&target)? {
+            return Ok(target);
+        }
+        let ids: Vec<String> = self.image_layers(image)?.into_iter().rev().map(|l| l.id).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.driver.mount_read_only(&ids, &target)?;
+        Ok(target)
+    }
+
+    /// Unmount an image mounted by [`Store::mount_image`]. Returns false when
+    /// it was not mounted.
+    pub fn unmount_image(&self, image: &Image) -> Result<bool> {
+        let target = self.mount_path(&image.id);
+        if !storectl_overlay::mount::is_mounted(&target)? {
+            return Ok(false);
+        }
+        storectl_overlay::mount::unmount(&target)?;
+        let _ = fs::remove_dir(&target);
+        Ok(true)
+    }
+}
+
+/// `io::Write` into a sha256.
+struct HashWriter(Sha256);
+
+impl Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
