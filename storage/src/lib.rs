@@ -50,6 +50,7 @@
 //! # Ok::<(), storectl_storage::Error>(())
 //! ```
 
+pub mod config;
 pub mod digest;
 mod error;
 pub mod fsutil;
@@ -64,4 +65,8 @@ mod store;
 pub use error::{Error, Result};
 pub use meta::{Image, Layer};
 pub use progress::{EventKind, NoopReporter, ProgressEvent, Reporter};
-pub use store::{list_ids, LayerCheck, LoadOptions, Removed, State, Store, StoreOptions};
+pub use config::{Layout, Role, RootConfig};
+pub use store::{
+    list_id_entries, list_ids, LayerCheck, LoadOptions, Removed, SharedDelta, State, Store,
+    StoreOptions, IMAGES_JSON, LAYER_JSON,
+};

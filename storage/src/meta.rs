@@ -49,6 +49,9 @@ pub struct Layer {
     /// Bytes the extracted files use (apparent sizes).
     #[serde(rename = "disk-size", default, skip_serializing_if = "Option::is_none")]
     pub disk_size: Option<u64>,
+    /// In memory only: the layer lives under `RO/` (on the share).
+    #[serde(skip)]
+    pub shared: bool,
 }
 
 /// `overlay-images/<id>/images.json`.
@@ -72,6 +75,9 @@ pub struct Image {
     pub big_data_sizes: BTreeMap<String, u64>,
     #[serde(rename = "big-data-digests", default)]
     pub big_data_digests: BTreeMap<String, String>,
+    /// In memory only: the image lives under `overlay-images/RO` (on the share).
+    #[serde(skip)]
+    pub shared: bool,
 }
 
 /// The big-data keys (file names in the image dir) we store.
@@ -127,6 +133,7 @@ mod tests {
             compression: 2,
             incomplete: false,
             disk_size: None,
+            shared: false,
         };
         let v = serde_json::to_value(&l).unwrap();
         assert_eq!(v["compressed-diff-digest"], "sha256:c");

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 use storectl_overlay::{apply_tar, ApplyOptions, Driver, StagedLayer};
 
+use crate::config::{Layout, Role, RootConfig};
 use crate::digest::{chain_ids, is_hex64, sha256_digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, sync_dir, unique_suffix, write_atomic, write_synced};
@@ -27,15 +28,15 @@ use crate::progress::{EventKind, ProgressEvent, ProgressReader, Reporter, DEFAUL
 pub struct StoreOptions {
     /// The store root (`/var/lib/storectl`, …).
     pub root: PathBuf,
-    /// Place image layers under `RO/` (a writer whose layers go to a share).
-    pub shared_layers: bool,
+    /// The root's sharing role; `None` = read `<root>/storectl.json`.
+    pub config: Option<RootConfig>,
 }
 
 impl StoreOptions {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         StoreOptions {
             root: root.into(),
-            shared_layers: false,
+            config: None,
         }
     }
 }
@@ -62,6 +63,26 @@ impl Default for LoadOptions {
             jobs: 3,
             progress_interval: DEFAULT_INTERVAL,
         }
+    }
+}
+
+/// Shared layers and images a refresher found added or removed on the share,
+/// applied to the in-memory store in one step by [`Store::apply_shared`].
+#[derive(Debug, Default, Clone)]
+pub struct SharedDelta {
+    /// New layers, parents before children.
+    pub add_layers: Vec<Layer>,
+    pub add_images: Vec<Image>,
+    pub remove_images: Vec<String>,
+    pub remove_layers: Vec<String>,
+}
+
+impl SharedDelta {
+    pub fn is_empty(&self) -> bool {
+        self.add_layers.is_empty()
+            && self.add_images.is_empty()
+            && self.remove_images.is_empty()
+            && self.remove_layers.is_empty()
     }
 }
 
@@ -128,25 +149,27 @@ impl State {
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    opts: StoreOptions,
+    layout: Layout,
     driver: Driver,
     state: RwLock<State>,
 }
 
-/// The parts of a root, by name.
-const OVERLAY: &str = "overlay";
-const LAYERS: &str = "overlay-layers";
-const IMAGES: &str = "overlay-images";
 const MOUNTS: &str = "mounts";
 const RO: &str = "RO";
-const LOCK: &str = "storage.lock";
-const GENERATION: &str = "generation";
-const LAYER_JSON: &str = "layer.json";
-const IMAGES_JSON: &str = "images.json";
+/// A layer record's file in its directory.
+pub const LAYER_JSON: &str = "layer.json";
+/// An image record's file in its directory.
+pub const IMAGES_JSON: &str = "images.json";
 
 /// Names in `dir` that are layer/image ids (64 lowercase hex); everything else
-/// (dot files, `RO`, junk) is skipped. A missing dir is empty.
+/// (dot files, `RO`, `.nfsXXXX`, junk) is skipped. A missing dir is empty.
 pub fn list_ids(dir: &Path) -> Result<Vec<String>> {
+    Ok(list_id_entries(dir)?.into_iter().map(|(id, _)| id).collect())
+}
+
+/// Like [`list_ids`], with whether each entry is a symlink (from `readdir`'s
+/// d_type, no extra `stat`).
+pub fn list_id_entries(dir: &Path) -> Result<Vec<(String, bool)>> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -157,7 +180,8 @@ pub fn list_ids(dir: &Path) -> Result<Vec<String>> {
         let entry = entry.at(dir)?;
         if let Some(name) = entry.file_name().to_str() {
             if is_hex64(name) {
-                ids.push(name.to_string());
+                let symlink = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+                ids.push((name.to_string(), symlink));
             }
         }
     }
@@ -200,13 +224,21 @@ impl Store {
                 reason: "not a directory".into(),
             });
         }
-        let creatable = [OVERLAY, LAYERS, IMAGES]
+        let config = match opts.config {
+            Some(c) => c,
+            None => RootConfig::load(&root)?,
+        };
+        let layout = Layout {
+            root: root.clone(),
+            config,
+        };
+        let creatable = [layout.overlay(), layout.layers(), layout.images()]
             .iter()
-            .all(|d| create_dir(&root.join(d)).is_ok());
-        let driver = Driver::open(&root.join(OVERLAY), creatable)?;
+            .all(|d| create_dir(d).is_ok());
+        let driver = Driver::open(&layout.overlay(), creatable)?;
         let store = Store {
             root,
-            opts,
+            layout,
             driver,
             state: RwLock::new(State::default()),
         };
@@ -223,21 +255,58 @@ impl Store {
         &self.driver
     }
 
+    /// Where the root's parts and its share are.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     fn layers_dir(&self) -> PathBuf {
-        self.root.join(LAYERS)
+        self.layout.layers()
     }
 
     fn images_dir(&self) -> PathBuf {
-        self.root.join(IMAGES)
+        self.layout.images()
     }
 
-    /// Where layer `id`'s record lives (through the `RO` symlink when shared).
+    /// Where a layer's record dir is: `overlay-layers/RO/<id>` when shared.
+    fn layer_dir_of(&self, id: &str, shared: bool) -> PathBuf {
+        if shared {
+            self.layout.layers_ro().join(id)
+        } else {
+            self.layers_dir().join(id)
+        }
+    }
+
     fn layer_dir(&self, id: &str) -> PathBuf {
-        self.layers_dir().join(id)
+        let shared = self.state.read().layers.get(id).is_some_and(|l| l.shared);
+        self.layer_dir_of(id, shared)
+    }
+
+    /// Where a layer's overlay dir is: `overlay/RO/<id>` when shared.
+    pub fn overlay_dir(&self, layer: &Layer) -> PathBuf {
+        if layer.shared {
+            self.layout.overlay_ro().join(&layer.id)
+        } else {
+            self.layout.overlay().join(&layer.id)
+        }
+    }
+
+    fn image_dir_of(&self, id: &str, shared: bool) -> PathBuf {
+        if shared {
+            self.layout.images_ro().join(id)
+        } else {
+            self.images_dir().join(id)
+        }
     }
 
     fn image_dir(&self, id: &str) -> PathBuf {
-        self.images_dir().join(id)
+        let shared = self.state.read().images.get(id).is_some_and(|i| i.shared);
+        self.image_dir_of(id, shared)
+    }
+
+    /// Does this root publish image layers and images to a share?
+    fn publishes_shared(&self) -> bool {
+        self.layout.role() == Role::Writer
     }
 
     /// Where `mount` puts image `id`.
@@ -273,19 +342,32 @@ impl Store {
     /// skipped with a warning; they never stop the store from opening.
     fn read_state(&self) -> Result<State> {
         let mut state = State::default();
-        for id in list_ids(&self.layers_dir())? {
-            let path = self.layer_dir(&id).join(LAYER_JSON);
+        // Local records are real dirs; a symlink `<id> -> RO/<id>` is the
+        // legacy name of a shared one, read through the RO dir instead.
+        let mut layer_ids = Vec::new();
+        for (id, symlink) in list_id_entries(&self.layers_dir())? {
+            if !symlink {
+                layer_ids.push((id, false));
+            }
+        }
+        if self.layout.role() != Role::Local {
+            layer_ids.extend(list_ids(&self.layout.layers_ro())?.into_iter().map(|id| (id, true)));
+        }
+        for (id, shared) in layer_ids {
+            let path = self.layer_dir_of(&id, shared).join(LAYER_JSON);
             let layer = match fs::read(&path) {
                 Ok(bytes) => meta::parse_layer(&bytes, &id),
                 Err(e) => Err(e.to_string()),
             };
             match layer {
                 Ok(l) if l.incomplete => tracing::debug!("layer {id} is incomplete"),
-                Ok(_) if !self.driver.exists(&id) => {
-                    tracing::warn!("skipping layer {id}: its overlay directory is missing")
-                }
-                Ok(l) => {
-                    state.layers.insert(id, l);
+                Ok(mut l) => {
+                    l.shared = shared;
+                    if self.overlay_dir(&l).join("diff").is_dir() {
+                        state.layers.insert(id, l);
+                    } else {
+                        tracing::warn!("skipping layer {id}: its overlay directory is missing");
+                    }
                 }
                 Err(e) => tracing::warn!("skipping layer {}: {e}", path.display()),
             }
@@ -301,8 +383,17 @@ impl Store {
             tracing::warn!("skipping layer {id}: its parent chain is incomplete");
             state.layers.remove(&id);
         }
-        for id in list_ids(&self.images_dir())? {
-            let path = self.image_dir(&id).join(IMAGES_JSON);
+        let mut image_ids = Vec::new();
+        for (id, symlink) in list_id_entries(&self.images_dir())? {
+            if !symlink {
+                image_ids.push((id, false));
+            }
+        }
+        if self.layout.role() != Role::Local {
+            image_ids.extend(list_ids(&self.layout.images_ro())?.into_iter().map(|id| (id, true)));
+        }
+        for (id, shared) in image_ids {
+            let path = self.image_dir_of(&id, shared).join(IMAGES_JSON);
             let image = match fs::read(&path) {
                 Ok(bytes) => meta::parse_image(&bytes, &id),
                 Err(e) => Err(e.to_string()),
@@ -311,13 +402,52 @@ impl Store {
                 Ok(i) if state.chain(i.layer.as_deref().unwrap_or("")).is_none() => {
                     tracing::warn!("skipping image {id}: a layer of its chain is missing")
                 }
-                Ok(i) => {
+                Ok(mut i) => {
+                    i.shared = shared;
                     state.images.insert(id, i);
                 }
                 Err(e) => tracing::warn!("skipping image {}: {e}", path.display()),
             }
         }
         Ok(state)
+    }
+
+    /// Apply what a refresher found on the share, under the state lock once,
+    /// so nobody sees a layer without its parent or an image without its layers.
+    /// Removals touch only shared entries; a local image on a shared layer that
+    /// vanished is dropped from memory too (its chain is broken).
+    pub fn apply_shared(&self, delta: SharedDelta) {
+        let mut state = self.state.write();
+        for mut layer in delta.add_layers {
+            layer.shared = true;
+            state.layers.insert(layer.id.clone(), layer);
+        }
+        for mut image in delta.add_images {
+            image.shared = true;
+            state.images.insert(image.id.clone(), image);
+        }
+        for id in &delta.remove_images {
+            if state.images.get(id).is_some_and(|i| i.shared) {
+                state.images.remove(id);
+            }
+        }
+        for id in &delta.remove_layers {
+            if state.layers.get(id).is_some_and(|l| l.shared) {
+                state.layers.remove(id);
+            }
+        }
+        if !delta.remove_layers.is_empty() {
+            let broken: Vec<String> = state
+                .images
+                .values()
+                .filter(|i| state.chain(i.layer.as_deref().unwrap_or("")).is_none())
+                .map(|i| i.id.clone())
+                .collect();
+            for id in broken {
+                tracing::warn!("image {id} lost a shared layer; dropping it");
+                state.images.remove(&id);
+            }
+        }
     }
 
     /// Re-read the store from disk (after another process changed it).
@@ -328,15 +458,20 @@ impl Store {
     }
 
     /// Take the writer lock, sweep debris of interrupted writers, and reload.
+    /// A reader sweeps only its local dirs: it never writes to the share.
     fn begin_write(&self) -> Result<WriterLock> {
-        let lock = WriterLock::acquire(&self.root.join(LOCK))?;
-        self.driver.remove_debris()?;
-        for dir in [
-            self.layers_dir(),
-            self.layers_dir().join(RO),
-            self.images_dir(),
-            self.root.clone(),
-        ] {
+        let lock = WriterLock::acquire(&self.layout.writer_lock())?;
+        let mut dirs = vec![self.layers_dir(), self.images_dir(), self.root.clone()];
+        match self.layout.role() {
+            Role::Reader => dirs.push(self.layout.overlay()),
+            Role::Local | Role::Writer => {
+                self.driver.remove_debris()?;
+            }
+        }
+        if let (Role::Writer, Some(share)) = (self.layout.role(), &self.layout.config.shared) {
+            dirs.extend([self.layout.layers_ro(), self.layout.images_ro(), share.clone()]);
+        }
+        for dir in dirs {
             fsutil::remove_debris_in(&dir)?;
         }
         self.reload()?;
@@ -345,33 +480,64 @@ impl Store {
     }
 
     /// Remove what a crash between publish steps can leave: overlay dirs with
-    /// no layer record, records marked incomplete, and image layers that no
-    /// image uses any more (an interrupted import or `rmi`). Writer lock held.
+    /// no layer record, records marked incomplete, image layers that no image
+    /// uses any more (an interrupted import or `rmi`), dangling legacy
+    /// symlinks. Only what this root may write: a reader leaves the share alone.
     fn remove_orphans(&self) -> Result<()> {
         let state = self.state();
         let referenced = state.referenced_layers();
+        let writer = self.publishes_shared();
+        let mut records: Vec<(String, bool)> = list_id_entries(&self.layers_dir())?
+            .into_iter()
+            .filter(|(_, symlink)| !symlink)
+            .map(|(id, _)| (id, false))
+            .collect();
+        if writer {
+            records.extend(list_ids(&self.layout.layers_ro())?.into_iter().map(|id| (id, true)));
+        }
         let mut gone = Vec::new();
-        for id in list_ids(&self.layers_dir())? {
-            let incomplete = fs::read(self.layer_dir(&id).join(LAYER_JSON))
+        for (id, shared) in records {
+            let incomplete = fs::read(self.layer_dir_of(&id, shared).join(LAYER_JSON))
                 .ok()
                 .and_then(|b| meta::parse_layer(&b, &id).ok())
                 .is_some_and(|l| l.incomplete);
             if incomplete || (state.layers.contains_key(&id) && !referenced.contains(&id)) {
-                gone.push(id);
+                gone.push((id, shared));
             }
         }
         // Children before parents.
-        gone.sort_by_key(|id| {
+        gone.sort_by_key(|(id, _)| {
             std::cmp::Reverse(state.chain(id).map(|c| c.len()).unwrap_or(0))
         });
-        for id in &gone {
+        for (id, shared) in &gone {
             tracing::info!("removing unused layer {id}");
-            self.remove_layer_files(id)?;
+            self.remove_layer_files(id, *shared)?;
         }
-        for id in list_ids(self.driver.dir())? {
-            if !self.layer_dir(&id).exists() && !gone.contains(&id) {
+        let mut overlay_dirs: Vec<(String, bool)> = list_id_entries(&self.layout.overlay())?
+            .into_iter()
+            .filter(|(_, symlink)| !symlink)
+            .map(|(id, _)| (id, false))
+            .collect();
+        if writer {
+            overlay_dirs
+                .extend(list_ids(&self.layout.overlay_ro())?.into_iter().map(|id| (id, true)));
+        }
+        for (id, shared) in overlay_dirs {
+            let has_record = self.layer_dir_of(&id, shared).exists();
+            if !has_record && !gone.iter().any(|(g, _)| *g == id) {
                 tracing::info!("removing orphaned overlay directory {id}");
                 self.driver.remove_layer(&id)?;
+            }
+        }
+        if writer {
+            // Legacy names whose RO target is gone.
+            for dir in [self.layers_dir(), self.images_dir()] {
+                for (id, symlink) in list_id_entries(&dir)? {
+                    let link = dir.join(&id);
+                    if symlink && !link.exists() {
+                        fs::remove_file(&link).at(&link)?;
+                    }
+                }
             }
         }
         if !gone.is_empty() {
@@ -380,18 +546,34 @@ impl Store {
         Ok(())
     }
 
-    /// Replace `generation` so readers notice a change.
+    /// Replace `generation` so readers notice a change. A reader's changes
+    /// are local and concern nobody else.
     fn bump_generation(&self) -> Result<()> {
-        let path = self.root.join(GENERATION);
+        if self.layout.role() == Role::Reader {
+            return Ok(());
+        }
+        let path = self.layout.generation();
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let current: u64 = fs::read_to_string(&path)
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
         write_atomic(
-            &self.root,
-            GENERATION,
+            &dir,
+            "generation",
             format!("{} {}\n", current + 1, unique_suffix()).as_bytes(),
         )
+    }
+
+    /// Refuse to change a shared image or layer from a reader.
+    fn check_mutable(&self, shared: bool, what: &str) -> Result<()> {
+        if shared && self.layout.role() != Role::Writer {
+            return Err(Error::ReadOnlyStore {
+                path: self.layout.config.shared.clone().unwrap_or_else(|| self.root.clone()),
+                reason: format!("{what} is on the read-only share; change it on the writer host"),
+            });
+        }
+        Ok(())
     }
 
     /// Find an image by full id, `sha256:` id, name (as given or normalized),
@@ -614,6 +796,7 @@ impl Store {
                 (CONFIG.to_string(), src.config_digest.clone()),
             ]
             .into(),
+            shared: false,
         };
         self.publish_image(&image, &manifest.0, &src.config)?;
         self.add_names(&image_id, &names)
@@ -668,7 +851,7 @@ impl Store {
         };
         let staged = self
             .driver
-            .stage_layer(self.opts.shared_layers)
+            .stage_layer(self.publishes_shared())
             .map_err(layer_err)?;
         let blob = src.blob.open()?;
         let progress = ProgressReader::new(
@@ -723,6 +906,7 @@ impl Store {
             compression: compression.code(),
             incomplete: false,
             disk_size: None,
+            shared: false,
         };
         Ok(Prepared {
             staged,
@@ -739,9 +923,10 @@ impl Store {
         let mut layer = p.layer;
         layer.disk_size = self.driver.diff_usage(&id).ok();
         let json = serde_json::to_vec_pretty(&layer).expect("a layer record serializes");
-        let shared = self.opts.shared_layers;
+        let shared = self.publishes_shared();
+        layer.shared = shared;
         let parent_dir = if shared {
-            self.layers_dir().join(RO)
+            self.layout.layers_ro()
         } else {
             self.layers_dir()
         };
@@ -766,7 +951,13 @@ impl Store {
     /// Publish an image dir whole: stage `images.json`, `manifest`, `config`,
     /// fsync, rename into place.
     fn publish_image(&self, image: &Image, manifest: &[u8], config: &[u8]) -> Result<()> {
-        let dir = self.images_dir();
+        let shared = self.publishes_shared();
+        let dir = if shared {
+            self.layout.images_ro()
+        } else {
+            self.images_dir()
+        };
+        create_dir(&dir)?;
         let staging = dir.join(format!(".staging-{}", unique_suffix()));
         fs::create_dir(&staging).at(&staging)?;
         let json = serde_json::to_vec_pretty(image).expect("an image record serializes");
@@ -777,7 +968,13 @@ impl Store {
         let dest = dir.join(&image.id);
         fs::rename(&staging, &dest).at(&dest)?;
         sync_dir(&dir)?;
-        self.state.write().images.insert(image.id.clone(), image.clone());
+        if shared {
+            let link = self.images_dir().join(&image.id);
+            std::os::unix::fs::symlink(format!("{RO}/{}", image.id), &link).at(&link)?;
+        }
+        let mut image = image.clone();
+        image.shared = shared;
+        self.state.write().images.insert(image.id.clone(), image);
         self.bump_generation()
     }
 
@@ -832,6 +1029,7 @@ impl Store {
         })?;
         let _lock = self.begin_write()?;
         let image = self.resolve_image(image)?;
+        self.check_mutable(image.shared, &format!("image {}", image.id))?;
         self.add_names(&image.id, &[normalized])
     }
 
@@ -839,6 +1037,7 @@ impl Store {
     pub fn remove_image(&self, name: &str) -> Result<Removed> {
         let _lock = self.begin_write()?;
         let image = self.resolve_image(name)?;
+        self.check_mutable(image.shared, &format!("image {}", image.id))?;
         let mount = self.mount_path(&image.id);
         if storectl_overlay::mount::is_mounted(&mount).unwrap_or(false) {
             return Err(Error::ImageMounted {
@@ -853,6 +1052,10 @@ impl Store {
             .map(|l| l.id)
             .collect();
         fsutil::remove_dir_atomic(&self.image_dir(&image.id))?;
+        if image.shared {
+            let link = self.images_dir().join(&image.id);
+            fs::remove_file(&link).at(&link)?;
+        }
         self.state.write().images.remove(&image.id);
         self.bump_generation()?;
         let still_used = self.state.read().referenced_layers();
@@ -861,7 +1064,11 @@ impl Store {
             if still_used.contains(&id) {
                 break; // parents of a used layer are used too
             }
-            self.remove_layer_files(&id)?;
+            let shared = self.state.read().layers.get(&id).is_some_and(|l| l.shared);
+            if shared && !self.publishes_shared() {
+                continue; // a reader's local image on shared layers: not ours to remove
+            }
+            self.remove_layer_files(&id, shared)?;
             self.state.write().layers.remove(&id);
             removed.push(id);
         }
@@ -874,18 +1081,15 @@ impl Store {
         })
     }
 
-    /// Remove a layer's record (and `RO` link), then its overlay dir.
-    fn remove_layer_files(&self, id: &str) -> Result<()> {
-        let link = self.layer_dir(id);
-        let meta = fs::symlink_metadata(&link);
-        if meta.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
-            let target = self.layers_dir().join(RO).join(id);
-            if target.exists() {
-                fsutil::remove_dir_atomic(&target)?;
-            }
+    /// Remove a layer's record (and its legacy `RO` link), then its overlay dir.
+    fn remove_layer_files(&self, id: &str, shared: bool) -> Result<()> {
+        let record = self.layer_dir_of(id, shared);
+        if record.exists() {
+            fsutil::remove_dir_atomic(&record)?;
+        }
+        let link = self.layers_dir().join(id);
+        if shared && fs::symlink_metadata(&link).is_ok() {
             fs::remove_file(&link).at(&link)?;
-        } else if meta.is_ok() {
-            fsutil::remove_dir_atomic(&link)?;
         }
         match self.driver.remove_layer(id) {
             Ok(()) | Err(storectl_overlay::Error::LayerUnknown(_)) => Ok(()),
@@ -904,7 +1108,7 @@ impl Store {
             let mut split = GzDecoder::new(std::io::BufReader::new(file));
             let mut hasher = HashWriter(Sha256::new());
             storectl_overlay::tarsplit::reassemble(
-                &self.driver.diff_path(id),
+                &self.overlay_dir(&layer).join("diff"),
                 &mut split,
                 &mut hasher,
             )
