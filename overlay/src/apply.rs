@@ -3,11 +3,39 @@
 //! All file work happens relative to directory fds opened beneath the diff
 //! directory with symlink resolution refused, so a hostile archive cannot
 //! reach outside it.
+//!
+//! How it works: the stream goes through a [`crate::tarsplit`] recorder (which
+//! counts bytes, enforces the size limit and records tar-split segments) into
+//! the `tar` crate's entry iterator. Each entry's parent directory is opened
+//! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`
+//! relative to the diff fd (the last one is cached), and the entry is created
+//! in it with an `*at` call that never follows a symlink and never replaces an
+//! existing name. Directory modes and times are applied at the end, after all
+//! children were created.
 
-use std::io::{Read, Write};
-use std::path::Path;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use crate::Result;
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
+use rustix::io::Errno;
+use tar::EntryType;
+
+use crate::fsutil::{self, join, normalize};
+use crate::tarsplit::{RecState, Recorder};
+use crate::{Error, Result};
+
+/// Read and write buffer size: large, as layers are big and syscalls cost.
+const BUF_SIZE: usize = 256 * 1024;
+
+/// The xattr overlayfs reads to make a directory opaque.
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Options for [`apply_tar`].
 #[derive(Debug, Clone)]
@@ -17,6 +45,7 @@ pub struct ApplyOptions {
     pub max_size: Option<u64>,
 }
 
+#[allow(clippy::derivable_impls)]
 impl Default for ApplyOptions {
     fn default() -> Self {
         ApplyOptions { max_size: None }
@@ -50,6 +79,14 @@ pub struct ApplyStats {
 ///   (see [`crate::tarsplit`]) so [`crate::tarsplit::reassemble`] can rebuild the
 ///   identical stream from `diff` later.
 ///
+/// Also: a stream that ends without an end-of-archive block (or inside an
+/// entry) is [`crate::Error::MalformedTar`]; GNU sparse entries and unknown
+/// entry types are refused; PAX global headers are ignored; xattrs in the
+/// `trusted.overlay.*` namespace are not taken from the tar (they would change
+/// what overlayfs shows), and an xattr the filesystem does not support
+/// (`EOPNOTSUPP`) is skipped, as containers/storage does. A failure of
+/// `reader` itself is an [`crate::Error::Io`] on the path `<layer stream>`.
+///
 /// On error the diff directory is left in an undefined state; the caller
 /// discards the staged layer.
 pub fn apply_tar(
@@ -58,6 +95,706 @@ pub fn apply_tar(
     tar_split: Option<&mut dyn Write>,
     opts: &ApplyOptions,
 ) -> Result<ApplyStats> {
-    let _ = (diff, reader, tar_split, opts);
-    todo!()
+    let diff_fd = rustix::fs::open(
+        diff,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(diff, e.into()))?;
+    let limit = opts.max_size;
+    let state = Rc::new(RefCell::new(RecState::new(tar_split, limit)));
+    let mut buffered = BufReader::with_capacity(BUF_SIZE, reader);
+    let mut archive = tar::Archive::new(Recorder::new(&mut buffered, state.clone()));
+    let mut applier = Applier {
+        diff,
+        root: Rc::new(diff_fd),
+        cache: None,
+        dirs: HashMap::new(),
+        buf: vec![0u8; BUF_SIZE],
+        state: &state,
+        limit,
+    };
+    let mut entries = 0u64;
+    let mut end_of_last = 0u64;
+    {
+        let iter = archive.entries().map_err(|e| applier.stream_err(e))?;
+        for entry in iter {
+            let entry = entry.map_err(|e| applier.stream_err(e))?;
+            entries += 1;
+            end_of_last = entry
+                .raw_file_position()
+                .saturating_add(entry.size().saturating_add(511) & !511);
+            applier.apply_entry(entry)?;
+        }
+    }
+    // The iterator stops at the first zero block; a stream that simply ends
+    // (at an entry boundary, or empty) has been cut.
+    if state.borrow().total < end_of_last.saturating_add(512) {
+        return Err(Error::MalformedTar(
+            "stream ends without the end-of-archive marker (truncated)".into(),
+        ));
+    }
+    // Read the rest (second zero block, padding) so the caller's digest
+    // covers every byte and tar-split records it.
+    let mut recorder = archive.into_inner();
+    io::copy(&mut recorder, &mut io::sink()).map_err(|e| applier.stream_err(e))?;
+    applier.finish_dirs()?;
+    state
+        .borrow_mut()
+        .finish()
+        .map_err(|e| applier.stream_err(e))?;
+    let tar_size = state.borrow().total;
+    Ok(ApplyStats { entries, tar_size })
+}
+
+/// Ownership, mode, times and xattrs of an entry.
+#[derive(Debug, Clone)]
+struct Meta {
+    uid: Uid,
+    gid: Gid,
+    mode: u32,
+    atime: Timespec,
+    mtime: Timespec,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl Meta {
+    fn times(&self) -> Timestamps {
+        Timestamps {
+            last_access: self.atime,
+            last_modification: self.mtime,
+        }
+    }
+}
+
+/// Parse a PAX time value like `1700000000.123456789` or `-1.5` (pure).
+fn parse_pax_time(s: &str) -> Option<Timespec> {
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (secs, frac) = match digits.split_once('.') {
+        Some((a, b)) => (a, b),
+        None => (digits, ""),
+    };
+    if secs.is_empty() && frac.is_empty() {
+        return None;
+    }
+    if !secs.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: i64 = if secs.is_empty() {
+        0
+    } else {
+        secs.parse().ok()?
+    };
+    let mut nanos: i64 = 0;
+    for (i, b) in frac.bytes().take(9).enumerate() {
+        nanos += i64::from(b - b'0') * 10i64.pow(8 - i as u32);
+    }
+    let (sec, nsec) = if !neg {
+        (secs, nanos)
+    } else if nanos == 0 {
+        (-secs, 0)
+    } else {
+        (-secs - 1, 1_000_000_000 - nanos)
+    };
+    Some(Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    })
+}
+
+/// What a (normalized) entry name means for overlayfs (pure).
+#[derive(Debug, PartialEq, Eq)]
+enum Special<'a> {
+    /// An ordinary name.
+    None,
+    /// `.wh..wh..opq`: the parent directory is opaque.
+    Opaque,
+    /// `.wh.NAME`: NAME is deleted.
+    Whiteout(&'a [u8]),
+    /// Other `.wh..wh.*` (aufs metadata), at any depth: ignored.
+    AufsMeta,
+}
+
+fn classify<'a>(comps: &[&'a [u8]]) -> Special<'a> {
+    let Some((last, parents)) = comps.split_last() else {
+        return Special::None;
+    };
+    if parents.iter().any(|c| c.starts_with(b".wh..wh.")) {
+        return Special::AufsMeta;
+    }
+    if *last == b".wh..wh..opq" {
+        Special::Opaque
+    } else if last.starts_with(b".wh..wh.") {
+        Special::AufsMeta
+    } else if let Some(name) = last.strip_prefix(b".wh.") {
+        Special::Whiteout(name)
+    } else {
+        Special::None
+    }
+}
+
+fn is_errno(e: &io::Error, errno: Errno) -> bool {
+    e.raw_os_error() == Some(errno.raw_os_error())
+}
+
+struct Applier<'a, 'w> {
+    diff: &'a Path,
+    root: Rc<OwnedFd>,
+    /// The last parent directory opened: its relative path and fd.
+    cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
+    /// Directories with an entry: mode and times to apply at the end.
+    dirs: HashMap<Vec<u8>, Meta>,
+    buf: Vec<u8>,
+    state: &'a RefCell<RecState<'w>>,
+    limit: Option<u64>,
+}
+
+/// An error about the entry named `entry`.
+fn hostile(entry: &str, reason: impl Into<String>) -> Error {
+    Error::HostileEntry {
+        entry: entry.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl Applier<'_, '_> {
+    /// Turn an error from the tar reader into the real cause: the size limit,
+    /// the underlying stream, the tar-split writer, or a malformed archive.
+    fn stream_err(&self, e: io::Error) -> Error {
+        let mut st = self.state.borrow_mut();
+        if st.limit_hit {
+            return Error::SizeLimit {
+                limit: self.limit.unwrap_or(0),
+            };
+        }
+        if let Some(e) = st.stream_err.take() {
+            return Error::io("<layer stream>", e);
+        }
+        if let Some(e) = st.split_err.take() {
+            return Error::io("<tar-split>", e);
+        }
+        Error::MalformedTar(e.to_string())
+    }
+
+    fn path_of(&self, rel: &[u8]) -> PathBuf {
+        self.diff.join(OsStr::from_bytes(rel))
+    }
+
+    /// An error from resolving `rel` beneath the diff dir.
+    fn resolve_err(&self, e: io::Error, rel: &[u8], entry: &str) -> Error {
+        if is_errno(&e, Errno::LOOP) {
+            hostile(entry, "path passes through a symlink")
+        } else if is_errno(&e, Errno::XDEV) {
+            hostile(entry, "path escapes the layer")
+        } else if is_errno(&e, Errno::NOTDIR) {
+            hostile(entry, "a parent of the path is not a directory")
+        } else {
+            Error::io(self.path_of(rel), e)
+        }
+    }
+
+    /// The directory `comps` (relative to diff), opened beneath it without
+    /// following symlinks; missing directories are created (0755) when
+    /// `create`, else a missing one is `ENOENT` in an `Io` error.
+    fn dir(&mut self, comps: &[&[u8]], create: bool, entry: &str) -> Result<Rc<OwnedFd>> {
+        if comps.is_empty() {
+            return Ok(self.root.clone());
+        }
+        let key = join(comps);
+        if let Some((k, fd)) = &self.cache {
+            if *k == key {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = match fsutil::open_dir_beneath(&*self.root, &key) {
+            Ok(fd) => fd,
+            Err(e) if create && is_errno(&e, Errno::NOENT) => self.create_dirs(comps, entry)?,
+            Err(e) => return Err(self.resolve_err(e, &key, entry)),
+        };
+        let fd = Rc::new(fd);
+        self.cache = Some((key, fd.clone()));
+        Ok(fd)
+    }
+
+    /// Create the missing directories of `comps`, one component at a time.
+    fn create_dirs(&self, comps: &[&[u8]], entry: &str) -> Result<OwnedFd> {
+        let mut cur: Option<OwnedFd> = None;
+        for (i, comp) in comps.iter().enumerate() {
+            let rel = join(&comps[..=i]);
+            let parent = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY;
+            let next = match fsutil::open_beneath(parent, comp, flags, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(e) if is_errno(&e, Errno::NOENT) => {
+                    match rustix::fs::mkdirat(parent, OsStr::from_bytes(comp), Mode::from(0o755)) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(Error::io(self.path_of(&rel), e.into())),
+                    }
+                    let fd = fsutil::open_beneath(parent, comp, flags, Mode::empty())
+                        .map_err(|e| self.resolve_err(e, &rel, entry))?;
+                    rustix::fs::fchmod(&fd, Mode::from(0o755))
+                        .map_err(|e| Error::io(self.path_of(&rel), e.into()))?;
+                    fd
+                }
+                Err(e) => return Err(self.resolve_err(e, &rel, entry)),
+            };
+            cur = Some(next);
+        }
+        cur.ok_or_else(|| hostile(entry, "empty path"))
+    }
+
+    /// Read the rest of the entry's data without keeping it (it stays in
+    /// tar-split segments). Errors if the stream ends inside it.
+    fn drain<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<()> {
+        let size = entry.size();
+        let mut got = 0u64;
+        loop {
+            let n = entry.read(&mut self.buf).map_err(|e| self.stream_err(e))?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        if got != size {
+            return Err(Error::MalformedTar(format!(
+                "{shown}: stream ends inside the entry's data"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Record a content-less tar-split file entry for a non-regular entry and
+    /// skip whatever data it has.
+    fn no_content<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        raw: &[u8],
+        shown: &str,
+    ) -> Result<()> {
+        self.state
+            .borrow_mut()
+            .file_entry(raw, 0, false)
+            .map_err(|e| self.stream_err(e))?;
+        self.drain(entry, shown)
+    }
+
+    fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Meta> {
+        let h = entry.header();
+        let bad =
+            |what: &str, e: io::Error| Error::MalformedTar(format!("{shown}: bad {what}: {e}"));
+        let id = |what: &str, v: u64| -> Result<u32> {
+            u32::try_from(v)
+                .ok()
+                .filter(|&v| v != u32::MAX)
+                .ok_or_else(|| hostile(shown, format!("{what} {v} out of range")))
+        };
+        let uid = Uid::from_raw(id("uid", h.uid().map_err(|e| bad("uid", e))?)?);
+        let gid = Gid::from_raw(id("gid", h.gid().map_err(|e| bad("gid", e))?)?);
+        let mode = h.mode().map_err(|e| bad("mode", e))? & 0o7777;
+        let secs = h.mtime().map_err(|e| bad("mtime", e))?;
+        let mut mtime = Timespec {
+            tv_sec: i64::try_from(secs).unwrap_or(i64::MAX),
+            tv_nsec: 0,
+        };
+        let mut atime = None;
+        let mut xattrs = Vec::new();
+        if let Some(exts) = entry.pax_extensions().map_err(|e| bad("PAX header", e))? {
+            for ext in exts {
+                let ext = ext.map_err(|e| bad("PAX header", e))?;
+                let Ok(key) = ext.key() else { continue };
+                let value = ext.value_bytes();
+                if key == "mtime" {
+                    if let Some(t) = std::str::from_utf8(value).ok().and_then(parse_pax_time) {
+                        mtime = t;
+                    }
+                } else if key == "atime" {
+                    atime = std::str::from_utf8(value).ok().and_then(parse_pax_time);
+                } else if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    if !name.starts_with("trusted.overlay.") && !name.is_empty() {
+                        xattrs.push((name.to_owned(), value.to_vec()));
+                    }
+                }
+            }
+        }
+        Ok(Meta {
+            uid,
+            gid,
+            mode,
+            atime: atime.unwrap_or(mtime),
+            mtime,
+            xattrs,
+        })
+    }
+
+    fn set_xattrs_fd(&self, fd: impl AsFd, meta: &Meta, rel: &[u8]) -> Result<()> {
+        for (name, value) in &meta.xattrs {
+            match rustix::fs::fsetxattr(fd.as_fd(), name.as_str(), value, XattrFlags::empty()) {
+                Ok(()) | Err(Errno::OPNOTSUPP) => {}
+                Err(e) => return Err(Error::io(self.path_of(rel), e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// xattrs on a node that must not be opened (symlink, device, fifo):
+    /// `lsetxattr` on `/proc/self/fd/<parent>/<name>`, which resolves the
+    /// parent through its fd and does not follow the last component.
+    fn set_xattrs_at(&self, parent: &OwnedFd, name: &[u8], meta: &Meta, rel: &[u8]) -> Result<()> {
+        if meta.xattrs.is_empty() {
+            return Ok(());
+        }
+        let mut p = format!("/proc/self/fd/{}/", parent.as_raw_fd()).into_bytes();
+        p.extend_from_slice(name);
+        let p = Path::new(OsStr::from_bytes(&p));
+        for (xname, value) in &meta.xattrs {
+            match rustix::fs::lsetxattr(p, xname.as_str(), value, XattrFlags::empty()) {
+                Ok(()) | Err(Errno::OPNOTSUPP) => {}
+                Err(e) => return Err(Error::io(self.path_of(rel), e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let shown = shown.as_str();
+        let mut etype = entry.header().entry_type();
+        // Old (V7) archives mark directories with a trailing slash only.
+        if etype == EntryType::Regular && raw.ends_with(b"/") {
+            etype = EntryType::Directory;
+        }
+        let comps = normalize(&raw).map_err(|r| hostile(shown, r.reason()))?;
+        let rel = join(&comps);
+        match etype {
+            EntryType::XGlobalHeader => return self.no_content(&mut entry, &raw, shown),
+            EntryType::GNUSparse => {
+                return Err(Error::MalformedTar(format!(
+                    "{shown}: GNU sparse files are not supported"
+                )))
+            }
+            _ => {}
+        }
+        let special = classify(&comps);
+        match special {
+            Special::AufsMeta => return self.no_content(&mut entry, &raw, shown),
+            Special::Opaque => {
+                let dir = self.dir(&comps[..comps.len() - 1], true, shown)?;
+                rustix::fs::fsetxattr(&*dir, OPAQUE_XATTR, b"y", XattrFlags::empty()).map_err(
+                    |e| Error::io(self.path_of(&join(&comps[..comps.len() - 1])), e.into()),
+                )?;
+                return self.no_content(&mut entry, &raw, shown);
+            }
+            Special::Whiteout(name) => {
+                if matches!(name, b"" | b"." | b"..") {
+                    return Err(hostile(shown, "whiteout names `.`, `..` or nothing"));
+                }
+                let meta = self.meta(&mut entry, shown)?;
+                let parent = self.dir(&comps[..comps.len() - 1], true, shown)?;
+                let target = join(&[&comps[..comps.len() - 1], &[name]].concat());
+                match rustix::fs::mknodat(
+                    &*parent,
+                    OsStr::from_bytes(name),
+                    FileType::CharacterDevice,
+                    Mode::empty(),
+                    rustix::fs::makedev(0, 0),
+                ) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) => {
+                        return Err(hostile(
+                            shown,
+                            "duplicate entry: the whited-out name already exists in this layer",
+                        ))
+                    }
+                    Err(e) => return Err(Error::io(self.path_of(&target), e.into())),
+                }
+                rustix::fs::chownat(
+                    &*parent,
+                    OsStr::from_bytes(name),
+                    Some(meta.uid),
+                    Some(meta.gid),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| Error::io(self.path_of(&target), e.into()))?;
+                return self.no_content(&mut entry, &raw, shown);
+            }
+            Special::None => {}
+        }
+
+        let meta = self.meta(&mut entry, shown)?;
+        if etype == EntryType::Directory {
+            self.apply_dir(&comps, &rel, &meta, shown)?;
+            return self.no_content(&mut entry, &raw, shown);
+        }
+        let Some((name, parents)) = comps.split_last() else {
+            return Err(hostile(shown, "a non-directory entry names the layer root"));
+        };
+        let name = OsStr::from_bytes(name);
+        let io_err = |e: Errno| Error::io(self.diff.join(OsStr::from_bytes(&rel)), e.into());
+        let dup = || {
+            hostile(
+                shown,
+                "duplicate entry: the path already exists in this layer",
+            )
+        };
+        match etype {
+            EntryType::Regular | EntryType::Continuous => {
+                let parent = self.dir(parents, true, shown)?;
+                let fd = match rustix::fs::openat(
+                    &*parent,
+                    name,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from(0o600),
+                ) {
+                    Ok(fd) => fd,
+                    Err(Errno::EXIST) => return Err(dup()),
+                    Err(e) => return Err(io_err(e)),
+                };
+                let mut file = File::from(fd);
+                self.state
+                    .borrow_mut()
+                    .start_content()
+                    .map_err(|e| self.stream_err(e))?;
+                let size = entry.size();
+                let mut copied = 0u64;
+                loop {
+                    let n = entry.read(&mut self.buf).map_err(|e| self.stream_err(e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    file.write_all(&self.buf[..n])
+                        .map_err(|e| Error::io(self.path_of(&rel), e))?;
+                    copied += n as u64;
+                }
+                if copied != size {
+                    return Err(Error::MalformedTar(format!(
+                        "{shown}: stream ends inside the file's content"
+                    )));
+                }
+                self.state
+                    .borrow_mut()
+                    .file_entry(&raw, size, true)
+                    .map_err(|e| self.stream_err(e))?;
+                rustix::fs::fchown(&file, Some(meta.uid), Some(meta.gid)).map_err(io_err)?;
+                rustix::fs::fchmod(&file, Mode::from(meta.mode)).map_err(io_err)?;
+                self.set_xattrs_fd(&file, &meta, &rel)?;
+                rustix::fs::futimens(&file, &meta.times()).map_err(io_err)?;
+                Ok(())
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                if target.is_empty() {
+                    return Err(hostile(shown, "symlink without a target"));
+                }
+                if target.contains(&0) {
+                    return Err(hostile(shown, "symlink target contains a NUL byte"));
+                }
+                let parent = self.dir(parents, true, shown)?;
+                match rustix::fs::symlinkat(OsStr::from_bytes(&target), &*parent, name) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) => return Err(dup()),
+                    Err(e) => return Err(io_err(e)),
+                }
+                rustix::fs::chownat(
+                    &*parent,
+                    name,
+                    Some(meta.uid),
+                    Some(meta.gid),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(io_err)?;
+                self.set_xattrs_at(&parent, name.as_bytes(), &meta, &rel)?;
+                rustix::fs::utimensat(&*parent, name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(io_err)?;
+                self.no_content(&mut entry, &raw, shown)
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let tcomps = normalize(&target)
+                    .map_err(|r| hostile(shown, format!("hardlink target: {}", r.reason())))?;
+                let Some((tname, tparents)) = tcomps.split_last() else {
+                    return Err(hostile(shown, "hardlink to the layer root"));
+                };
+                let absent = || {
+                    hostile(
+                        shown,
+                        "hardlink target is not an earlier entry of this layer",
+                    )
+                };
+                let tparent = match self.dir(tparents, false, shown) {
+                    Ok(fd) => fd,
+                    Err(Error::Io { source, .. }) if is_errno(&source, Errno::NOENT) => {
+                        return Err(absent())
+                    }
+                    Err(Error::HostileEntry { reason, .. }) => {
+                        return Err(hostile(shown, format!("hardlink target: {reason}")))
+                    }
+                    Err(e) => return Err(e),
+                };
+                let tname = OsStr::from_bytes(tname);
+                let st = match rustix::fs::statat(&*tparent, tname, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => st,
+                    Err(Errno::NOENT) => return Err(absent()),
+                    Err(e) => return Err(io_err(e)),
+                };
+                match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Directory => return Err(hostile(shown, "hardlink to a directory")),
+                    FileType::CharacterDevice if st.st_rdev == 0 => {
+                        return Err(hostile(shown, "hardlink to a whiteout"))
+                    }
+                    _ => {}
+                }
+                let parent = self.dir(parents, true, shown)?;
+                match rustix::fs::linkat(&*tparent, tname, &*parent, name, AtFlags::empty()) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) => return Err(dup()),
+                    Err(e) => return Err(io_err(e)),
+                }
+                self.no_content(&mut entry, &raw, shown)
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let h = entry.header();
+                let bad =
+                    |e: io::Error| Error::MalformedTar(format!("{shown}: bad device number: {e}"));
+                let dev = if etype == EntryType::Fifo {
+                    0
+                } else {
+                    let major = h.device_major().map_err(bad)?.unwrap_or(0);
+                    let minor = h.device_minor().map_err(bad)?.unwrap_or(0);
+                    rustix::fs::makedev(major, minor)
+                };
+                let ftype = match etype {
+                    EntryType::Char => FileType::CharacterDevice,
+                    EntryType::Block => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                let parent = self.dir(parents, true, shown)?;
+                match rustix::fs::mknodat(&*parent, name, ftype, Mode::from(0o600), dev) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) => return Err(dup()),
+                    Err(e) => return Err(io_err(e)),
+                }
+                rustix::fs::chownat(
+                    &*parent,
+                    name,
+                    Some(meta.uid),
+                    Some(meta.gid),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(io_err)?;
+                // The node was just created by us (mknodat never follows),
+                // so following the last component here cannot leave the layer.
+                rustix::fs::chmodat(&*parent, name, Mode::from(meta.mode), AtFlags::empty())
+                    .map_err(io_err)?;
+                self.set_xattrs_at(&parent, name.as_bytes(), &meta, &rel)?;
+                rustix::fs::utimensat(&*parent, name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(io_err)?;
+                self.no_content(&mut entry, &raw, shown)
+            }
+            other => Err(hostile(
+                shown,
+                format!("unsupported entry type {:?}", other.as_byte() as char),
+            )),
+        }
+    }
+
+    /// A directory entry: create it (or accept an existing directory, whose
+    /// metadata it updates), chown it and set xattrs now; mode and times at
+    /// the end.
+    fn apply_dir(&mut self, comps: &[&[u8]], rel: &[u8], meta: &Meta, shown: &str) -> Result<()> {
+        let fd = match comps.split_last() {
+            None => self.root.clone(),
+            Some((name, parents)) => {
+                let parent = self.dir(parents, true, shown)?;
+                let name = OsStr::from_bytes(name);
+                match rustix::fs::mkdirat(&*parent, name, Mode::from(0o700)) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) => {
+                        let st = rustix::fs::statat(&*parent, name, AtFlags::SYMLINK_NOFOLLOW)
+                            .map_err(|e| Error::io(self.path_of(rel), e.into()))?;
+                        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                            return Err(hostile(
+                                shown,
+                                "duplicate entry: a non-directory already exists at this path",
+                            ));
+                        }
+                    }
+                    Err(e) => return Err(Error::io(self.path_of(rel), e.into())),
+                }
+                Rc::new(
+                    fsutil::open_dir_beneath(&*parent, name.as_bytes())
+                        .map_err(|e| self.resolve_err(e, rel, shown))?,
+                )
+            }
+        };
+        rustix::fs::fchown(&*fd, Some(meta.uid), Some(meta.gid))
+            .map_err(|e| Error::io(self.path_of(rel), e.into()))?;
+        self.set_xattrs_fd(&*fd, meta, rel)?;
+        self.dirs.insert(rel.to_vec(), meta.clone());
+        Ok(())
+    }
+
+    /// Apply directory modes and times, deepest first (so a read-only
+    /// directory never blocks reaching its children).
+    fn finish_dirs(&mut self) -> Result<()> {
+        let mut dirs: Vec<(Vec<u8>, Meta)> = std::mem::take(&mut self.dirs).into_iter().collect();
+        dirs.sort_by_key(|(rel, _)| {
+            std::cmp::Reverse(
+                rel.iter().filter(|&&b| b == b'/').count() + usize::from(!rel.is_empty()),
+            )
+        });
+        self.cache = None;
+        for (rel, meta) in dirs {
+            let fd = fsutil::open_dir_beneath(&*self.root, &rel)
+                .map_err(|e| Error::io(self.path_of(&rel), e))?;
+            let io_err = |e: Errno| Error::io(self.path_of(&rel), e.into());
+            rustix::fs::fchmod(&fd, Mode::from(meta.mode)).map_err(io_err)?;
+            rustix::fs::futimens(&fd, &meta.times()).map_err(io_err)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times() {
+        let t = parse_pax_time("1700000000.5").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec as i64), (1_700_000_000, 500_000_000));
+        let t = parse_pax_time("12").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec as i64), (12, 0));
+        let t = parse_pax_time("1.123456789999").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec as i64), (1, 123_456_789));
+        let t = parse_pax_time("-1.5").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec as i64), (-2, 500_000_000));
+        assert!(parse_pax_time("").is_none());
+        assert!(parse_pax_time("1e5").is_none());
+        assert!(parse_pax_time("-").is_none());
+    }
+
+    #[test]
+    fn classify_whiteouts() {
+        assert_eq!(classify(&[b"a", b".wh.b"]), Special::Whiteout(b"b"));
+        assert_eq!(classify(&[b".wh..wh..opq"]), Special::Opaque);
+        assert_eq!(classify(&[b"a", b".wh..wh.plnk"]), Special::AufsMeta);
+        assert_eq!(classify(&[b".wh..wh.plnk", b"1.2"]), Special::AufsMeta);
+        assert_eq!(classify(&[b".wh.."]), Special::Whiteout(b"."));
+        assert_eq!(classify(&[b"a", b"b"]), Special::None);
+        assert_eq!(classify(&[]), Special::None);
+    }
 }

@@ -1,8 +1,14 @@
 //! Layer directories under `overlay/`.
 
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::Result;
+use crate::fsutil;
+use crate::{Error, Result};
 
 /// True for a valid layer id: exactly 64 lowercase hex characters (so `RO`,
 /// `l`, dot names and junk never are).
@@ -22,14 +28,94 @@ pub struct Driver {
 pub struct StagedLayer {
     path: PathBuf,
     committed: bool,
+    /// The driver directory (`<root>/overlay`).
+    root: PathBuf,
+    short: String,
+    read_only: bool,
+}
+
+/// Create a directory with exactly `mode` (not subject to the umask).
+fn mkdir_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::create_dir(path).map_err(|e| Error::io(path, e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| Error::io(path, e))
+}
+
+/// `mkdir -p` that tolerates an existing directory.
+fn ensure_dir(path: &Path) -> Result<()> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(path).map_err(|e| Error::io(path, e))
+        }
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Remove `path` whatever it is (a tree is removed without following symlinks).
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    }
+}
+
+/// Ignore `NotFound`.
+fn allow_missing(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+fn check_id(id: &str) -> Result<()> {
+    if is_layer_id(id) {
+        Ok(())
+    } else {
+        Err(Error::InvalidLayerId(id.to_owned()))
+    }
+}
+
+/// Rename `from` to `to`, refusing to replace an existing `to`. Uses
+/// `RENAME_NOREPLACE` where the filesystem has it (NFS does not: there the
+/// existence check and the rename are two steps, which is fine under the
+/// single-writer lock).
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    match rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    ) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => {
+            if fs::symlink_metadata(to).is_ok() {
+                return Err(io::ErrorKind::AlreadyExists.into());
+            }
+            fs::rename(from, to)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Driver {
     /// Open (creating if needed) the driver directory `overlay_dir`
     /// (`<root>/overlay`), with its `l/` subdirectory. Read-only stores may
     /// open a directory they cannot write (`create = false`).
+    ///
+    /// With `create = false` the directory must exist.
     pub fn open(overlay_dir: &Path, create: bool) -> Result<Driver> {
-        let _ = create;
+        if create {
+            ensure_dir(overlay_dir)?;
+            ensure_dir(&overlay_dir.join("l"))?;
+        } else if !overlay_dir.is_dir() {
+            let e = fs::metadata(overlay_dir)
+                .err()
+                .unwrap_or_else(|| io::Error::from(io::ErrorKind::NotADirectory));
+            return Err(Error::io(overlay_dir, e));
+        }
         Ok(Driver {
             root: overlay_dir.to_path_buf(),
         })
@@ -40,20 +126,60 @@ impl Driver {
         &self.root
     }
 
-    /// Start building a layer. `read_only` layers go under `RO/` (shared
-    /// placement) and get no `work/`; others get `diff/ work/ merged/`. Writes
-    /// `link` (a fresh short name) into the staging dir. Parents are only named
-    /// at [`StagedLayer::commit`], so a chain's layers can be staged and
-    /// extracted in parallel before any of them is committed.
-    pub fn stage_layer(&self, read_only: bool) -> Result<StagedLayer> {
-        let _ = read_only;
-        todo!()
+    /// Start building a layer whose parent chain is `parents` (nearest parent
+    /// first). `read_only` layers go under `RO/` (shared placement) and get no
+    /// `work/`; others get `diff/ work/ merged/`. Writes `link` (a fresh short
+    /// name) and `lower` (parents' short names, nearest first) into the staging dir.
+    ///
+    /// A parent that does not exist is `LayerUnknown`; a layer without
+    /// parents gets no `lower` file (as in containers/storage).
+    pub fn stage_layer(&self, parents: &[&str], read_only: bool) -> Result<StagedLayer> {
+        let mut lower = Vec::with_capacity(parents.len());
+        for parent in parents {
+            check_id(parent)?;
+            if !self.exists(parent) {
+                return Err(Error::LayerUnknown((*parent).to_owned()));
+            }
+            lower.push(format!("l/{}", self.read_link(parent)?));
+        }
+        let base = if read_only {
+            let ro = self.root.join("RO");
+            ensure_dir(&ro)?;
+            ro
+        } else {
+            self.root.clone()
+        };
+        let suffix = fsutil::random_suffix().map_err(|e| Error::io(&base, e))?;
+        let path = base.join(format!(".staging-{suffix}"));
+        let short = fsutil::new_short_name().map_err(|e| Error::io(&base, e))?;
+        mkdir_mode(&path, 0o700)?;
+        // From here on, dropping `staged` cleans up.
+        let staged = StagedLayer {
+            path,
+            committed: false,
+            root: self.root.clone(),
+            short,
+            read_only,
+        };
+        mkdir_mode(&staged.path.join("diff"), 0o755)?;
+        if !read_only {
+            mkdir_mode(&staged.path.join("work"), 0o700)?;
+            mkdir_mode(&staged.path.join("merged"), 0o700)?;
+        }
+        let link = staged.path.join("link");
+        fs::write(&link, &staged.short).map_err(|e| Error::io(&link, e))?;
+        if !lower.is_empty() {
+            let lower_path = staged.path.join("lower");
+            fs::write(&lower_path, lower.join(":")).map_err(|e| Error::io(&lower_path, e))?;
+        }
+        Ok(staged)
     }
 
     /// Does layer `id` exist (as a directory or `RO/` symlink)?
+    ///
+    /// A dangling `RO` symlink and an invalid id are "no".
     pub fn exists(&self, id: &str) -> bool {
-        let _ = id;
-        todo!()
+        is_layer_id(id) && self.root.join(id).is_dir()
     }
 
     /// Path of layer `id`'s `diff/` (through the `RO` symlink when shared).
@@ -61,31 +187,154 @@ impl Driver {
         self.root.join(id).join("diff")
     }
 
+    /// The short name in layer `id`'s `link` file, validated.
+    fn read_link(&self, id: &str) -> Result<String> {
+        let path = self.root.join(id).join("link");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !self.exists(id) => {
+                return Err(Error::LayerUnknown(id.to_owned()))
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let short = text.trim();
+        if fsutil::is_short_name(short) {
+            Ok(short.to_owned())
+        } else {
+            Err(Error::io(
+                &path,
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad short name {short:?}"),
+                ),
+            ))
+        }
+    }
+
     /// `<root>/overlay/l/<short>` for layer `id` (reads its `link` file).
     pub fn short_link_path(&self, id: &str) -> Result<PathBuf> {
-        let _ = id;
-        todo!()
+        check_id(id)?;
+        Ok(self.root.join("l").join(self.read_link(id)?))
     }
 
     /// Remove layer `id`: rename it to `.trash-*`, remove its `l/` link and
     /// `RO` symlink, then delete the tree. Missing layer = `LayerUnknown`.
+    ///
+    /// Also cleans up half-published layers: an `RO/<id>` without its
+    /// symlink, or a dangling `<id>` symlink.
     pub fn remove_layer(&self, id: &str) -> Result<()> {
-        let _ = id;
-        todo!()
+        check_id(id)?;
+        let top = self.root.join(id);
+        let ro = self.root.join("RO").join(id);
+        let top_meta = fs::symlink_metadata(&top).ok();
+        let ro_exists = fs::symlink_metadata(&ro).is_ok();
+        let (dir, parent) = match &top_meta {
+            Some(m) if m.is_dir() => (top.clone(), self.root.clone()),
+            _ if ro_exists => (ro.clone(), self.root.join("RO")),
+            Some(_) => {
+                // A dangling symlink: nothing to delete but the link.
+                fs::remove_file(&top).map_err(|e| Error::io(&top, e))?;
+                return Err(Error::LayerUnknown(id.to_owned()));
+            }
+            None => return Err(Error::LayerUnknown(id.to_owned())),
+        };
+        let short = self.read_link(id).ok();
+        let suffix = fsutil::random_suffix().map_err(|e| Error::io(&parent, e))?;
+        let trash = parent.join(format!(".trash-{suffix}"));
+        fs::rename(&dir, &trash).map_err(|e| Error::io(&dir, e))?;
+        if top_meta
+            .as_ref()
+            .is_some_and(|m| m.file_type().is_symlink())
+        {
+            allow_missing(fs::remove_file(&top)).map_err(|e| Error::io(&top, e))?;
+        }
+        if let Some(short) = short {
+            let link = self.root.join("l").join(short);
+            allow_missing(fs::remove_file(&link)).map_err(|e| Error::io(&link, e))?;
+        }
+        fs::remove_dir_all(&trash).map_err(|e| Error::io(&trash, e))
     }
 
     /// Remove `.staging-*` / `.trash-*` debris under `overlay/` and `overlay/RO/`,
     /// and dangling `l/` links. Only call while holding the store's writer lock.
     /// Returns the number of entries removed.
     pub fn remove_debris(&self) -> Result<usize> {
-        todo!()
+        let mut removed = 0;
+        for dir in [self.root.clone(), self.root.join("RO")] {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&dir, e)),
+            };
+            for ent in rd {
+                let ent = ent.map_err(|e| Error::io(&dir, e))?;
+                let name = ent.file_name();
+                let name = name.as_bytes();
+                if name.starts_with(b".staging-") || name.starts_with(b".trash-") {
+                    let path = ent.path();
+                    allow_missing(remove_any(&path)).map_err(|e| Error::io(&path, e))?;
+                    removed += 1;
+                }
+            }
+        }
+        let l = self.root.join("l");
+        match fs::read_dir(&l) {
+            Ok(rd) => {
+                for ent in rd {
+                    let ent = ent.map_err(|e| Error::io(&l, e))?;
+                    let path = ent.path();
+                    let is_link = ent
+                        .file_type()
+                        .map_err(|e| Error::io(&path, e))?
+                        .is_symlink();
+                    // metadata() follows the link: NotFound = dangling.
+                    if is_link && fs::metadata(&path).is_err() {
+                        allow_missing(fs::remove_file(&path)).map_err(|e| Error::io(&path, e))?;
+                        removed += 1;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&l, e)),
+        }
+        Ok(removed)
     }
 
     /// Bytes used by the files in layer `id`'s diff (apparent sizes, hardlinks once).
+    ///
+    /// Symlinks are not followed; only regular files count.
     pub fn diff_usage(&self, id: &str) -> Result<u64> {
-        let _ = id;
-        todo!()
+        check_id(id)?;
+        if !self.exists(id) {
+            return Err(Error::LayerUnknown(id.to_owned()));
+        }
+        dir_usage(&self.diff_path(id))
     }
+}
+
+/// Apparent size of the regular files under `dir`, hardlinks counted once.
+fn dir_usage(dir: &Path) -> Result<u64> {
+    let mut total = 0u64;
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = fs::read_dir(&d).map_err(|e| Error::io(&d, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| Error::io(&d, e))?;
+            let path = ent.path();
+            let ft = ent.file_type().map_err(|e| Error::io(&path, e))?;
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                let m = fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+                if m.nlink() > 1 && !seen.insert((m.dev(), m.ino())) {
+                    continue;
+                }
+                total += m.len();
+            }
+        }
+    }
+    Ok(total)
 }
 
 impl StagedLayer {
@@ -94,14 +343,54 @@ impl StagedLayer {
         self.path.join("diff")
     }
 
-    /// Write `lower` (the short names of `parents`, nearest parent first,
-    /// `l/<short>:l/<short>…`; parents must be committed already), sync the
-    /// staged tree (syncfs of its filesystem), rename it to its final name `id`
-    /// (`RO/<id>` plus the `<id> -> RO/<id>` symlink when read-only), and create
-    /// `l/<short>`. Fails if `id` already exists.
-    pub fn commit(mut self, id: &str, parents: &[&str]) -> Result<()> {
-        let _ = (id, parents);
+    /// The staging directory itself.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The layer's fresh short name (contents of `link`).
+    pub fn short_name(&self) -> &str {
+        &self.short
+    }
+
+    /// Sync the staged tree (syncfs of its filesystem), rename it to its final
+    /// name `id` (`RO/<id>` plus the `<id> -> RO/<id>` symlink when read-only),
+    /// and create `l/<short>`. Fails if `id` already exists.
+    ///
+    /// On failure the staging directory is removed (the value is consumed).
+    pub fn commit(mut self, id: &str) -> Result<()> {
+        check_id(id)?;
+        let top = self.root.join(id);
+        if fs::symlink_metadata(&top).is_ok() {
+            return Err(Error::io(&top, io::ErrorKind::AlreadyExists.into()));
+        }
+        let dir = fs::File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        rustix::fs::syncfs(&dir).map_err(|e| Error::io(&self.path, e.into()))?;
+        drop(dir);
+        let final_dir = if self.read_only {
+            self.root.join("RO").join(id)
+        } else {
+            top.clone()
+        };
+        rename_noreplace(&self.path, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
         self.committed = true;
-        todo!()
+        if self.read_only {
+            let target = Path::new("RO").join(id);
+            symlink(&target, &top).map_err(|e| Error::io(&top, e))?;
+        }
+        let link = self.root.join("l").join(&self.short);
+        let target = Path::new("..").join(id).join("diff");
+        ensure_dir(&self.root.join("l"))?;
+        symlink(&target, &link).map_err(|e| Error::io(&link, e))?;
+        Ok(())
+    }
+}
+
+impl Drop for StagedLayer {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: leftovers are debris that remove_debris deletes.
+            let _ = fs::remove_dir_all(&self.path);
+        }
     }
 }

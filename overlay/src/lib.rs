@@ -48,6 +48,7 @@ pub mod apply;
 pub mod compression;
 pub mod driver;
 mod error;
+mod fsutil;
 pub mod mount;
 pub mod tarsplit;
 
