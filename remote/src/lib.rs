@@ -1,3 +1,72 @@
 //! # storectl-remote — read-only sharing across hosts
 //!
-//! (Filled in by the sharing work: RO/ placement, the refresher, store events.)
+//! One *writer* host loads images into a share (NFS or any POSIX network
+//! filesystem); any number of *reader* hosts mount it and see images appear and
+//! vanish within about a second, without a restart, without a lock on the
+//! share, and without ever seeing half an image.
+//!
+//! ## Layout
+//!
+//! ```text
+//! <share>/                           what many hosts mount
+//!   overlay/<id>/        diff/ link          layer contents
+//!   overlay-layers/<id>/ layer.json <id>.tar-split.gz
+//!   overlay-images/<id>/ images.json manifest config
+//!   generation                       replaced by the writer after every change
+//!   writer.lock                      the single-writer lock (flock)
+//!
+//! <root>/ (each host's own)
+//!   storectl.json                    {"role": "writer"|"reader", "shared": …, intervals}
+//!   overlay/RO        -> <share>/overlay
+//!   overlay-layers/RO -> <share>/overlay-layers
+//!   overlay-images/RO -> <share>/overlay-images
+//!   overlay/<id>, overlay-layers/<id>, overlay-images/<id>   local layers/images
+//! ```
+//!
+//! On the writer, `overlay/<id> -> RO/<id>` (and the same for layer records and
+//! images) keep the usual containers/storage names; readers resolve shared
+//! entries through `RO/` directly and so never need to write anything for them.
+//!
+//! ## Rules
+//!
+//! * The writer publishes by rename only (see `storectl-storage`): a layer's
+//!   dir, then its record, then — after the whole chain — the image dir, then
+//!   `generation`. Removal renames the image away first.
+//! * A reader never writes, deletes or locks anything on the share, and never
+//!   follows a symlink found there. Only 64-hex names count.
+//! * The [`Refresher`] reads `generation` each tick and scans only when it
+//!   changed (or a full rescan is due). A scan reads JSON only for new ids,
+//!   adds layers parent-first and images only when their whole chain is
+//!   present, retries what is not yet valid on later scans — re-reading a
+//!   record only when its file changed, warning once — and applies the result
+//!   to the store under its lock in one short step.
+//! * Every change is a [`StoreEvent`] for [`Refresher::subscribe`]rs.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use storectl_remote::{RefreshOptions, Refresher};
+//! use storectl_storage::{Store, StoreOptions};
+//!
+//! let store = Arc::new(Store::open(StoreOptions::new("/var/lib/storectl"))?);
+//! let opts = RefreshOptions::from_config(&store.layout().config);
+//! let refresher = Arc::new(Refresher::new(store, opts)?);
+//! let events = refresher.subscribe();
+//! let _running = refresher.spawn();
+//! for event in events {
+//!     println!("{event:?}");
+//! }
+//! # Ok::<(), storectl_remote::Error>(())
+//! ```
+
+mod error;
+pub mod events;
+pub mod refresher;
+pub mod scan;
+pub mod share;
+
+pub use error::{Error, Result};
+pub use events::StoreEvent;
+pub use refresher::{RefreshOptions, RefreshStats, Refresher, RefresherHandle, Tick};
+pub use scan::ScanStats;

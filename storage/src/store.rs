@@ -314,6 +314,11 @@ impl Store {
         self.root.join(MOUNTS).join(id)
     }
 
+    /// Look at the in-memory state under its read lock (keep `f` short).
+    pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.state.read())
+    }
+
     /// A snapshot of the in-memory state.
     pub fn state(&self) -> State {
         self.state.read().clone()
@@ -340,6 +345,8 @@ impl Store {
 
     /// Read every valid layer and image record from disk. Invalid entries are
     /// skipped with a warning; they never stop the store from opening.
+    /// A reader reads only its local records here: shared ones enter through
+    /// the refresher's validated scan ([`Store::apply_shared`]).
     fn read_state(&self) -> Result<State> {
         let mut state = State::default();
         // Local records are real dirs; a symlink `<id> -> RO/<id>` is the
@@ -350,7 +357,7 @@ impl Store {
                 layer_ids.push((id, false));
             }
         }
-        if self.layout.role() != Role::Local {
+        if self.layout.role() == Role::Writer {
             layer_ids.extend(list_ids(&self.layout.layers_ro())?.into_iter().map(|id| (id, true)));
         }
         for (id, shared) in layer_ids {
@@ -389,7 +396,7 @@ impl Store {
                 image_ids.push((id, false));
             }
         }
-        if self.layout.role() != Role::Local {
+        if self.layout.role() == Role::Writer {
             image_ids.extend(list_ids(&self.layout.images_ro())?.into_iter().map(|id| (id, true)));
         }
         for (id, shared) in image_ids {

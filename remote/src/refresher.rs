@@ -1,0 +1,233 @@
+//! The refresher: a reader's loop that keeps the in-memory store in step with
+//! the share.
+//!
+//! ```text
+//!  every interval (1 s)            read <share>/generation (fresh open)
+//!        │ unchanged and full rescan not due ──────────────► done (µs)
+//!        ▼ changed, or full rescan due (60 s)
+//!  scan: readdir overlay/RO, overlay-layers/RO, overlay-images/RO   (no lock)
+//!        diff id sets against the store's shared entries       (read lock, brief)
+//!        read + validate only new ids, parents first           (no lock)
+//!        apply adds and removals in one step                   (write lock, brief)
+//!        send ImageAdded / ImageRemoved / LayerAdded / LayerRemoved
+//! ```
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use storectl_storage::{Role, RootConfig, Store};
+
+use crate::error::{Error, Result};
+use crate::events::StoreEvent;
+use crate::scan::{ScanStats, Scanner};
+
+/// How often to look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshOptions {
+    /// Between two reads of `generation`.
+    pub interval: Duration,
+    /// Scan even when `generation` did not change, this often.
+    pub full_rescan: Duration,
+}
+
+impl RefreshOptions {
+    pub fn from_config(config: &RootConfig) -> Self {
+        RefreshOptions {
+            interval: Duration::from_millis(config.refresh_interval_ms.max(1)),
+            full_rescan: Duration::from_secs(config.full_rescan_secs.max(1)),
+        }
+    }
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tick {
+    /// Whether the share was scanned (generation changed or rescan due).
+    pub scanned: bool,
+    pub events: Vec<StoreEvent>,
+}
+
+/// Counters for metrics and `storectl info`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RefreshStats {
+    pub ticks: u64,
+    pub scans: u64,
+    pub errors: u64,
+    pub last_scan: Option<Duration>,
+    pub share: ScanStats,
+}
+
+struct Inner {
+    scanner: Scanner,
+    generation: Option<Vec<u8>>,
+    last_scan: Option<Instant>,
+    stats: RefreshStats,
+    last_error: Option<String>,
+}
+
+/// Keeps a reader store's shared images in step with the share.
+pub struct Refresher {
+    store: Arc<Store>,
+    opts: RefreshOptions,
+    inner: Mutex<Inner>,
+    subscribers: Mutex<Vec<Sender<StoreEvent>>>,
+}
+
+impl std::fmt::Debug for Refresher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refresher").field("opts", &self.opts).finish()
+    }
+}
+
+impl Refresher {
+    /// A refresher for a reader store (`storectl init --role reader`).
+    pub fn new(store: Arc<Store>, opts: RefreshOptions) -> Result<Refresher> {
+        if store.layout().role() != Role::Reader {
+            return Err(Error::NotShared {
+                root: store.root().to_path_buf(),
+            });
+        }
+        let scanner = Scanner::new(store.layout().clone());
+        Ok(Refresher {
+            store,
+            opts,
+            inner: Mutex::new(Inner {
+                scanner,
+                generation: None,
+                last_scan: None,
+                stats: RefreshStats::default(),
+                last_error: None,
+            }),
+            subscribers: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn options(&self) -> RefreshOptions {
+        self.opts
+    }
+
+    /// A receiver of every event from now on.
+    pub fn subscribe(&self) -> Receiver<StoreEvent> {
+        let (tx, rx) = mpsc::channel();
+        self.subscribers.lock().push(tx);
+        rx
+    }
+
+    pub fn stats(&self) -> RefreshStats {
+        self.inner.lock().stats
+    }
+
+    /// One cycle: read `generation`; scan when it changed or a full rescan is due.
+    pub fn tick(&self) -> Result<Tick> {
+        self.run(false)
+    }
+
+    /// Scan now, whatever `generation` says.
+    pub fn scan_now(&self) -> Result<Vec<StoreEvent>> {
+        Ok(self.run(true)?.events)
+    }
+
+    fn run(&self, force: bool) -> Result<Tick> {
+        let mut inner = self.inner.lock();
+        inner.stats.ticks += 1;
+        // A fresh open each time: NFS close-to-open consistency gives the current value.
+        let generation = std::fs::read(self.store.layout().generation()).ok();
+        let due = inner
+            .last_scan
+            .is_none_or(|t| t.elapsed() >= self.opts.full_rescan);
+        if !force && !due && generation == inner.generation {
+            return Ok(Tick {
+                scanned: false,
+                events: Vec::new(),
+            });
+        }
+        let started = Instant::now();
+        let result = inner.scanner.scan(&self.store);
+        inner.stats.scans += 1;
+        inner.stats.last_scan = Some(started.elapsed());
+        inner.last_scan = Some(Instant::now());
+        let events = match result {
+            Ok(events) => {
+                inner.generation = generation;
+                inner.stats.share = inner.scanner.stats;
+                inner.last_error = None;
+                events
+            }
+            Err(e) => {
+                inner.stats.errors += 1;
+                return Err(e);
+            }
+        };
+        drop(inner);
+        if !events.is_empty() {
+            self.subscribers
+                .lock()
+                .retain(|tx| events.iter().all(|e| tx.send(e.clone()).is_ok()));
+        }
+        Ok(Tick {
+            scanned: true,
+            events,
+        })
+    }
+
+    /// Run [`Refresher::tick`] every interval on a thread until the handle is
+    /// dropped or stopped. Errors are logged once per distinct message.
+    pub fn spawn(self: &Arc<Self>) -> RefresherHandle {
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let me = Arc::clone(self);
+        let thread = std::thread::Builder::new()
+            .name("storectl-refresh".into())
+            .spawn(move || loop {
+                if let Err(e) = me.tick() {
+                    let msg = e.to_string();
+                    let mut inner = me.inner.lock();
+                    if inner.last_error.as_deref() != Some(msg.as_str()) {
+                        tracing::warn!("refresh failed: {msg}");
+                        inner.last_error = Some(msg);
+                    }
+                }
+                match stop_rx.recv_timeout(me.opts.interval) {
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    _ => break,
+                }
+            })
+            .expect("spawning the refresher thread");
+        RefresherHandle {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A running refresher thread; dropping it stops the thread.
+#[derive(Debug)]
+pub struct RefresherHandle {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RefresherHandle {
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RefresherHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
