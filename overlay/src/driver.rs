@@ -126,22 +126,12 @@ impl Driver {
         &self.root
     }
 
-    /// Start building a layer whose parent chain is `parents` (nearest parent
-    /// first). `read_only` layers go under `RO/` (shared placement) and get no
-    /// `work/`; others get `diff/ work/ merged/`. Writes `link` (a fresh short
-    /// name) and `lower` (parents' short names, nearest first) into the staging dir.
-    ///
-    /// A parent that does not exist is `LayerUnknown`; a layer without
-    /// parents gets no `lower` file (as in containers/storage).
-    pub fn stage_layer(&self, parents: &[&str], read_only: bool) -> Result<StagedLayer> {
-        let mut lower = Vec::with_capacity(parents.len());
-        for parent in parents {
-            check_id(parent)?;
-            if !self.exists(parent) {
-                return Err(Error::LayerUnknown((*parent).to_owned()));
-            }
-            lower.push(format!("l/{}", self.read_link(parent)?));
-        }
+    /// Start building a layer. `read_only` layers go under `RO/` (shared
+    /// placement) and get no `work/`; others get `diff/ work/ merged/`. Writes
+    /// `link` (a fresh short name) into the staging dir. Parents are named only
+    /// at [`StagedLayer::commit`], so the layers of one chain can be staged and
+    /// extracted in parallel before any of them is committed.
+    pub fn stage_layer(&self, read_only: bool) -> Result<StagedLayer> {
         let base = if read_only {
             let ro = self.root.join("RO");
             ensure_dir(&ro)?;
@@ -168,10 +158,6 @@ impl Driver {
         }
         let link = staged.path.join("link");
         fs::write(&link, &staged.short).map_err(|e| Error::io(&link, e))?;
-        if !lower.is_empty() {
-            let lower_path = staged.path.join("lower");
-            fs::write(&lower_path, lower.join(":")).map_err(|e| Error::io(&lower_path, e))?;
-        }
         Ok(staged)
     }
 
@@ -353,13 +339,31 @@ impl StagedLayer {
         &self.short
     }
 
-    /// Sync the staged tree (syncfs of its filesystem), rename it to its final
-    /// name `id` (`RO/<id>` plus the `<id> -> RO/<id>` symlink when read-only),
-    /// and create `l/<short>`. Fails if `id` already exists.
+    /// Write `lower` (the short names of `parents`, nearest parent first, as
+    /// `l/<short>:l/<short>…`; parents must be committed already; none = no
+    /// `lower` file, as in containers/storage), sync the staged tree (syncfs of
+    /// its filesystem), rename it to its final name `id` (`RO/<id>` plus the
+    /// `<id> -> RO/<id>` symlink when read-only), and create `l/<short>`.
+    /// Fails if `id` already exists; a parent that does not exist is `LayerUnknown`.
     ///
     /// On failure the staging directory is removed (the value is consumed).
-    pub fn commit(mut self, id: &str) -> Result<()> {
+    pub fn commit(mut self, id: &str, parents: &[&str]) -> Result<()> {
         check_id(id)?;
+        let driver = Driver {
+            root: self.root.clone(),
+        };
+        let mut lower = Vec::with_capacity(parents.len());
+        for parent in parents {
+            check_id(parent)?;
+            if !driver.exists(parent) {
+                return Err(Error::LayerUnknown((*parent).to_owned()));
+            }
+            lower.push(format!("l/{}", driver.read_link(parent)?));
+        }
+        if !lower.is_empty() {
+            let lower_path = self.path.join("lower");
+            fs::write(&lower_path, lower.join(":")).map_err(|e| Error::io(&lower_path, e))?;
+        }
         let top = self.root.join(id);
         if fs::symlink_metadata(&top).is_ok() {
             return Err(Error::io(&top, io::ErrorKind::AlreadyExists.into()));
