@@ -205,6 +205,15 @@ fn parse_pax_time(s: &str) -> Option<Timespec> {
     })
 }
 
+/// A numeric header field that is empty (all NUL or spaces) reads as 0, as
+/// Go's `archive/tar` (and so containers/storage) reads it (pure).
+fn lenient(field: &[u8], parsed: io::Result<u64>) -> io::Result<u64> {
+    match parsed {
+        Err(_) if field.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+        r => r,
+    }
+}
+
 /// What a (normalized) entry name means for overlayfs (pure).
 #[derive(Debug, PartialEq, Eq)]
 enum Special<'a> {
@@ -391,10 +400,14 @@ impl Applier<'_, '_> {
                 .filter(|&v| v != u32::MAX)
                 .ok_or_else(|| hostile(shown, format!("{what} {v} out of range")))
         };
-        let uid = Uid::from_raw(id("uid", h.uid().map_err(|e| bad("uid", e))?)?);
-        let gid = Gid::from_raw(id("gid", h.gid().map_err(|e| bad("gid", e))?)?);
-        let mode = h.mode().map_err(|e| bad("mode", e))? & 0o7777;
-        let secs = h.mtime().map_err(|e| bad("mtime", e))?;
+        let old = h.as_old();
+        let uid = lenient(&old.uid, h.uid()).map_err(|e| bad("uid", e))?;
+        let gid = lenient(&old.gid, h.gid()).map_err(|e| bad("gid", e))?;
+        let uid = Uid::from_raw(id("uid", uid)?);
+        let gid = Gid::from_raw(id("gid", gid)?);
+        let mode = lenient(&old.mode, h.mode().map(u64::from)).map_err(|e| bad("mode", e))?;
+        let mode = (mode & 0o7777) as u32;
+        let secs = lenient(&old.mtime, h.mtime()).map_err(|e| bad("mtime", e))?;
         let mut mtime = Timespec {
             tv_sec: i64::try_from(secs).unwrap_or(i64::MAX),
             tv_nsec: 0,
@@ -769,6 +782,10 @@ impl Applier<'_, '_> {
 }
 
 #[cfg(test)]
+#[path = "apply_tests.rs"]
+mod apply_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -785,6 +802,15 @@ mod tests {
         assert!(parse_pax_time("").is_none());
         assert!(parse_pax_time("1e5").is_none());
         assert!(parse_pax_time("-").is_none());
+    }
+
+    #[test]
+    fn empty_numeric_fields_read_as_zero() {
+        let err = || Err(io::Error::other("not a number"));
+        assert_eq!(lenient(b"\0\0\0", err()).unwrap(), 0);
+        assert_eq!(lenient(b"   \0", err()).unwrap(), 0);
+        assert!(lenient(b"12x\0", err()).is_err());
+        assert_eq!(lenient(b"0000755\0", Ok(0o755)).unwrap(), 0o755);
     }
 
     #[test]

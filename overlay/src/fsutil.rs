@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn short_names() {
         let s = short_name_from(&[0, 1, 31, 32, 255]);
-        assert_eq!(s, "ABHA7");
+        assert_eq!(s, "AB7A7");
         let n = new_short_name().unwrap();
         assert_eq!(n.len(), 26);
         assert!(is_short_name(&n));

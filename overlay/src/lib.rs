@@ -51,6 +51,8 @@ mod error;
 mod fsutil;
 pub mod mount;
 pub mod tarsplit;
+#[cfg(test)]
+mod testutil;
 
 pub use apply::{apply_tar, ApplyOptions, ApplyStats};
 pub use compression::Compression;
