@@ -398,3 +398,223 @@ impl Drop for StagedLayer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn driver() -> (tempfile::TempDir, Driver) {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Driver::open(&tmp.path().join("overlay"), true).unwrap();
+        (tmp, d)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn layer_ids() {
+        assert!(is_layer_id(A));
+        assert!(!is_layer_id(&A[1..]));
+        assert!(!is_layer_id(&A.to_uppercase()));
+        assert!(!is_layer_id("RO"));
+        assert!(!is_layer_id(&format!(".{}", &A[1..])));
+    }
+
+    #[test]
+    fn open_creates_or_requires() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("root/overlay");
+        assert!(matches!(Driver::open(&dir, false), Err(Error::Io { .. })));
+        let d = Driver::open(&dir, true).unwrap();
+        assert!(dir.join("l").is_dir());
+        assert_eq!(d.dir(), dir);
+        Driver::open(&dir, true).unwrap();
+        Driver::open(&dir, false).unwrap();
+    }
+
+    #[test]
+    fn local_layer_lifecycle() {
+        let (_tmp, d) = driver();
+        let staged = d.stage_layer(false).unwrap();
+        let staging = staged.path().to_path_buf();
+        assert!(staging
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(".staging-"));
+        assert_eq!(staging.parent().unwrap(), d.dir());
+        assert_eq!(names(&staging), ["diff", "link", "merged", "work"]);
+        let short = staged.short_name().to_owned();
+        assert_eq!(short.len(), 26);
+        assert_eq!(fs::read_to_string(staging.join("link")).unwrap(), short);
+        fs::write(staged.diff_path().join("f"), b"12345").unwrap();
+        assert!(!d.exists(A));
+        staged.commit(A, &[]).unwrap();
+        assert!(!staging.exists());
+        assert!(d.exists(A));
+        assert!(fs::symlink_metadata(d.dir().join(A)).unwrap().is_dir());
+        assert!(!d.dir().join(A).join("lower").exists());
+        assert_eq!(fs::read(d.diff_path(A).join("f")).unwrap(), b"12345");
+        let link = d.short_link_path(A).unwrap();
+        assert_eq!(link, d.dir().join("l").join(&short));
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            Path::new("..").join(A).join("diff")
+        );
+        assert_eq!(fs::read(link.join("f")).unwrap(), b"12345");
+        assert_eq!(d.diff_usage(A).unwrap(), 5);
+
+        d.remove_layer(A).unwrap();
+        assert!(!d.exists(A));
+        assert!(fs::symlink_metadata(&link).is_err(), "l/ link removed");
+        assert_eq!(names(d.dir()), ["l"]);
+        assert!(matches!(d.remove_layer(A), Err(Error::LayerUnknown(id)) if id == A));
+        assert!(matches!(d.diff_usage(A), Err(Error::LayerUnknown(_))));
+        assert!(matches!(d.short_link_path(A), Err(Error::LayerUnknown(_))));
+    }
+
+    #[test]
+    fn read_only_layer_lifecycle_with_parent() {
+        let (_tmp, d) = driver();
+        let base = d.stage_layer(true).unwrap();
+        let base_short = base.short_name().to_owned();
+        assert_eq!(base.path().parent().unwrap(), d.dir().join("RO"));
+        assert_eq!(names(base.path()), ["diff", "link"]);
+        // Two layers of one chain staged at once; parents named at commit.
+        let top = d.stage_layer(true).unwrap();
+        assert!(matches!(
+            d.stage_layer(true).unwrap().commit(B, &[A]),
+            Err(Error::LayerUnknown(p)) if p == A
+        ));
+        base.commit(A, &[]).unwrap();
+        top.commit(B, &[A]).unwrap();
+        for id in [A, B] {
+            assert!(d.exists(id));
+            assert!(d.dir().join("RO").join(id).join("diff").is_dir());
+            assert_eq!(
+                fs::read_link(d.dir().join(id)).unwrap(),
+                Path::new("RO").join(id)
+            );
+            assert!(
+                d.short_link_path(id).unwrap().join(".").is_dir(),
+                "l/ link resolves"
+            );
+        }
+        assert_eq!(
+            fs::read_to_string(d.dir().join(B).join("lower")).unwrap(),
+            format!("l/{base_short}")
+        );
+        // Staging dirs are gone (the failed commit's too).
+        assert_eq!(names(&d.dir().join("RO")), [A, B]);
+
+        d.remove_layer(B).unwrap();
+        assert!(
+            fs::symlink_metadata(d.dir().join(B)).is_err(),
+            "RO symlink removed"
+        );
+        assert_eq!(names(&d.dir().join("RO")), [A]);
+        assert_eq!(names(&d.dir().join("l")), [base_short]);
+    }
+
+    #[test]
+    fn commit_refuses_existing_and_bad_ids() {
+        let (_tmp, d) = driver();
+        d.stage_layer(false).unwrap().commit(A, &[]).unwrap();
+        let s = d.stage_layer(false).unwrap();
+        let staging = s.path().to_path_buf();
+        assert!(s.commit(A, &[]).is_err());
+        assert!(!staging.exists(), "failed commit cleans up");
+        assert!(matches!(
+            d.stage_layer(false).unwrap().commit("../x", &[]),
+            Err(Error::InvalidLayerId(_))
+        ));
+        assert!(matches!(
+            d.remove_layer("RO"),
+            Err(Error::InvalidLayerId(_))
+        ));
+        // An RO layer may not take the name of a local one either.
+        assert!(d.stage_layer(true).unwrap().commit(A, &[]).is_err());
+        assert_eq!(names(d.dir()), vec!["RO".to_owned(), A.into(), "l".into()]);
+        assert!(names(&d.dir().join("RO")).is_empty());
+    }
+
+    #[test]
+    fn dropped_staging_is_removed() {
+        let (_tmp, d) = driver();
+        let s = d.stage_layer(true).unwrap();
+        let p = s.path().to_path_buf();
+        assert!(p.is_dir());
+        drop(s);
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn remove_debris_cleans_dot_dirs_and_dangling_links() {
+        let (_tmp, d) = driver();
+        d.stage_layer(false).unwrap().commit(A, &[]).unwrap();
+        let keep = d.short_link_path(A).unwrap();
+        fs::create_dir_all(d.dir().join(".staging-1/diff/x")).unwrap();
+        fs::create_dir(d.dir().join(".trash-2")).unwrap();
+        fs::create_dir_all(d.dir().join("RO/.staging-3/diff")).unwrap();
+        fs::write(d.dir().join("RO/.trash-4"), b"").unwrap();
+        symlink("../nope/diff", d.dir().join("l/DANGLING")).unwrap();
+        fs::create_dir(d.dir().join("RO").join(B)).unwrap(); // not debris
+        fs::create_dir(d.dir().join("junk")).unwrap(); // not ours to judge
+        assert_eq!(d.remove_debris().unwrap(), 5);
+        assert_eq!(
+            names(d.dir()),
+            vec!["RO".to_owned(), A.into(), "junk".into(), "l".into()]
+        );
+        assert_eq!(names(&d.dir().join("RO")), [B]);
+        assert!(fs::symlink_metadata(&keep).is_ok());
+        assert_eq!(d.remove_debris().unwrap(), 0);
+    }
+
+    #[test]
+    fn remove_half_published_layer() {
+        let (_tmp, d) = driver();
+        // RO/<id> without its symlink (a crash between rename and symlink).
+        fs::create_dir_all(d.dir().join("RO").join(A).join("diff")).unwrap();
+        d.remove_layer(A).unwrap();
+        assert!(!d.dir().join("RO").join(A).exists());
+        // A dangling symlink only.
+        symlink(Path::new("RO").join(B), d.dir().join(B)).unwrap();
+        assert!(!d.exists(B));
+        assert!(matches!(d.remove_layer(B), Err(Error::LayerUnknown(_))));
+        assert!(fs::symlink_metadata(d.dir().join(B)).is_err());
+    }
+
+    #[test]
+    fn diff_usage_counts_hardlinks_once_and_skips_symlinks() {
+        let (_tmp, d) = driver();
+        let s = d.stage_layer(false).unwrap();
+        let diff = s.diff_path();
+        let mut t = crate::testutil::RawTar::new();
+        t.file("a", &[1u8; 1000]);
+        t.hardlink("a2", "a");
+        t.file("sub/b", &[2u8; 24]);
+        t.symlink("big", "/usr/lib/huge");
+        t.dir("empty");
+        crate::apply_tar(
+            &diff,
+            &mut Cursor::new(t.finish()),
+            None,
+            &Default::default(),
+        )
+        .unwrap();
+        s.commit(A, &[]).unwrap();
+        assert_eq!(d.diff_usage(A).unwrap(), 1024);
+    }
+}
