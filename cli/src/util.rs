@@ -2,13 +2,29 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use anyhow::Context;
-use storectl_storage::{Store, StoreOptions};
+use storectl_remote::{RefreshOptions, Refresher};
+use storectl_storage::{Role, Store, StoreOptions};
 
 /// Open the store at `root`, with the root in the error's context.
 pub fn open_store(root: &Path) -> anyhow::Result<Store> {
     Store::open(StoreOptions::new(root))
         .with_context(|| format!("opening store {}", root.display()))
+}
+
+/// Open the store and, on a reader, scan the share once so shared images are
+/// visible. Returns the refresher too (for verbs that keep watching).
+pub fn open_store_scanned(root: &Path) -> anyhow::Result<(Arc<Store>, Option<Arc<Refresher>>)> {
+    let store = Arc::new(open_store(root)?);
+    if store.layout().role() != Role::Reader {
+        return Ok((store, None));
+    }
+    let opts = RefreshOptions::from_config(&store.layout().config);
+    let refresher = Arc::new(Refresher::new(Arc::clone(&store), opts)?);
+    refresher.scan_now().context("scanning the share")?;
+    Ok((store, Some(refresher)))
 }
 
 /// Bytes as podman prints them: decimal units, three significant digits.

@@ -15,7 +15,8 @@ const EMPTY_DIR: &str = "empty";
 
 impl Driver {
     /// Mount the chain `layers` (top first) read-only at `target` (created if
-    /// missing). Lower dirs are given by their `l/<short>` links; a one-layer
+    /// missing). Lower dirs are given by their `l/<short>` links, or as
+    /// `RO/<id>/diff` for a shared layer with no local name (on a reader); a one-layer
     /// chain gets an extra empty lower (overlayfs needs two without an upper).
     ///
     /// The option string must fit in a page (the kernel's limit for mount
@@ -31,11 +32,17 @@ impl Driver {
         let root = std::path::absolute(self.dir()).map_err(|e| Error::io(self.dir(), e))?;
         let mut lowers: Vec<PathBuf> = Vec::with_capacity(layers.len() + 1);
         for id in layers {
-            if !self.exists(id) {
-                return Err(Error::LayerUnknown((*id).to_owned()));
+            if self.exists(id) {
+                let short = self.short_link_path(id)?;
+                lowers.push(root.join(short.strip_prefix(self.dir()).unwrap_or(&short)));
+            } else {
+                // A reader's shared layer has no local name: use RO/<id>/diff.
+                let shared = root.join("RO").join(id).join("diff");
+                if !crate::is_layer_id(id) || !shared.is_dir() {
+                    return Err(Error::LayerUnknown((*id).to_owned()));
+                }
+                lowers.push(shared);
             }
-            let short = self.short_link_path(id)?;
-            lowers.push(root.join(short.strip_prefix(self.dir()).unwrap_or(&short)));
         }
         if lowers.len() == 1 {
             let empty = root.join(EMPTY_DIR);

@@ -102,12 +102,13 @@ impl LayerCheck {
     }
 }
 
-/// What [`Store::remove_image`] removed.
+/// What [`Store::remove_image`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Removed {
-    pub image: String,
-    /// Layers no other image needed, top first.
-    pub layers: Vec<String>,
+pub enum Removed {
+    /// The image was named by one of several names: only that name went.
+    Untagged { image: String, name: String },
+    /// The image went, with the layers no other image needed (top first).
+    Deleted { image: String, layers: Vec<String> },
 }
 
 /// The in-memory view of a store: every valid layer and image.
@@ -1040,11 +1041,29 @@ impl Store {
         self.add_names(&image.id, &[normalized])
     }
 
-    /// Remove an image, then every layer of its chain that no other image needs.
+    /// Remove an image, then every layer of its chain that no other image
+    /// needs. Named by one of several names, the image only loses that name
+    /// (as `docker rmi` / `podman rmi` do).
     pub fn remove_image(&self, name: &str) -> Result<Removed> {
         let _lock = self.begin_write()?;
         let image = self.resolve_image(name)?;
         self.check_mutable(image.shared, &format!("image {}", image.id))?;
+        let normalized = crate::reference::normalize_name(name).ok();
+        let by_name = image
+            .names
+            .iter()
+            .find(|n| *n == name || Some(*n) == normalized.as_ref())
+            .cloned();
+        if let (Some(by_name), true) = (by_name, image.names.len() > 1) {
+            let mut image = image;
+            image.names.retain(|n| *n != by_name);
+            self.write_image_record(&image)?;
+            self.bump_generation()?;
+            return Ok(Removed::Untagged {
+                image: image.id,
+                name: by_name,
+            });
+        }
         let mount = self.mount_path(&image.id);
         if storectl_overlay::mount::is_mounted(&mount).unwrap_or(false) {
             return Err(Error::ImageMounted {
@@ -1082,7 +1101,7 @@ impl Store {
         if !removed.is_empty() {
             self.bump_generation()?;
         }
-        Ok(Removed {
+        Ok(Removed::Deleted {
             image: image.id,
             layers: removed,
         })

@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use storectl_storage::meta::{CONFIG, MANIFEST};
 
-use crate::util::{open_store, out};
+use crate::util::{open_store_scanned, out};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -15,7 +15,7 @@ pub struct Args {
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
-    let store = open_store(root)?;
+    let (store, _refresher) = open_store_scanned(root)?;
     let image = store.resolve_image(&args.image)?;
     let doc = |key: &str| -> anyhow::Result<Value> {
         let bytes = store.image_big_data(&image, key)?;

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::util::{human_size, open_store, out, short_time};
+use crate::util::{human_size, open_store_scanned, out, short_time};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,7 +26,8 @@ fn split_name(name: &str) -> (&str, &str) {
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
-    let store = open_store(root)?;
+    let (store, refresher) = open_store_scanned(root)?;
+    let show_source = refresher.is_some();
     let mut images = store.images();
     images.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
     if args.json {
@@ -40,6 +41,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
                 "created": image.created,
                 "size": store.image_size(image),
                 "layers": layers.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+                "shared": image.shared,
             });
             if args.layers {
                 v["layer_details"] = serde_json::to_value(&layers)?;
@@ -49,9 +51,19 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         out(serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
+    let source = |shared: bool| match (show_source, shared) {
+        (false, _) => String::new(),
+        (true, true) => "  shared".to_string(),
+        (true, false) => "  local".to_string(),
+    };
     out(format!(
-        "{:<40} {:<16} {:<12} {:<19} {:>9}",
-        "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"
+        "{:<40} {:<16} {:<12} {:<19} {:>9}{}",
+        "REPOSITORY",
+        "TAG",
+        "IMAGE ID",
+        "CREATED",
+        "SIZE",
+        if show_source { "  SOURCE" } else { "" }
     ));
     for image in &images {
         let names: Vec<(&str, &str)> = if image.names.is_empty() {
@@ -61,12 +73,13 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         };
         for (repo, tag) in names {
             out(format!(
-                "{:<40} {:<16} {:<12} {:<19} {:>9}",
+                "{:<40} {:<16} {:<12} {:<19} {:>9}{}",
                 repo,
                 tag,
                 &image.id[..12],
                 short_time(image.created.as_deref()),
-                human_size(store.image_size(image))
+                human_size(store.image_size(image)),
+                source(image.shared)
             ));
         }
         if args.layers {

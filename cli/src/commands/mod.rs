@@ -4,10 +4,13 @@ use std::path::Path;
 
 use clap::Subcommand;
 
+mod info;
+mod init;
 mod inspect;
 mod load;
 mod ls;
 mod mount;
+mod refresh;
 mod rmi;
 mod tag;
 mod verify;
@@ -30,6 +33,12 @@ pub enum Command {
     Rmi(rmi::Args),
     /// Re-hash layers from their files and tar-split metadata.
     Verify(verify::Args),
+    /// Create a store root, optionally as the writer or a reader of a share.
+    Init(init::Args),
+    /// Show the store's role, share, intervals and counts.
+    Info(info::Args),
+    /// Bring a reader up to date with the share (`--watch` to keep following it).
+    Refresh(refresh::Args),
 }
 
 impl Command {
@@ -43,6 +52,9 @@ impl Command {
             Command::Tag(a) => tag::run(root, a),
             Command::Rmi(a) => rmi::run(root, a),
             Command::Verify(a) => verify::run(root, a),
+            Command::Init(a) => init::run(root, a),
+            Command::Info(a) => info::run(root, a),
+            Command::Refresh(a) => refresh::run(root, a),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::util::{open_store, out};
+use crate::util::{open_store_scanned, out};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -17,14 +17,14 @@ pub struct UmountArgs {
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
-    let store = open_store(root)?;
+    let (store, _refresher) = open_store_scanned(root)?;
     let image = store.resolve_image(&args.image)?;
     out(store.mount_image(&image)?.display());
     Ok(())
 }
 
 pub fn run_umount(root: &Path, args: UmountArgs) -> anyhow::Result<()> {
-    let store = open_store(root)?;
+    let (store, _refresher) = open_store_scanned(root)?;
     let image = store.resolve_image(&args.image)?;
     if !store.unmount_image(&image)? {
         anyhow::bail!("image {} is not mounted", image.id);

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use storectl_storage::Removed;
+
 use crate::util::{open_store, out};
 
 #[derive(Debug, clap::Args)]
@@ -14,11 +16,15 @@ pub struct Args {
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     let store = open_store(root)?;
     for name in &args.images {
-        let removed = store.remove_image(name)?;
-        for layer in &removed.layers {
-            out(format!("Deleted layer {layer}"));
+        match store.remove_image(name)? {
+            Removed::Untagged { name, .. } => out(format!("Untagged {name}")),
+            Removed::Deleted { image, layers } => {
+                for layer in &layers {
+                    out(format!("Deleted layer {layer}"));
+                }
+                out(format!("Deleted {image}"));
+            }
         }
-        out(format!("Deleted {}", removed.image));
     }
     Ok(())
 }

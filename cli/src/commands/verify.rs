@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::util::{open_store, out};
+use crate::util::{open_store_scanned, out};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -12,7 +12,7 @@ pub struct Args {
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
-    let store = open_store(root)?;
+    let (store, _refresher) = open_store_scanned(root)?;
     let layers = match &args.image {
         Some(name) => store.image_layers(&store.resolve_image(name)?)?,
         None => store.layers(),

@@ -1,0 +1,62 @@
+//! `storectl info`: the store's role, share, intervals and counts.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::util::{open_store_scanned, out};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
+    let (store, refresher) = open_store_scanned(root)?;
+    let layout = store.layout();
+    let cfg = &layout.config;
+    let (images, layers) = store.with_state(|st| {
+        let shared_images = st.images.values().filter(|i| i.shared).count();
+        let shared_layers = st.layers.values().filter(|l| l.shared).count();
+        (
+            (st.images.len() - shared_images, shared_images),
+            (st.layers.len() - shared_layers, shared_layers),
+        )
+    });
+    let generation = std::fs::read_to_string(layout.generation())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let pending = refresher.as_ref().map(|r| r.stats().share.pending);
+    let v = json!({
+        "root": store.root(),
+        "role": cfg.role.to_string(),
+        "shared": cfg.shared,
+        "refresh_interval_ms": cfg.refresh_interval_ms,
+        "full_rescan_secs": cfg.full_rescan_secs,
+        "generation": generation,
+        "images": {"local": images.0, "shared": images.1},
+        "layers": {"local": layers.0, "shared": layers.1},
+        "pending_on_share": pending,
+    });
+    if args.json {
+        out(serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    out(format!("root:              {}", store.root().display()));
+    out(format!("role:              {}", cfg.role));
+    if let Some(share) = &cfg.shared {
+        out(format!("shared:            {}", share.display()));
+        out(format!("refresh interval:  {} ms", cfg.refresh_interval_ms));
+        out(format!("full rescan:       {} s", cfg.full_rescan_secs));
+    }
+    out(format!("generation:        {}", if generation.is_empty() { "-" } else { &generation }));
+    out(format!("images:            {} local, {} shared", images.0, images.1));
+    out(format!("layers:            {} local, {} shared", layers.0, layers.1));
+    if let Some(p) = pending {
+        out(format!("pending on share:  {p}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! `storectl refresh`: bring a reader up to date with the share.
+//!
+//! One-shot, it prints what changed since the last `refresh` on this root (the
+//! ids it saw are remembered in the reader's own root, never on the share).
+//! With `--watch` it runs the refresher in the foreground and prints events as
+//! they happen until interrupted.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use storectl_remote::StoreEvent;
+use storectl_storage::fsutil::write_atomic;
+
+use crate::util::{open_store_scanned, out};
+
+/// The reader-local file with the shared images the last `refresh` saw.
+const SEEN_FILE: &str = "refresh-seen.json";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print one JSON object per event.
+    #[arg(long)]
+    json: bool,
+    /// Keep running and print events as they happen.
+    #[arg(long)]
+    watch: bool,
+}
+
+fn print_event(e: &StoreEvent, json: bool) -> anyhow::Result<()> {
+    if json {
+        out(serde_json::to_string(e)?);
+        return Ok(());
+    }
+    match e {
+        StoreEvent::ImageAdded { id, names } => out(format!("+ image {id} {}", names.join(" "))),
+        StoreEvent::ImageRemoved { id } => out(format!("- image {id}")),
+        // Layers only in JSON; the text form speaks of images.
+        StoreEvent::LayerAdded { .. } | StoreEvent::LayerRemoved { .. } => {}
+    }
+    Ok(())
+}
+
+pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
+    let (store, refresher) = open_store_scanned(root)?;
+    let refresher = refresher.with_context(|| {
+        format!(
+            "{} is not a reader of a share (run `storectl init --shared DIR --role reader`)",
+            root.display()
+        )
+    })?;
+    if args.watch {
+        let events = refresher.subscribe();
+        let _running = refresher.spawn();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
+            .context("installing the interrupt handler")?;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            match events.recv_timeout(Duration::from_millis(200)) {
+                Ok(e) => print_event(&e, args.json)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        return Ok(());
+    }
+    // One-shot: compare with what the last refresh saw.
+    let seen_path = root.join(SEEN_FILE);
+    let before: BTreeMap<String, Vec<String>> = std::fs::read(&seen_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let now: BTreeMap<String, Vec<String>> = store.with_state(|st| {
+        st.images
+            .values()
+            .filter(|i| i.shared)
+            .map(|i| (i.id.clone(), i.names.clone()))
+            .collect()
+    });
+    for id in before.keys().filter(|id| !now.contains_key(*id)) {
+        print_event(&StoreEvent::ImageRemoved { id: id.clone() }, args.json)?;
+    }
+    for (id, names) in now.iter().filter(|(id, _)| !before.contains_key(*id)) {
+        let e = StoreEvent::ImageAdded {
+            id: id.clone(),
+            names: names.clone(),
+        };
+        print_event(&e, args.json)?;
+    }
+    write_atomic(root, SEEN_FILE, &serde_json::to_vec(&now)?)?;
+    Ok(())
+}
