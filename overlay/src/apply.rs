@@ -792,13 +792,13 @@ mod tests {
     #[test]
     fn pax_times() {
         let t = parse_pax_time("1700000000.5").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec as i64), (1_700_000_000, 500_000_000));
+        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 500_000_000));
         let t = parse_pax_time("12").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec as i64), (12, 0));
+        assert_eq!((t.tv_sec, t.tv_nsec), (12, 0));
         let t = parse_pax_time("1.123456789999").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec as i64), (1, 123_456_789));
+        assert_eq!((t.tv_sec, t.tv_nsec), (1, 123_456_789));
         let t = parse_pax_time("-1.5").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec as i64), (-2, 500_000_000));
+        assert_eq!((t.tv_sec, t.tv_nsec), (-2, 500_000_000));
         assert!(parse_pax_time("").is_none());
         assert!(parse_pax_time("1e5").is_none());
         assert!(parse_pax_time("-").is_none());

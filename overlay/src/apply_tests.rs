@@ -407,7 +407,8 @@ fn whiteout_naming_dot_or_dotdot_is_refused() {
 
 #[test]
 fn duplicate_entries_are_refused() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut RawTar)>)> = vec![
+    type Build = Box<dyn Fn(&mut RawTar)>;
+    let cases: Vec<(&str, Build)> = vec![
         (
             "f",
             Box::new(|t: &mut RawTar| {
