@@ -146,3 +146,142 @@ pub(crate) fn unescape_octal(s: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{is_root, skip, RawTar};
+    use std::io::Cursor;
+
+    fn id(n: u32) -> String {
+        format!("{n:064x}")
+    }
+
+    #[test]
+    fn options_escape_special_characters() {
+        let lowers = [PathBuf::from("/s/l/AB"), PathBuf::from("/we:ird,dir\\x")];
+        assert_eq!(
+            overlay_options(&lowers),
+            b"lowerdir=/s/l/AB:/we\\:ird\\,dir\\\\x".to_vec()
+        );
+    }
+
+    #[test]
+    fn mountinfo_parsing_unescapes_octal() {
+        let text = b"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+            40 22 0:35 / /mnt/with\\040space rw - overlay overlay ro,lowerdir=/x\n\
+            41 22 0:36 / /tab\\011and\\134back rw - tmpfs tmpfs rw\n\
+            \n\
+            short line\n";
+        let points: Vec<OsString> = mount_points(text).collect();
+        assert_eq!(
+            points,
+            [
+                OsString::from("/"),
+                OsString::from("/mnt/with space"),
+                OsString::from("/tab\tand\\back"),
+            ]
+        );
+        assert_eq!(unescape_octal(b"a\\040b"), b"a b");
+        assert_eq!(
+            unescape_octal(b"bad\\09x\\"),
+            b"bad\\09x\\",
+            "not an escape"
+        );
+        assert_eq!(unescape_octal(b"\\777"), b"\\777", "out of byte range");
+    }
+
+    #[test]
+    fn is_mounted_on_real_mountinfo() {
+        assert!(is_mounted(Path::new("/")).unwrap());
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(!is_mounted(tmp.path()).unwrap());
+    }
+
+    #[test]
+    fn too_long_chain_is_refused_before_mounting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Driver::open(&tmp.path().join("overlay"), true).unwrap();
+        let ids: Vec<String> = (0..60).map(id).collect();
+        for i in &ids {
+            fs::create_dir_all(d.dir().join("RO").join(i).join("diff")).unwrap();
+        }
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let target = tmp.path().join("mnt");
+        let err = d.mount_read_only(&refs, &target).unwrap_err();
+        assert!(
+            matches!(&err, Error::Mount { reason, .. } if reason.contains("page")),
+            "{err}"
+        );
+        assert!(matches!(
+            d.mount_read_only(&[&id(999)], &target),
+            Err(Error::LayerUnknown(_))
+        ));
+        assert!(matches!(
+            d.mount_read_only(&[], &target),
+            Err(Error::Mount { .. })
+        ));
+    }
+
+    /// Build a committed layer from a tar.
+    fn layer(d: &Driver, n: u32, parents: &[&str], tar: Vec<u8>) -> String {
+        let s = d.stage_layer(false).unwrap();
+        crate::apply_tar(
+            &s.diff_path(),
+            &mut Cursor::new(tar),
+            None,
+            &Default::default(),
+        )
+        .unwrap();
+        let i = id(n);
+        s.commit(&i, parents).unwrap();
+        i
+    }
+
+    #[test]
+    fn mount_chains_with_whiteouts() {
+        if !is_root() {
+            return skip("overlay mounts");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Driver::open(&tmp.path().join("overlay"), true).unwrap();
+        let mut t = RawTar::new();
+        t.file("etc/keep", b"base");
+        t.file("etc/gone", b"deleted above");
+        t.file("var/old/a", b"hidden by opaque");
+        let base = layer(&d, 1, &[], t.finish());
+        let mut t = RawTar::new();
+        t.file("etc/.wh.gone", b"");
+        t.file("var/old/.wh..wh..opq", b"");
+        t.file("var/old/b", b"new");
+        t.file("etc/keep", b"top");
+        let top = layer(&d, 2, &[&base], t.finish());
+
+        let m2 = tmp.path().join("m2");
+        d.mount_read_only(&[&top, &base], &m2).unwrap();
+        assert!(is_mounted(&m2).unwrap());
+        // Read everything first, so a failed check never leaves a mount behind.
+        let keep = fs::read(m2.join("etc/keep"));
+        let gone = m2.join("etc/gone").exists();
+        let hidden = m2.join("var/old/a").exists();
+        let b = fs::read(m2.join("var/old/b"));
+        let write = fs::write(m2.join("new"), b"x");
+        unmount(&m2).unwrap();
+        assert!(!is_mounted(&m2).unwrap());
+        assert_eq!(keep.unwrap(), b"top");
+        assert!(!gone, "whiteout hides the lower file");
+        assert!(!hidden, "opaque dir hides lower contents");
+        assert_eq!(b.unwrap(), b"new");
+        assert!(write.is_err(), "read-only");
+
+        // One layer: an empty second lower is added.
+        let m1 = tmp.path().join("deeper/m1");
+        d.mount_read_only(&[&base], &m1).unwrap();
+        assert!(is_mounted(&m1).unwrap());
+        let content = fs::read(m1.join("etc/gone"));
+        unmount(&m1).unwrap();
+        assert_eq!(content.unwrap(), b"deleted above");
+        assert!(d.dir().join(EMPTY_DIR).is_dir());
+        assert!(unmount(&m1).is_err(), "not mounted any more");
+    }
+}
