@@ -873,3 +873,83 @@ fn diff_fixture_perms_do_not_block_non_root() {
     );
     assert_eq!(fs::read(s.diff().join("ro/sub/f")).unwrap(), b"1");
 }
+
+#[test]
+fn gnu_tar_archives_apply_and_roundtrip() {
+    // Archives written by the system's GNU tar (pax and gnu formats) from a
+    // real tree: applied, the tree matches the source; reassembled, the bytes match.
+    let Ok(version) = std::process::Command::new("tar").arg("--version").output() else {
+        return skip("GNU tar is not installed; tar compatibility");
+    };
+    assert!(version.status.success());
+    let src = tempfile::tempdir().unwrap();
+    let p = src.path();
+    fs::create_dir_all(p.join("usr/share/doc")).unwrap();
+    fs::write(p.join("usr/share/doc/readme"), b"read me\n".repeat(1000)).unwrap();
+    fs::write(
+        p.join("usr/bin-tool"),
+        (0..100_000u32).map(|i| (i % 13) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    fs::set_permissions(p.join("usr/bin-tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::hard_link(p.join("usr/bin-tool"), p.join("usr/bin-alias")).unwrap();
+    std::os::unix::fs::symlink("share/doc/readme", p.join("usr/rl")).unwrap();
+    let long_dir = p.join("usr").join("d".repeat(120));
+    fs::create_dir(&long_dir).unwrap();
+    fs::write(long_dir.join("f".repeat(140)), b"long").unwrap();
+    fs::write(p.join("empty"), b"").unwrap();
+    rustix::fs::setxattr(
+        p.join("empty").as_path(),
+        "user.k",
+        b"v",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    for format in ["pax", "gnu"] {
+        let out = std::process::Command::new("tar")
+            .args(["--numeric-owner", &format!("--format={format}")])
+            .args(if format == "pax" {
+                &["--xattrs"][..]
+            } else {
+                &[]
+            })
+            .args(["-cf", "-", "-C"])
+            .arg(p)
+            .arg(".")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tar = out.stdout;
+        roundtrip(&tar);
+        let s = Scratch::new();
+        apply(&s.diff(), &tar).unwrap();
+        let d = s.diff();
+        assert_eq!(tree(&d), tree(p), "{format}");
+        for rel in tree(p) {
+            let a = fs::symlink_metadata(p.join(&rel)).unwrap();
+            let b = fs::symlink_metadata(d.join(&rel)).unwrap();
+            assert_eq!(a.mode(), b.mode(), "{format} {rel}");
+            assert_eq!(a.mtime(), b.mtime(), "{format} {rel}");
+            if a.is_file() {
+                assert_eq!(
+                    fs::read(p.join(&rel)).unwrap(),
+                    fs::read(d.join(&rel)).unwrap()
+                );
+                assert_eq!(a.nlink(), b.nlink(), "{format} {rel}");
+            }
+            if a.file_type().is_symlink() {
+                assert_eq!(
+                    fs::read_link(p.join(&rel)).unwrap(),
+                    fs::read_link(d.join(&rel)).unwrap()
+                );
+            }
+        }
+        if format == "pax" {
+            assert_eq!(xattr(&d.join("empty"), "user.k").unwrap(), b"v");
+        }
+    }
+}

@@ -18,6 +18,7 @@
 //!   <id> -> RO/<id>     a read-only image layer on a shared store (relative symlink)
 //!   RO/<id>/            diff/ link [lower]        (the part that can live on a share)
 //!   l/<short> -> ../<id>/diff                     short names keep mount options small
+//!   empty/              an empty lower dir for mounting one-layer chains
 //!   .staging-*          a layer being built; renamed to <id> when complete
 //!   .trash-*            a layer being removed
 //! ```
@@ -33,6 +34,16 @@
 //!   resolved relative to the diff directory's fd, refusing `..`, absolute paths
 //!   and any path that passes through a symlink (see [`apply`]).
 //! * The host never follows a symlink that came from a layer.
+//! * A layer is synced once, with `syncfs` at commit, not file by file.
+//!
+//! ## Modules
+//!
+//! * [`driver`]: layer directories (stage, commit, remove, debris, usage);
+//! * [`apply`]: a layer tar stream into `diff/`;
+//! * [`tarsplit`]: the tar-split record written while applying, and
+//!   [`tarsplit::reassemble`] to rebuild the identical tar;
+//! * [`compression`]: gzip/zstd detection and streaming decompression;
+//! * [`mount`]: overlayfs mounts of layer chains.
 //!
 //! ## Whiteouts
 //!

@@ -23,6 +23,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -279,6 +280,11 @@ impl Read for Recorder<'_, '_> {
 /// Rebuild the layer tar from `diff` and the tar-split JSON lines in
 /// `tar_split`, writing it to `out`. Returns bytes written. A file whose size
 /// or CRC differs from the record is [`crate::Error::TarSplit`].
+///
+/// File names are resolved beneath `diff` exactly as [`crate::apply_tar`]
+/// stored them (leading `./` dropped); a name with a `..` component or an
+/// absolute name is `TarSplit`, and no symlink is followed on the way (an
+/// `Io` error, `ELOOP`). A file entry without a checksum is copied unchecked.
 pub fn reassemble(diff: &Path, tar_split: &mut dyn Read, out: &mut dyn Write) -> Result<u64> {
     let diff_fd = rustix::fs::open(
         diff,
@@ -322,7 +328,7 @@ pub fn reassemble(diff: &Path, tar_split: &mut dyn Read, out: &mut dyn Write) ->
                     return Err(Error::TarSplit(format!("file {shown:?} names the root")));
                 }
                 let rel = fsutil::join(&comps);
-                let path = diff.join(std::ffi::OsStr::new(&*String::from_utf8_lossy(&rel)));
+                let path = diff.join(std::ffi::OsStr::from_bytes(&rel));
                 let fd = fsutil::open_beneath(&diff_fd, &rel, OFlags::RDONLY, Mode::empty())
                     .map_err(|e| Error::io(&path, e))?;
                 let mut file = std::fs::File::from(fd);
