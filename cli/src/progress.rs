@@ -1,64 +1,399 @@
-//! Rendering progress events: one bar per layer on a terminal, nothing when
-//! stderr is not a terminal.
+//! Rendering progress events.
+//!
+//! * `Terminal`: one line per blob, redrawn in place at most every 100 ms:
+//!   `id  status  [=====>    ]  12.3 MB / 40.1 MB  8.2 MB/s` when the terminal
+//!   is at least 110 columns wide, `id status 12.3MB/40.1MB` when narrower (the
+//!   width is read again at every redraw, so a resize switches forms), and a
+//!   summary line at the end.
+//! * `Json`: one JSON object per event line (`{event, name, parents, progress, total}`).
+//! * `Plain` (output is not a terminal): one line per finished blob.
+//! * `Quiet`: nothing.
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use parking_lot::Mutex;
 use storectl_storage::{EventKind, ProgressEvent, Reporter};
 
-/// Per-layer bars on stderr.
-pub struct Bars {
-    multi: MultiProgress,
-    bars: Mutex<HashMap<String, ProgressBar>>,
+use crate::util::human_size;
+
+/// How `--progress` asked us to render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// Bars on a terminal, plain lines otherwise.
+    Auto,
+    /// Bars (even when stderr is not a terminal).
+    Tty,
+    /// One line per finished layer.
+    Plain,
+    /// One JSON object per event, on stdout.
+    Json,
+    /// Nothing.
+    None,
 }
 
-fn short(name: &str) -> &str {
+/// The width from which the full bar form is used.
+pub const WIDE: u16 = 110;
+const REDRAW: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+struct Row {
+    name: String,
+    event: EventKind,
+    progress: u64,
+    total: u64,
+    started: Option<Instant>,
+    rate: f64,
+}
+
+struct State {
+    rows: Vec<Row>,
+    index: HashMap<String, usize>,
+    drawn_lines: usize,
+    last_draw: Option<Instant>,
+    started: Instant,
+}
+
+/// A [`Reporter`] that renders to the terminal or as lines.
+pub struct Renderer {
+    mode: ProgressMode,
+    state: Mutex<State>,
+    width: Box<dyn Fn() -> Option<u16> + Send + Sync>,
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+/// The terminal width of stderr, if it is a terminal.
+fn stderr_width() -> Option<u16> {
+    let stderr = std::io::stderr();
+    if !rustix::termios::isatty(&stderr) {
+        return None;
+    }
+    rustix::termios::tcgetwinsize(&stderr)
+        .ok()
+        .map(|w| w.ws_col)
+        .filter(|c| *c > 0)
+}
+
+/// `sha256:abcdef…` → `abcdef012345`.
+pub fn short_id(name: &str) -> &str {
     let hex = name.strip_prefix("sha256:").unwrap_or(name);
     &hex[..hex.len().min(12)]
 }
 
-impl Bars {
-    pub fn new() -> Bars {
-        Bars {
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)),
-            bars: Mutex::new(HashMap::new()),
+/// One row in the wide form (pure).
+fn wide_line(row: &Row, width: u16) -> String {
+    let status = row.event.as_str();
+    let amounts = if row.total > 0 {
+        format!("{} / {}", human_size(row.progress), human_size(row.total))
+    } else {
+        human_size(row.progress)
+    };
+    let rate = if row.event == EventKind::Downloading || row.event == EventKind::Extracting {
+        format!("{}/s", human_size(row.rate as u64))
+    } else {
+        String::new()
+    };
+    // id(12) + 2 + status(14) + 2 + [bar] + 2 + amounts(21) + 2 + rate(11)
+    let fixed = 12 + 2 + 14 + 2 + 2 + 2 + 21 + 2 + 11;
+    let bar_width = (width as usize).saturating_sub(fixed + 1).clamp(10, 60);
+    let filled = if row.total > 0 {
+        ((row.progress.min(row.total) as f64 / row.total as f64) * bar_width as f64) as usize
+    } else {
+        0
+    };
+    let mut bar = "=".repeat(filled);
+    if filled < bar_width {
+        if filled > 0 {
+            bar.pop();
+            bar.push('>');
+        }
+        bar.push_str(&" ".repeat(bar_width - filled));
+    }
+    format!(
+        "{:<12}  {:<14}  [{bar}]  {:>21}  {:>11}",
+        short_id(&row.name),
+        status,
+        amounts,
+        rate
+    )
+}
+
+/// One row in the compact form (pure).
+fn compact_line(row: &Row) -> String {
+    let c = |n: u64| human_size(n).replace(' ', "");
+    if row.total > 0 {
+        format!(
+            "{} {} {}/{}",
+            short_id(&row.name),
+            row.event.as_str(),
+            c(row.progress),
+            c(row.total)
+        )
+    } else {
+        format!("{} {} {}", short_id(&row.name), row.event.as_str(), c(row.progress))
+    }
+}
+
+impl Renderer {
+    /// A renderer for `mode` (`Auto` decides by whether stderr is a terminal).
+    pub fn new(mode: ProgressMode) -> Renderer {
+        let mode = match mode {
+            ProgressMode::Auto if stderr_width().is_some() => ProgressMode::Tty,
+            ProgressMode::Auto => ProgressMode::Plain,
+            m => m,
+        };
+        let out: Box<dyn Write + Send> = match mode {
+            ProgressMode::Json => Box::new(std::io::stdout()),
+            _ => Box::new(std::io::stderr()),
+        };
+        Renderer::with_output(mode, out, Box::new(stderr_width))
+    }
+
+    /// A renderer writing to `out`, asking `width` for the terminal width.
+    pub fn with_output(
+        mode: ProgressMode,
+        out: Box<dyn Write + Send>,
+        width: Box<dyn Fn() -> Option<u16> + Send + Sync>,
+    ) -> Renderer {
+        Renderer {
+            mode,
+            state: Mutex::new(State {
+                rows: Vec::new(),
+                index: HashMap::new(),
+                drawn_lines: 0,
+                last_draw: None,
+                started: Instant::now(),
+            }),
+            width,
+            out: Mutex::new(out),
         }
     }
 
-    pub fn finish(&self) {
-        for bar in self.bars.lock().values() {
-            if !bar.is_finished() {
-                bar.abandon();
-            }
+    fn write(&self, text: &str) {
+        let mut out = self.out.lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    }
+
+    /// Redraw every row in place.
+    fn draw(&self, state: &mut State) {
+        let width = (self.width)().unwrap_or(80);
+        let mut text = String::new();
+        if state.drawn_lines > 0 {
+            text.push_str(&format!("\x1b[{}A", state.drawn_lines));
+        }
+        for row in &state.rows {
+            let line = if width >= WIDE {
+                wide_line(row, width)
+            } else {
+                compact_line(row)
+            };
+            let line: String = line.chars().take(width.saturating_sub(1) as usize).collect();
+            text.push_str("\r\x1b[2K");
+            text.push_str(&line);
+            text.push('\n');
+        }
+        state.drawn_lines = state.rows.len();
+        state.last_draw = Some(Instant::now());
+        self.write(&text);
+    }
+
+    /// Draw the final state and a summary line (`done`), or nothing more.
+    pub fn finish(&self, summary: Option<&str>) {
+        let mut state = self.state.lock();
+        if self.mode == ProgressMode::Tty && !state.rows.is_empty() {
+            self.draw(&mut state);
+        }
+        if let (Some(s), ProgressMode::Tty | ProgressMode::Plain) = (summary, self.mode) {
+            let secs = state.started.elapsed().as_secs_f64();
+            let bytes: u64 = state.rows.iter().map(|r| r.total).sum();
+            self.write(&format!(
+                "{s}: {} layers, {} in {secs:.1}s\n",
+                state.rows.len(),
+                human_size(bytes)
+            ));
         }
     }
 }
 
-impl Reporter for Bars {
+impl Reporter for Renderer {
     fn report(&self, e: &ProgressEvent) {
-        if matches!(e.event, EventKind::Resolving | EventKind::Done | EventKind::Saved) {
+        match self.mode {
+            ProgressMode::None | ProgressMode::Auto => return,
+            ProgressMode::Json => {
+                if let Ok(line) = serde_json::to_string(e) {
+                    self.write(&format!("{line}\n"));
+                }
+                return;
+            }
+            _ => {}
+        }
+        if matches!(
+            e.event,
+            EventKind::Resolving | EventKind::Done | EventKind::Saved
+        ) {
             return;
         }
-        let mut bars = self.bars.lock();
-        let bar = bars.entry(e.name.clone()).or_insert_with(|| {
-            let bar = self.multi.add(ProgressBar::new(e.total));
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} {msg:<14} [{bar:40}] {bytes}/{total_bytes}",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
-            );
-            bar.set_prefix(short(&e.name).to_string());
-            bar
-        });
-        bar.set_length(e.total);
-        bar.set_position(e.progress);
-        bar.set_message(e.event.as_str());
-        if matches!(e.event, EventKind::Complete | EventKind::AlreadyExists) {
-            bar.set_position(e.total);
-            bar.finish();
+        let mut state = self.state.lock();
+        let i = match state.index.get(&e.name) {
+            Some(&i) => i,
+            None => {
+                state.rows.push(Row {
+                    name: e.name.clone(),
+                    event: EventKind::Waiting,
+                    progress: 0,
+                    total: e.total,
+                    started: None,
+                    rate: 0.0,
+                });
+                let i = state.rows.len() - 1;
+                state.index.insert(e.name.clone(), i);
+                i
+            }
+        };
+        let finished = matches!(e.event, EventKind::Complete | EventKind::AlreadyExists);
+        let row = &mut state.rows[i];
+        let was_finished = matches!(row.event, EventKind::Complete | EventKind::AlreadyExists);
+        row.event = e.event;
+        row.total = e.total;
+        row.progress = if finished { e.total } else { e.progress };
+        if matches!(e.event, EventKind::Downloading | EventKind::Extracting) {
+            let started = *row.started.get_or_insert_with(Instant::now);
+            let secs = started.elapsed().as_secs_f64();
+            if secs > 0.05 {
+                row.rate = row.progress as f64 / secs;
+            }
         }
+        match self.mode {
+            ProgressMode::Plain => {
+                if finished && !was_finished {
+                    let line = format!(
+                        "{} {} {}\n",
+                        short_id(&e.name),
+                        e.event.as_str(),
+                        human_size(e.total)
+                    );
+                    drop(state);
+                    self.write(&line);
+                }
+            }
+            ProgressMode::Tty => {
+                let due = state.last_draw.is_none_or(|t| t.elapsed() >= REDRAW);
+                if due {
+                    self.draw(&mut state);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn ev(event: EventKind, name: &str, progress: u64, total: u64) -> ProgressEvent {
+        ProgressEvent {
+            event,
+            name: name.into(),
+            parents: vec![],
+            progress,
+            total,
+        }
+    }
+
+    fn row(progress: u64, total: u64) -> Row {
+        Row {
+            name: "sha256:0123456789abcdef".into(),
+            event: EventKind::Extracting,
+            progress,
+            total,
+            started: None,
+            rate: 2_000_000.0,
+        }
+    }
+
+    #[test]
+    fn wide_and_compact_forms() {
+        let wide = wide_line(&row(50, 100), 160);
+        assert!(wide.starts_with("0123456789ab  extracting"), "{wide}");
+        assert!(wide.contains("[") && wide.contains(">") && wide.contains("50 B / 100 B"));
+        assert!(wide.contains("2.00 MB/s"), "{wide}");
+        assert!(wide.len() <= 160);
+        assert_eq!(compact_line(&row(50, 100)), "0123456789ab extracting 50B/100B");
+        let full = wide_line(&row(100, 100), 120);
+        assert!(!full.contains('>') && full.contains("===="), "{full}");
+    }
+
+    #[test]
+    fn tty_redraws_one_line_per_layer_and_switches_on_resize() {
+        let buf = Buf::default();
+        let width = Arc::new(Mutex::new(160u16));
+        let w = Arc::clone(&width);
+        let r = Renderer::with_output(
+            ProgressMode::Tty,
+            Box::new(buf.clone()),
+            Box::new(move || Some(*w.lock())),
+        );
+        r.report(&ev(EventKind::Waiting, "sha256:aaaa", 0, 10));
+        r.report(&ev(EventKind::Waiting, "sha256:bbbb", 0, 20));
+        *width.lock() = 80;
+        r.report(&ev(EventKind::Complete, "sha256:aaaa", 10, 10));
+        r.finish(Some("Loaded"));
+        let text = String::from_utf8(buf.0.lock().clone()).unwrap();
+        // The final frame (after the last cursor-up `ESC [ n A`) has one line per layer.
+        let frame_start = text
+            .match_indices("\x1b[")
+            .filter(|(i, _)| {
+                let rest = &text[i + 2..];
+                let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+                digits > 0 && rest.as_bytes().get(digits) == Some(&b'A')
+            })
+            .map(|(i, _)| i)
+            .last()
+            .expect("a redraw moved the cursor up");
+        let last = &text[frame_start..];
+        let lines: Vec<&str> = last.lines().filter(|l| l.contains("\x1b[2K")).collect();
+        assert_eq!(lines.len(), 2, "{last:?}");
+        assert!(lines[0].ends_with("aaaa complete 10B/10B"), "{lines:?}");
+        assert!(text.contains("[") , "the wide form was drawn first");
+        assert!(last.contains("Loaded: 2 layers"), "{last:?}");
+    }
+
+    #[test]
+    fn plain_prints_each_finished_layer_once_and_json_every_event() {
+        let buf = Buf::default();
+        let r = Renderer::with_output(ProgressMode::Plain, Box::new(buf.clone()), Box::new(|| None));
+        r.report(&ev(EventKind::Extracting, "sha256:aaaa", 5, 10));
+        r.report(&ev(EventKind::Complete, "sha256:aaaa", 10, 10));
+        r.report(&ev(EventKind::Complete, "sha256:aaaa", 10, 10));
+        r.report(&ev(EventKind::AlreadyExists, "sha256:bbbb", 0, 7));
+        let text = String::from_utf8(buf.0.lock().clone()).unwrap();
+        assert_eq!(text, "aaaa complete 10 B\nbbbb already exists 7 B\n");
+
+        let buf = Buf::default();
+        let r = Renderer::with_output(ProgressMode::Json, Box::new(buf.clone()), Box::new(|| None));
+        r.report(&ev(EventKind::Resolving, "x", 0, 0));
+        r.report(&ev(EventKind::Extracting, "sha256:aaaa", 5, 10));
+        let text = String::from_utf8(buf.0.lock().clone()).unwrap();
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["event"], "extracting");
+        assert_eq!(lines[1]["progress"], 5);
     }
 }

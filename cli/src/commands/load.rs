@@ -4,7 +4,7 @@ use std::path::Path;
 
 use storectl_storage::LoadOptions;
 
-use crate::progress::Bars;
+use crate::progress::{ProgressMode, Renderer};
 use crate::util::{open_store, out};
 
 #[derive(Debug, clap::Args)]
@@ -21,6 +21,12 @@ pub struct Args {
     /// Layers imported at once.
     #[arg(long, default_value_t = 3)]
     jobs: usize,
+    /// How to show progress.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+    /// Print only the image id.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 /// `123`, `64K`, `64M`, `2G`, `1T` (binary units) → bytes.
@@ -51,9 +57,10 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         jobs: args.jobs,
         ..LoadOptions::default()
     };
-    let bars = Bars::new();
-    let image = store.load(&args.path, &opts, &bars);
-    bars.finish();
+    let mode = if args.quiet { ProgressMode::None } else { args.progress };
+    let renderer = Renderer::new(mode);
+    let image = store.load(&args.path, &opts, &renderer);
+    renderer.finish(image.as_ref().ok().map(|_| "Loaded"));
     out(image?.id);
     Ok(())
 }
