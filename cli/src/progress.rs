@@ -266,17 +266,15 @@ impl Reporter for Renderer {
             }
         }
         match self.mode {
-            ProgressMode::Plain => {
-                if finished && !was_finished {
-                    let line = format!(
-                        "{} {} {}\n",
-                        short_id(&e.name),
-                        e.event.as_str(),
-                        human_size(e.total)
-                    );
-                    drop(state);
-                    self.write(&line);
-                }
+            ProgressMode::Plain if finished && !was_finished => {
+                let line = format!(
+                    "{} {} {}\n",
+                    short_id(&e.name),
+                    e.event.as_str(),
+                    human_size(e.total)
+                );
+                drop(state);
+                self.write(&line);
             }
             ProgressMode::Tty => {
                 let due = state.last_draw.is_none_or(|t| t.elapsed() >= REDRAW);
