@@ -131,7 +131,12 @@ fn compact_line(row: &Row) -> String {
             c(row.total)
         )
     } else {
-        format!("{} {} {}", short_id(&row.name), row.event.as_str(), c(row.progress))
+        format!(
+            "{} {} {}",
+            short_id(&row.name),
+            row.event.as_str(),
+            c(row.progress)
+        )
     }
 }
 
@@ -189,7 +194,10 @@ impl Renderer {
             } else {
                 compact_line(row)
             };
-            let line: String = line.chars().take(width.saturating_sub(1) as usize).collect();
+            let line: String = line
+                .chars()
+                .take(width.saturating_sub(1) as usize)
+                .collect();
             text.push_str("\r\x1b[2K");
             text.push_str(&line);
             text.push('\n');
@@ -332,7 +340,10 @@ mod tests {
         assert!(wide.contains("[") && wide.contains(">") && wide.contains("50 B / 100 B"));
         assert!(wide.contains("2.00 MB/s"), "{wide}");
         assert!(wide.len() <= 160);
-        assert_eq!(compact_line(&row(50, 100)), "0123456789ab extracting 50B/100B");
+        assert_eq!(
+            compact_line(&row(50, 100)),
+            "0123456789ab extracting 50B/100B"
+        );
         let full = wide_line(&row(100, 100), 120);
         assert!(!full.contains('>') && full.contains("===="), "{full}");
     }
@@ -368,14 +379,18 @@ mod tests {
         let lines: Vec<&str> = last.lines().filter(|l| l.contains("\x1b[2K")).collect();
         assert_eq!(lines.len(), 2, "{last:?}");
         assert!(lines[0].ends_with("aaaa complete 10B/10B"), "{lines:?}");
-        assert!(text.contains("[") , "the wide form was drawn first");
+        assert!(text.contains("["), "the wide form was drawn first");
         assert!(last.contains("Loaded: 2 layers"), "{last:?}");
     }
 
     #[test]
     fn plain_prints_each_finished_layer_once_and_json_every_event() {
         let buf = Buf::default();
-        let r = Renderer::with_output(ProgressMode::Plain, Box::new(buf.clone()), Box::new(|| None));
+        let r = Renderer::with_output(
+            ProgressMode::Plain,
+            Box::new(buf.clone()),
+            Box::new(|| None),
+        );
         r.report(&ev(EventKind::Extracting, "sha256:aaaa", 5, 10));
         r.report(&ev(EventKind::Complete, "sha256:aaaa", 10, 10));
         r.report(&ev(EventKind::Complete, "sha256:aaaa", 10, 10));
@@ -388,8 +403,10 @@ mod tests {
         r.report(&ev(EventKind::Resolving, "x", 0, 0));
         r.report(&ev(EventKind::Extracting, "sha256:aaaa", 5, 10));
         let text = String::from_utf8(buf.0.lock().clone()).unwrap();
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1]["event"], "extracting");
         assert_eq!(lines[1]["progress"], 5);

@@ -76,7 +76,10 @@ mod tests {
 
     #[test]
     fn times_shorten() {
-        assert_eq!(short_time(Some("2026-11-22T07:40:01.123Z")), "2026-11-22 07:40:01");
+        assert_eq!(
+            short_time(Some("2026-11-22T07:40:01.123Z")),
+            "2026-11-22 07:40:01"
+        );
         assert_eq!(short_time(None), "-");
     }
 }

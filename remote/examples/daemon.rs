@@ -15,7 +15,9 @@ use storectl_remote::{RefreshOptions, Refresher, StoreEvent};
 use storectl_storage::{Store, StoreOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let root = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "/var/lib/storectl".into());
@@ -33,7 +35,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for event in events {
         match event {
             StoreEvent::ImageAdded { id, names } => {
-                tracing::info!("image added {id} {names:?}; {} images now", store.images().len())
+                tracing::info!(
+                    "image added {id} {names:?}; {} images now",
+                    store.images().len()
+                )
             }
             StoreEvent::ImageRemoved { id } => tracing::info!("image removed {id}"),
             StoreEvent::LayerAdded { id } => tracing::debug!("layer added {id}"),

@@ -16,7 +16,9 @@ pub enum Error {
     #[error("{path} already exists and is not a link to {expected}")]
     Conflict { path: PathBuf, expected: PathBuf },
     /// The root is not a reader/writer of a share.
-    #[error("store {root} is not set up for sharing (run `storectl init --shared DIR --role reader`)")]
+    #[error(
+        "store {root} is not set up for sharing (run `storectl init --shared DIR --role reader`)"
+    )]
     NotShared { root: PathBuf },
     #[error(transparent)]
     Storage(#[from] storectl_storage::Error),

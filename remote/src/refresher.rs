@@ -78,7 +78,9 @@ pub struct Refresher {
 
 impl std::fmt::Debug for Refresher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Refresher").field("opts", &self.opts).finish()
+        f.debug_struct("Refresher")
+            .field("opts", &self.opts)
+            .finish()
     }
 }
 

@@ -117,7 +117,10 @@ fn read_record(
         return Ok(None);
     }
     if stamp.size > MAX_RECORD {
-        return Err(format!("{file} is {} bytes, too large for a record", stamp.size));
+        return Err(format!(
+            "{file} is {} bytes, too large for a record",
+            stamp.size
+        ));
     }
     let mut bytes = Vec::with_capacity(stamp.size as usize);
     std::fs::File::from(fd)
@@ -302,8 +305,10 @@ impl Scanner {
                 if ready.is_empty() {
                     break;
                 }
-                let mut ready: Vec<Layer> =
-                    ready.iter().filter_map(|id| candidates.remove(id)).collect();
+                let mut ready: Vec<Layer> = ready
+                    .iter()
+                    .filter_map(|id| candidates.remove(id))
+                    .collect();
                 ready.sort_by(|a, b| a.id.cmp(&b.id));
                 for l in ready {
                     added_ids.insert(l.id.clone());
@@ -339,7 +344,9 @@ impl Scanner {
                     .map(|l| l.parent.clone())
             };
             for id in &new_images {
-                let Some(entry) = self.images.get_mut(id) else { continue };
+                let Some(entry) = self.images.get_mut(id) else {
+                    continue;
+                };
                 let image = match &entry.outcome {
                     Ok(image) => image.clone(),
                     Err(reason) => {

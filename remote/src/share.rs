@@ -20,12 +20,10 @@ pub const SHARE_DIRS: [&str; 3] = ["overlay", "overlay-layers", "overlay-images"
 ///
 /// Running it again with the same arguments changes nothing.
 pub fn init(root: &Path, share: &Path, role: Role, mut config: RootConfig) -> Result<RootConfig> {
-    let share = share
-        .canonicalize()
-        .map_err(|e| Error::NotAShare {
-            path: share.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+    let share = share.canonicalize().map_err(|e| Error::NotAShare {
+        path: share.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     match role {
         Role::Writer => {
             for d in SHARE_DIRS {
@@ -43,7 +41,9 @@ pub fn init(root: &Path, share: &Path, role: Role, mut config: RootConfig) -> Re
                 if !share.join(d).is_dir() {
                     return Err(Error::NotAShare {
                         path: share.clone(),
-                        reason: format!("{d}/ is missing (has a writer run `storectl init` on it?)"),
+                        reason: format!(
+                            "{d}/ is missing (has a writer run `storectl init` on it?)"
+                        ),
                     });
                 }
             }

@@ -84,7 +84,10 @@ mod tests {
         // flock locks belong to the open file description: a second open conflicts.
         match WriterLock::acquire(&p) {
             Err(Error::Locked { holder, .. }) => {
-                assert!(holder.contains(&format!("pid {}", std::process::id())), "{holder}")
+                assert!(
+                    holder.contains(&format!("pid {}", std::process::id())),
+                    "{holder}"
+                )
             }
             other => panic!("expected Locked, got {other:?}"),
         }

@@ -35,7 +35,11 @@ pub struct Layer {
     )]
     pub compressed_size: Option<u64>,
     /// The layer's diffID: digest of the uncompressed tar.
-    #[serde(rename = "diff-digest", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "diff-digest",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub diff_digest: Option<String>,
     /// Bytes of the uncompressed tar.
     #[serde(rename = "diff-size", default, skip_serializing_if = "Option::is_none")]

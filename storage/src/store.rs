@@ -165,7 +165,10 @@ pub const IMAGES_JSON: &str = "images.json";
 /// Names in `dir` that are layer/image ids (64 lowercase hex); everything else
 /// (dot files, `RO`, `.nfsXXXX`, junk) is skipped. A missing dir is empty.
 pub fn list_ids(dir: &Path) -> Result<Vec<String>> {
-    Ok(list_id_entries(dir)?.into_iter().map(|(id, _)| id).collect())
+    Ok(list_id_entries(dir)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect())
 }
 
 /// Like [`list_ids`], with whether each entry is a symlink (from `readdir`'s
@@ -359,7 +362,11 @@ impl Store {
             }
         }
         if self.layout.role() == Role::Writer {
-            layer_ids.extend(list_ids(&self.layout.layers_ro())?.into_iter().map(|id| (id, true)));
+            layer_ids.extend(
+                list_ids(&self.layout.layers_ro())?
+                    .into_iter()
+                    .map(|id| (id, true)),
+            );
         }
         for (id, shared) in layer_ids {
             let path = self.layer_dir_of(&id, shared).join(LAYER_JSON);
@@ -398,7 +405,11 @@ impl Store {
             }
         }
         if self.layout.role() == Role::Writer {
-            image_ids.extend(list_ids(&self.layout.images_ro())?.into_iter().map(|id| (id, true)));
+            image_ids.extend(
+                list_ids(&self.layout.images_ro())?
+                    .into_iter()
+                    .map(|id| (id, true)),
+            );
         }
         for (id, shared) in image_ids {
             let path = self.image_dir_of(&id, shared).join(IMAGES_JSON);
@@ -477,7 +488,11 @@ impl Store {
             }
         }
         if let (Role::Writer, Some(share)) = (self.layout.role(), &self.layout.config.shared) {
-            dirs.extend([self.layout.layers_ro(), self.layout.images_ro(), share.clone()]);
+            dirs.extend([
+                self.layout.layers_ro(),
+                self.layout.images_ro(),
+                share.clone(),
+            ]);
         }
         for dir in dirs {
             fsutil::remove_debris_in(&dir)?;
@@ -501,7 +516,11 @@ impl Store {
             .map(|(id, _)| (id, false))
             .collect();
         if writer {
-            records.extend(list_ids(&self.layout.layers_ro())?.into_iter().map(|id| (id, true)));
+            records.extend(
+                list_ids(&self.layout.layers_ro())?
+                    .into_iter()
+                    .map(|id| (id, true)),
+            );
         }
         let mut gone = Vec::new();
         for (id, shared) in records {
@@ -527,8 +546,11 @@ impl Store {
             .map(|(id, _)| (id, false))
             .collect();
         if writer {
-            overlay_dirs
-                .extend(list_ids(&self.layout.overlay_ro())?.into_iter().map(|id| (id, true)));
+            overlay_dirs.extend(
+                list_ids(&self.layout.overlay_ro())?
+                    .into_iter()
+                    .map(|id| (id, true)),
+            );
         }
         for (id, shared) in overlay_dirs {
             let has_record = self.layer_dir_of(&id, shared).exists();
@@ -577,7 +599,12 @@ impl Store {
     fn check_mutable(&self, shared: bool, what: &str) -> Result<()> {
         if shared && self.layout.role() != Role::Writer {
             return Err(Error::ReadOnlyStore {
-                path: self.layout.config.shared.clone().unwrap_or_else(|| self.root.clone()),
+                path: self
+                    .layout
+                    .config
+                    .shared
+                    .clone()
+                    .unwrap_or_else(|| self.root.clone()),
                 reason: format!("{what} is on the read-only share; change it on the writer host"),
             });
         }
@@ -673,7 +700,12 @@ impl Store {
         Ok(image)
     }
 
-    fn import(&self, src: SourceImage, opts: &LoadOptions, reporter: &dyn Reporter) -> Result<Image> {
+    fn import(
+        &self,
+        src: SourceImage,
+        opts: &LoadOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<Image> {
         let config = spec::parse_config(&src.config).map_err(|reason| Error::InvalidArchive {
             path: PathBuf::from(&src.config_digest),
             reason,
@@ -711,9 +743,16 @@ impl Store {
             let total = src.layers[i].blob.len;
             ProgressEvent {
                 event,
-                name: src.layers[i].digest.clone().unwrap_or_else(|| diff_ids[i].clone()),
+                name: src.layers[i]
+                    .digest
+                    .clone()
+                    .unwrap_or_else(|| diff_ids[i].clone()),
                 parents: vec![parent_name.clone()],
-                progress: if event == EventKind::Waiting { 0 } else { progress.min(total) },
+                progress: if event == EventKind::Waiting {
+                    0
+                } else {
+                    progress.min(total)
+                },
                 total,
             }
         };
@@ -722,7 +761,11 @@ impl Store {
         let existing = self.state.read().images.get(&image_id).cloned();
         if let Some(image) = existing {
             for i in 0..chain.len() {
-                reporter.report(&blob_event(EventKind::AlreadyExists, i, src.layers[i].blob.len));
+                reporter.report(&blob_event(
+                    EventKind::AlreadyExists,
+                    i,
+                    src.layers[i].blob.len,
+                ));
             }
             return self.add_names(&image.id, &names);
         }
@@ -731,7 +774,11 @@ impl Store {
             (0..chain.len())
                 .filter(|&i| {
                     let have = state.layers.contains_key(&chain[i]);
-                    let ev = if have { EventKind::AlreadyExists } else { EventKind::Waiting };
+                    let ev = if have {
+                        EventKind::AlreadyExists
+                    } else {
+                        EventKind::Waiting
+                    };
                     reporter.report(&blob_event(ev, i, src.layers[i].blob.len));
                     !have
                 })
@@ -792,7 +839,10 @@ impl Store {
             digest: Some(manifest.1.clone()),
             names: Vec::new(),
             layer: chain.last().cloned(),
-            created: config.created.clone().or_else(|| Some(fsutil::now_rfc3339())),
+            created: config
+                .created
+                .clone()
+                .or_else(|| Some(fsutil::now_rfc3339())),
             big_data_names: vec![MANIFEST.into(), CONFIG.into()],
             big_data_sizes: [
                 (MANIFEST.to_string(), manifest.0.len() as u64),
@@ -816,7 +866,10 @@ impl Store {
         let state = self.state.read();
         let mut layers = Vec::new();
         for id in chain {
-            let l = state.layers.get(id).ok_or_else(|| Error::LayerUnknown { id: id.clone() })?;
+            let l = state
+                .layers
+                .get(id)
+                .ok_or_else(|| Error::LayerUnknown { id: id.clone() })?;
             layers.push(spec::Descriptor {
                 media_type: spec::DOCKER_LAYER_TAR.into(),
                 digest: l.diff_digest.clone().unwrap_or_default(),
@@ -887,7 +940,10 @@ impl Store {
         let (found_blob, blob_size) = compressed.finish().at(&src.blob.path)?;
         if found_diff != diff_id {
             return Err(Error::DigestMismatch {
-                what: format!("uncompressed layer {}", src.digest.as_deref().unwrap_or(diff_id)),
+                what: format!(
+                    "uncompressed layer {}",
+                    src.digest.as_deref().unwrap_or(diff_id)
+                ),
                 expected: diff_id.to_string(),
                 found: found_diff,
             });
@@ -990,7 +1046,10 @@ impl Store {
     fn write_image_record(&self, image: &Image) -> Result<()> {
         let json = serde_json::to_vec_pretty(image).expect("an image record serializes");
         write_atomic(&self.image_dir(&image.id), IMAGES_JSON, &json)?;
-        self.state.write().images.insert(image.id.clone(), image.clone());
+        self.state
+            .write()
+            .images
+            .insert(image.id.clone(), image.clone());
         Ok(())
     }
 
@@ -1031,10 +1090,11 @@ impl Store {
 
     /// Add the name `name` (normalized, e.g. `docker.io/library/x:latest`) to an image.
     pub fn tag(&self, image: &str, name: &str) -> Result<Image> {
-        let normalized = crate::reference::normalize_name(name).map_err(|e| Error::InvalidName {
-            name: name.into(),
-            reason: e.to_string(),
-        })?;
+        let normalized =
+            crate::reference::normalize_name(name).map_err(|e| Error::InvalidName {
+                name: name.into(),
+                reason: e.to_string(),
+            })?;
         let _lock = self.begin_write()?;
         let image = self.resolve_image(image)?;
         self.check_mutable(image.shared, &format!("image {}", image.id))?;
@@ -1155,7 +1215,12 @@ impl Store {
         if storectl_overlay::mount::is_mounted(&target)? {
             return Ok(target);
         }
-        let ids: Vec<String> = self.image_layers(image)?.into_iter().rev().map(|l| l.id).collect();
+        let ids: Vec<String> = self
+            .image_layers(image)?
+            .into_iter()
+            .rev()
+            .map(|l| l.id)
+            .collect();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         self.driver.mount_read_only(&ids, &target)?;
         Ok(target)

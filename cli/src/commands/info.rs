@@ -52,9 +52,22 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         out(format!("refresh interval:  {} ms", cfg.refresh_interval_ms));
         out(format!("full rescan:       {} s", cfg.full_rescan_secs));
     }
-    out(format!("generation:        {}", if generation.is_empty() { "-" } else { &generation }));
-    out(format!("images:            {} local, {} shared", images.0, images.1));
-    out(format!("layers:            {} local, {} shared", layers.0, layers.1));
+    out(format!(
+        "generation:        {}",
+        if generation.is_empty() {
+            "-"
+        } else {
+            &generation
+        }
+    ));
+    out(format!(
+        "images:            {} local, {} shared",
+        images.0, images.1
+    ));
+    out(format!(
+        "layers:            {} local, {} shared",
+        layers.0, layers.1
+    ));
     if let Some(p) = pending {
         out(format!("pending on share:  {p}"));
     }

@@ -41,8 +41,14 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
                 RoleArg::Writer => Role::Writer,
                 RoleArg::Reader => Role::Reader,
             };
-            let config = storectl_remote::share::init(root, &share, role, config)
-                .with_context(|| format!("setting up {} as {role} of {}", root.display(), share.display()))?;
+            let config =
+                storectl_remote::share::init(root, &share, role, config).with_context(|| {
+                    format!(
+                        "setting up {} as {role} of {}",
+                        root.display(),
+                        share.display()
+                    )
+                })?;
             open_store(root)?;
             out(format!(
                 "{} is a {} of {}",

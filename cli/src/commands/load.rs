@@ -46,7 +46,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => (s, 1),
     };
     let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size too large: {s:?}"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
@@ -57,7 +58,11 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         jobs: args.jobs,
         ..LoadOptions::default()
     };
-    let mode = if args.quiet { ProgressMode::None } else { args.progress };
+    let mode = if args.quiet {
+        ProgressMode::None
+    } else {
+        args.progress
+    };
     let renderer = Renderer::new(mode);
     let image = store.load(&args.path, &opts, &renderer);
     renderer.finish(image.as_ref().ok().map(|_| "Loaded"));

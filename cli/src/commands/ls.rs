@@ -102,8 +102,17 @@ mod tests {
 
     #[test]
     fn names_split_at_the_tag() {
-        assert_eq!(split_name("docker.io/library/a:1"), ("docker.io/library/a", "1"));
-        assert_eq!(split_name("localhost:5000/a"), ("localhost:5000/a", "<none>"));
-        assert_eq!(split_name("localhost:5000/a:v2"), ("localhost:5000/a", "v2"));
+        assert_eq!(
+            split_name("docker.io/library/a:1"),
+            ("docker.io/library/a", "1")
+        );
+        assert_eq!(
+            split_name("localhost:5000/a"),
+            ("localhost:5000/a", "<none>")
+        );
+        assert_eq!(
+            split_name("localhost:5000/a:v2"),
+            ("localhost:5000/a", "v2")
+        );
     }
 }

@@ -118,9 +118,8 @@ impl Blobs {
     /// Where member `name` lives.
     pub fn locate(&self, name: &str) -> Result<BlobLocation> {
         let missing = || Error::archive(self.path(), format!("{name} is missing"));
-        let clean = clean_name(name).ok_or_else(|| {
-            Error::archive(self.path(), format!("refusing member name {name:?}"))
-        })?;
+        let clean = clean_name(name)
+            .ok_or_else(|| Error::archive(self.path(), format!("refusing member name {name:?}")))?;
         match self {
             Blobs::Dir(dir) => {
                 let path = dir.join(&clean);
@@ -151,7 +150,10 @@ impl Blobs {
         if loc.len > MAX_DOCUMENT {
             return Err(Error::archive(
                 self.path(),
-                format!("{name} is {} bytes, larger than any image document should be", loc.len),
+                format!(
+                    "{name} is {} bytes, larger than any image document should be",
+                    loc.len
+                ),
             ));
         }
         let mut buf = Vec::with_capacity(loc.len as usize);
@@ -190,11 +192,18 @@ mod tests {
         let mut l = tar::Header::new_gnu();
         l.set_entry_type(tar::EntryType::Symlink);
         l.set_size(0);
-        b.append_link(&mut l, "y/layer.tar", "../x/layer.tar").unwrap();
+        b.append_link(&mut l, "y/layer.tar", "../x/layer.tar")
+            .unwrap();
         b.into_inner().unwrap();
         let blobs = Blobs::tar(&p).unwrap();
         let mut s = String::new();
-        blobs.locate("y/layer.tar").unwrap().open().unwrap().read_to_string(&mut s).unwrap();
+        blobs
+            .locate("y/layer.tar")
+            .unwrap()
+            .open()
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "hello");
         assert!(blobs.locate("../x").is_err());
         assert!(!blobs.exists("z"));

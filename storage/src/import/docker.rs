@@ -32,7 +32,9 @@ pub(super) fn open(blobs: &Blobs, want: Option<&str>) -> Result<SourceImage> {
                     e.repo_tags.iter().flatten().any(|t| t == want)
                         || want_norm.as_ref().is_some_and(|w| tags(e).contains(w))
                 })
-                .ok_or_else(|| Error::archive(path, format!("no image named {want:?} in the archive")))?
+                .ok_or_else(|| {
+                    Error::archive(path, format!("no image named {want:?} in the archive"))
+                })?
         }
         (None, [one]) => one,
         (None, many) => {
@@ -50,7 +52,12 @@ pub(super) fn open(blobs: &Blobs, want: Option<&str>) -> Result<SourceImage> {
     let config = blobs.read_document(&entry.config)?;
     let config_digest = sha256_digest(&config);
     // Configs are stored by digest (`<hex>.json` or `blobs/sha256/<hex>`): check it.
-    let stem = entry.config.rsplit('/').next().unwrap_or("").trim_end_matches(".json");
+    let stem = entry
+        .config
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .trim_end_matches(".json");
     if crate::digest::is_hex64(stem) && !config_digest.ends_with(stem) {
         return Err(Error::DigestMismatch {
             what: entry.config.clone(),

@@ -36,7 +36,8 @@ fn ref_matches(desc: &Descriptor, want: &str) -> bool {
         .any(|name| {
             name == want
                 || crate::reference::normalize_name(name).ok()
-                    == crate::reference::normalize_name(want).ok()
+                    == crate::reference::normalize_name(want)
+                        .ok()
                         .filter(|_| want.contains(':') || want.contains('/'))
         })
 }
@@ -66,7 +67,9 @@ pub(super) fn open(blobs: &Blobs, tag: Option<&str>) -> Result<SourceImage> {
             .manifests
             .iter()
             .find(|d| ref_matches(d, tag))
-            .ok_or_else(|| Error::archive(path, format!("no image tagged {tag:?} in the layout")))?,
+            .ok_or_else(|| {
+                Error::archive(path, format!("no image tagged {tag:?} in the layout"))
+            })?,
         None => match index.manifests.as_slice() {
             [] => return Err(Error::archive(path, "index.json lists no images")),
             [one] => one,
@@ -107,7 +110,10 @@ pub(super) fn open(blobs: &Blobs, tag: Option<&str>) -> Result<SourceImage> {
         if blob.len != desc.size {
             return Err(Error::archive(
                 path,
-                format!("layer {} is {} bytes, the manifest says {}", desc.digest, blob.len, desc.size),
+                format!(
+                    "layer {} is {} bytes, the manifest says {}",
+                    desc.digest, blob.len, desc.size
+                ),
             ));
         }
         layers.push(SourceLayer {
@@ -130,7 +136,10 @@ pub(super) fn open(blobs: &Blobs, tag: Option<&str>) -> Result<SourceImage> {
 /// manifest's bytes and digest.
 fn resolve_manifest(blobs: &Blobs, desc: &Descriptor, depth: u32) -> Result<(Vec<u8>, String)> {
     if depth > 4 {
-        return Err(Error::archive(blobs.path(), "image indexes nested too deeply"));
+        return Err(Error::archive(
+            blobs.path(),
+            "image indexes nested too deeply",
+        ));
     }
     let bytes = read_verified(blobs, desc)?;
     let is_index = desc.media_type == spec::OCI_INDEX

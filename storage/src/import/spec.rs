@@ -90,8 +90,7 @@ pub struct Config {
 
 /// Parse an image config and check its diff ids are sha256 digests (pure).
 pub fn parse_config(bytes: &[u8]) -> Result<Config, String> {
-    let config: Config =
-        serde_json::from_slice(bytes).map_err(|e| format!("image config: {e}"))?;
+    let config: Config = serde_json::from_slice(bytes).map_err(|e| format!("image config: {e}"))?;
     if config.rootfs.kind != "layers" {
         return Err(format!(
             "image config: rootfs type {:?}, expected \"layers\"",
@@ -155,18 +154,30 @@ mod tests {
 
     #[test]
     fn platform_pick() {
-        let list = vec![desc("arm", Some("v6")), desc("arm", Some("v7")), desc("amd64", None)];
+        let list = vec![
+            desc("arm", Some("v6")),
+            desc("arm", Some("v7")),
+            desc("amd64", None),
+        ];
         let want = |a: &str, v: Option<&str>| Platform {
             architecture: a.into(),
             os: "linux".into(),
             variant: v.map(Into::into),
         };
-        assert_eq!(pick_platform(&list, &want("amd64", None)).unwrap().digest, "sha256:amd64");
         assert_eq!(
-            pick_platform(&list, &want("arm", Some("v7"))).unwrap().platform,
+            pick_platform(&list, &want("amd64", None)).unwrap().digest,
+            "sha256:amd64"
+        );
+        assert_eq!(
+            pick_platform(&list, &want("arm", Some("v7")))
+                .unwrap()
+                .platform,
             list[1].platform
         );
-        assert_eq!(pick_platform(&list, &want("arm", None)).unwrap().digest, list[0].digest);
+        assert_eq!(
+            pick_platform(&list, &want("arm", None)).unwrap().digest,
+            list[0].digest
+        );
         assert!(pick_platform(&list, &want("s390x", None)).is_none());
     }
 
@@ -176,7 +187,10 @@ mod tests {
             r#"{{"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}},"config":{{"Env":null}}}}"#,
             "a".repeat(64)
         );
-        assert_eq!(parse_config(good.as_bytes()).unwrap().rootfs.diff_ids.len(), 1);
+        assert_eq!(
+            parse_config(good.as_bytes()).unwrap().rootfs.diff_ids.len(),
+            1
+        );
         assert!(parse_config(br#"{"rootfs":{"type":"layers","diff_ids":["md5:x"]}}"#).is_err());
         assert!(parse_config(br#"{"rootfs":{"type":"other","diff_ids":[]}}"#).is_err());
         assert!(parse_config(b"not json").is_err());
