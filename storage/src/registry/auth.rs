@@ -529,7 +529,8 @@ mod tests {
                     .map(|(_, v)| std::ffi::OsString::from(v))
             }
         };
-        let cases: &[(&[(&str, &str)], Option<&str>)] = &[
+        type Vars = &'static [(&'static str, &'static str)];
+        let cases: &[(Vars, Option<&str>)] = &[
             (
                 &[("REGISTRY_AUTH_FILE", "/a.json"), ("HOME", "/h")],
                 Some("/a.json"),
