@@ -580,8 +580,8 @@ impl RegistryClient {
                 reason: "token response without a token".into(),
             })?;
         // Expire a little early; the spec's default lifetime is 60 s.
-        let life = t.expires_in.unwrap_or(60).max(60).saturating_sub(10);
-        let exp = Instant::now() + Duration::from_secs(life);
+        let life = t.expires_in.unwrap_or(60);
+        let exp = Instant::now() + Duration::from_millis(life.saturating_mul(900));
         self.inner.state.lock().tokens.insert(
             (registry.to_string(), Self::scope_key(cache_scopes)),
             (tok.clone(), exp),
@@ -1397,6 +1397,15 @@ fn parse_link_next(link: &str) -> Option<String> {
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+
+    #[test]
+    fn thread_safety() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<RegistryClient>();
+        send_sync::<RegistryError>();
+        send::<BlobReader>();
+    }
 
     #[test]
     fn loopback_detection() {
