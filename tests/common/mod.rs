@@ -81,7 +81,9 @@ impl Run {
         self.stdout
     }
 
-    /// Assert exit 1 with exactly one non-empty line on stderr; returns it.
+    /// Assert exit 1 with one error line on stderr, the last one (progress
+    /// lines may precede it; no other line may look like an error or a
+    /// panic); returns it.
     pub fn err(self) -> String {
         assert_eq!(self.code, Some(1), "expected exit 1:\n{}", self.describe());
         let lines: Vec<&str> = self
@@ -89,16 +91,25 @@ impl Run {
             .lines()
             .filter(|l| !l.trim().is_empty())
             .collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "expected exactly one line on stderr:\n{}",
+        let Some((last, before)) = lines.split_last() else {
+            panic!("expected an error on stderr:\n{}", self.describe());
+        };
+        let noisy: Vec<&&str> = before
+            .iter()
+            .filter(|l| {
+                let l = l.to_lowercase();
+                l.contains("error") || l.contains("panic")
+            })
+            .collect();
+        assert!(
+            noisy.is_empty() && !last.contains("panicked"),
+            "expected exactly one error line on stderr:\n{}",
             self.describe()
         );
-        lines[0].to_string()
+        last.to_string()
     }
 
-    /// Assert exit 1 and that the one stderr line contains `what`
+    /// Assert exit 1 and that the error line contains `what`
     /// (case-insensitive); returns the line.
     pub fn err_containing(self, what: &str) -> String {
         let d = self.describe();
