@@ -37,7 +37,7 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 /// A reader that hashes and counts everything read through it.
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     count: u64,
 }
 
@@ -45,7 +45,17 @@ impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
         HashingReader {
             inner,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
+            count: 0,
+        }
+    }
+
+    /// Count without hashing (when another reader hashes the same bytes);
+    /// [`HashingReader::finish`] then returns an empty digest.
+    pub fn counting(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: None,
             count: 0,
         }
     }
@@ -55,20 +65,24 @@ impl<R: Read> HashingReader<R> {
         self.count
     }
 
-    /// Read the rest of the stream, then return `(sha256:<hex>, bytes)`.
+    /// Read the rest of the stream, then return `(sha256:<hex>, bytes)`
+    /// (an empty digest for a [`HashingReader::counting`] reader).
     pub fn finish(mut self) -> io::Result<(String, u64)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((
-            format!("sha256:{}", hex::encode(self.hasher.finalize())),
-            self.count,
-        ))
+        let digest = match self.hasher {
+            Some(h) => format!("sha256:{}", hex::encode(h.finalize())),
+            None => String::new(),
+        };
+        Ok((digest, self.count))
     }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }

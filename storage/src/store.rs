@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -914,14 +914,18 @@ impl Store {
             .driver
             .stage_layer(self.publishes_shared())
             .map_err(layer_err)?;
-        let blob = src.blob.open()?;
-        let progress = ProgressReader::new(
-            std::io::BufReader::with_capacity(256 << 10, blob),
-            reporter,
-            event,
-            opts.progress_interval,
-        );
-        let mut compressed = HashingReader::new(progress);
+        let mut blob = std::io::BufReader::with_capacity(256 << 10, src.blob.open()?);
+        // An uncompressed blob is its own tar: hash it once, not twice.
+        let magic = blob.fill_buf().at(&src.blob.path)?;
+        let plain = storectl_overlay::Compression::detect(magic).is_none()
+            && matches!(src.compression, None | Some(storectl_overlay::Compression::None));
+        let progress =
+            ProgressReader::new(blob, reporter, event, opts.progress_interval);
+        let mut compressed = if plain {
+            HashingReader::counting(progress)
+        } else {
+            HashingReader::new(progress)
+        };
         let (compression, stream) =
             storectl_overlay::compression::decompress(Box::new(&mut compressed), src.compression)
                 .map_err(layer_err)?;
@@ -938,6 +942,7 @@ impl Store {
         .map_err(layer_err)?;
         let (found_diff, diff_size) = uncompressed.finish().at(&src.blob.path)?;
         let (found_blob, blob_size) = compressed.finish().at(&src.blob.path)?;
+        let found_blob = if plain { found_diff.clone() } else { found_blob };
         if found_diff != diff_id {
             return Err(Error::DigestMismatch {
                 what: format!(
