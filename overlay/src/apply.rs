@@ -38,18 +38,11 @@ const BUF_SIZE: usize = 256 * 1024;
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Options for [`apply_tar`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ApplyOptions {
     /// Refuse the layer once more than this many uncompressed tar bytes were
     /// read (gzip bomb guard). `None` = no limit.
     pub max_size: Option<u64>,
-}
-
-#[allow(clippy::derivable_impls)]
-impl Default for ApplyOptions {
-    fn default() -> Self {
-        ApplyOptions { max_size: None }
-    }
 }
 
 /// What [`apply_tar`] did.
