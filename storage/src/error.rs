@@ -48,6 +48,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Overlay(#[from] storectl_overlay::Error),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Reference(#[from] crate::reference::ReferenceError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

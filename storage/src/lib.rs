@@ -58,6 +58,7 @@ pub mod import;
 pub mod lock;
 pub mod meta;
 pub mod progress;
+mod pull;
 pub mod reference;
 pub mod registry;
 mod store;
@@ -66,6 +67,7 @@ pub use error::{Error, Result};
 pub use meta::{Image, Layer};
 pub use progress::{EventKind, NoopReporter, ProgressEvent, Reporter};
 pub use config::{Layout, Role, RootConfig};
+pub use pull::PullOptions;
 pub use store::{
     list_id_entries, list_ids, LayerCheck, LoadOptions, Removed, SharedDelta, State, Store,
     StoreOptions, IMAGES_JSON, LAYER_JSON,

@@ -135,6 +135,21 @@ impl State {
         Some(out)
     }
 
+    /// The first layer of the chain ending at `top` that is not present.
+    pub fn missing_ancestor<'a>(&'a self, top: &'a str) -> Option<&'a str> {
+        let mut next = top;
+        for _ in 0..=self.layers.len() {
+            match self.layers.get(next) {
+                None => return Some(next),
+                Some(l) => match l.parent.as_deref() {
+                    Some(p) => next = p,
+                    None => return None,
+                },
+            }
+        }
+        None // a cycle: nothing is missing, the chain just never ends
+    }
+
     /// Layers some image's chain uses.
     pub fn referenced_layers(&self) -> BTreeSet<String> {
         self.images
@@ -387,11 +402,19 @@ impl Store {
                 Err(e) => tracing::warn!("skipping layer {}: {e}", path.display()),
             }
         }
-        // A layer whose chain is broken is not usable.
+        // A layer whose chain is broken is not usable — except, on a reader, a
+        // local layer on top of a shared one, which the refresher adds.
+        let reader = self.layout.role() == Role::Reader;
+        let waits_for_share = |state: &State, id: &str| {
+            reader
+                && state
+                    .missing_ancestor(id)
+                    .is_some_and(|m| self.layout.overlay_ro().join(m).is_dir())
+        };
         let broken: Vec<String> = state
             .layers
             .keys()
-            .filter(|id| state.chain(id).is_none())
+            .filter(|id| state.chain(id).is_none() && !waits_for_share(&state, id))
             .cloned()
             .collect();
         for id in broken {
@@ -418,7 +441,10 @@ impl Store {
                 Err(e) => Err(e.to_string()),
             };
             match image {
-                Ok(i) if state.chain(i.layer.as_deref().unwrap_or("")).is_none() => {
+                Ok(i)
+                    if state.chain(i.layer.as_deref().unwrap_or("")).is_none()
+                        && !waits_for_share(&state, i.layer.as_deref().unwrap_or("")) =>
+                {
                     tracing::warn!("skipping image {id}: a layer of its chain is missing")
                 }
                 Ok(mut i) => {
@@ -470,8 +496,19 @@ impl Store {
     }
 
     /// Re-read the store from disk (after another process changed it).
+    /// A reader keeps the shared entries its refresher added: they are not on
+    /// its own disk.
     pub fn reload(&self) -> Result<()> {
-        let state = self.read_state()?;
+        let mut state = self.read_state()?;
+        if self.layout.role() == Role::Reader {
+            let old = self.state.read();
+            for l in old.layers.values().filter(|l| l.shared) {
+                state.layers.entry(l.id.clone()).or_insert_with(|| l.clone());
+            }
+            for i in old.images.values().filter(|i| i.shared) {
+                state.images.entry(i.id.clone()).or_insert_with(|| i.clone());
+            }
+        }
         *self.state.write() = state;
         Ok(())
     }
@@ -700,7 +737,7 @@ impl Store {
         Ok(image)
     }
 
-    fn import(
+    pub(crate) fn import(
         &self,
         src: SourceImage,
         opts: &LoadOptions,
@@ -740,7 +777,7 @@ impl Store {
         let chain = chain_ids(diff_ids);
         let parent_name = names.first().cloned().unwrap_or_else(|| image_id.clone());
         let blob_event = |event, i: usize, progress: u64| {
-            let total = src.layers[i].blob.len;
+            let total = src.layers[i].blob.len();
             ProgressEvent {
                 event,
                 name: src.layers[i]
@@ -764,7 +801,7 @@ impl Store {
                 reporter.report(&blob_event(
                     EventKind::AlreadyExists,
                     i,
-                    src.layers[i].blob.len,
+                    src.layers[i].blob.len(),
                 ));
             }
             return self.add_names(&image.id, &names);
@@ -779,7 +816,7 @@ impl Store {
                     } else {
                         EventKind::Waiting
                     };
-                    reporter.report(&blob_event(ev, i, src.layers[i].blob.len));
+                    reporter.report(&blob_event(ev, i, src.layers[i].blob.len()));
                     !have
                 })
                 .collect()
@@ -799,7 +836,15 @@ impl Store {
                         parent,
                         opts,
                         reporter,
-                        blob_event(EventKind::Extracting, i, 0),
+                        blob_event(
+                            if src.layers[i].blob.is_remote() {
+                                EventKind::Downloading
+                            } else {
+                                EventKind::Extracting
+                            },
+                            i,
+                            0,
+                        ),
                     );
                     if prepared.is_ok() {
                         reporter.report(&blob_event(EventKind::Complete, i, u64::MAX));
@@ -914,9 +959,10 @@ impl Store {
             .driver
             .stage_layer(self.publishes_shared())
             .map_err(layer_err)?;
+        let blob_path = src.blob.describe();
         let mut blob = std::io::BufReader::with_capacity(256 << 10, src.blob.open()?);
         // An uncompressed blob is its own tar: hash it once, not twice.
-        let magic = blob.fill_buf().at(&src.blob.path)?;
+        let magic = blob.fill_buf().at(&blob_path)?;
         let plain = storectl_overlay::Compression::detect(magic).is_none()
             && matches!(src.compression, None | Some(storectl_overlay::Compression::None));
         let progress =
@@ -940,8 +986,8 @@ impl Store {
             },
         )
         .map_err(layer_err)?;
-        let (found_diff, diff_size) = uncompressed.finish().at(&src.blob.path)?;
-        let (found_blob, blob_size) = compressed.finish().at(&src.blob.path)?;
+        let (found_diff, diff_size) = uncompressed.finish().at(&blob_path)?;
+        let (found_blob, blob_size) = compressed.finish().at(&blob_path)?;
         let found_blob = if plain { found_diff.clone() } else { found_blob };
         if found_diff != diff_id {
             return Err(Error::DigestMismatch {

@@ -66,7 +66,10 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     let renderer = Renderer::new(mode);
     let image = store.load(&args.path, &opts, &renderer);
     renderer.finish(image.as_ref().ok().map(|_| "Loaded"));
-    out(image?.id);
+    let image = image?;
+    if mode != ProgressMode::Json {
+        out(image.id);
+    }
     Ok(())
 }
 

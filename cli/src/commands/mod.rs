@@ -10,7 +10,9 @@ mod inspect;
 mod load;
 mod ls;
 mod mount;
+mod pull;
 mod refresh;
+mod registry_args;
 mod rmi;
 mod tag;
 mod verify;
@@ -37,6 +39,8 @@ pub enum Command {
     Init(init::Args),
     /// Show the store's role, share, intervals and counts.
     Info(info::Args),
+    /// Pull an image from a registry.
+    Pull(pull::Args),
     /// Bring a reader up to date with the share (`--watch` to keep following it).
     Refresh(refresh::Args),
 }
@@ -55,6 +59,7 @@ impl Command {
             Command::Init(a) => init::run(root, a),
             Command::Info(a) => info::run(root, a),
             Command::Refresh(a) => refresh::run(root, a),
+            Command::Pull(a) => pull::run(root, a),
         }
     }
 }

@@ -75,7 +75,7 @@ pub(super) fn open(blobs: &Blobs, want: Option<&str>) -> Result<SourceImage> {
         layers.push(SourceLayer {
             digest,
             compression: None,
-            blob: blobs.locate(name)?,
+            blob: super::Blob::File(blobs.locate(name)?),
         });
     }
     Ok(SourceImage {

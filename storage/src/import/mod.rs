@@ -25,6 +25,60 @@ use storectl_overlay::Compression;
 
 use crate::error::{Error, Result};
 
+/// Where a layer blob's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Blob {
+    /// A byte range of a local file (OCI layout, archive member).
+    File(BlobLocation),
+    /// A blob in a registry, streamed (with resume on transient errors).
+    Remote {
+        client: crate::registry::RegistryClient,
+        repo: crate::registry::Repository,
+        digest: String,
+        size: u64,
+    },
+}
+
+impl Blob {
+    /// The blob's size in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Blob::File(loc) => loc.len,
+            Blob::Remote { size, .. } => *size,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Open the blob for streaming.
+    pub fn open(&self) -> Result<Box<dyn std::io::Read + Send>> {
+        match self {
+            Blob::File(loc) => Ok(Box::new(loc.open()?)),
+            Blob::Remote {
+                client,
+                repo,
+                digest,
+                ..
+            } => Ok(Box::new(client.get_blob(repo, digest, 0)?)),
+        }
+    }
+
+    /// Where the blob is, for messages.
+    pub fn describe(&self) -> PathBuf {
+        match self {
+            Blob::File(loc) => loc.path.clone(),
+            Blob::Remote { repo, digest, .. } => PathBuf::from(format!("{repo}@{digest}")),
+        }
+    }
+
+    /// Bytes come over the network (progress says `downloading`).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Blob::Remote { .. })
+    }
+}
+
 /// One layer blob of a source image.
 #[derive(Debug, Clone)]
 pub struct SourceLayer {
@@ -33,7 +87,7 @@ pub struct SourceLayer {
     pub digest: Option<String>,
     /// Declared media type → compression; `None` = sniff.
     pub compression: Option<Compression>,
-    pub blob: BlobLocation,
+    pub blob: Blob,
 }
 
 /// An image found in a source, ready to import.

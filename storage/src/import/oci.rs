@@ -119,7 +119,7 @@ pub(super) fn open(blobs: &Blobs, tag: Option<&str>) -> Result<SourceImage> {
         layers.push(SourceLayer {
             digest: Some(desc.digest.clone()),
             compression: Some(compression),
-            blob,
+            blob: super::Blob::File(blob),
         });
     }
     Ok(SourceImage {

@@ -1,0 +1,116 @@
+//! Pulling an image from an OCI distribution registry into the store.
+//!
+//! The manifest (picked for the wanted platform from an index) and the config
+//! are fetched and verified first; the layers then go through the same import
+//! path as `load`: streamed download → digest → decompress → apply, several at
+//! once, into staging dirs, published in order only when all succeeded. A
+//! layer whose chain id the store already has (locally, or on a share a reader
+//! sees) is not downloaded and reports `already exists`.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use storectl_overlay::Compression;
+
+use crate::digest::sha256_digest;
+use crate::error::{Error, IoContext, Result};
+use crate::import::{spec, Blob, SourceImage, SourceLayer};
+use crate::progress::{EventKind, ProgressEvent, Reporter};
+use crate::registry::{Platform, RegistryClient, Repository};
+use crate::{Image, LoadOptions, Store};
+
+/// Image configs larger than this are refused.
+const MAX_CONFIG: u64 = 32 << 20;
+
+/// Options for [`Store::pull`].
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// The platform to pick from an index (default: this host's).
+    pub platform: Option<Platform>,
+    /// Layers at once, size limit, progress interval.
+    pub load: LoadOptions,
+}
+
+impl Store {
+    /// Pull `reference` (`[registry/]repo[:tag][@digest]`) with `client`.
+    pub fn pull(
+        &self,
+        reference: &str,
+        client: &RegistryClient,
+        opts: &PullOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<Image> {
+        let r = crate::reference::parse(reference)?;
+        let name = r.to_string();
+        let op = |event| ProgressEvent {
+            event,
+            name: name.clone(),
+            parents: vec![],
+            progress: 0,
+            total: 0,
+        };
+        reporter.report(&op(EventKind::Resolving));
+        let repo = Repository::from_reference(&r);
+        let platform = opts.platform.clone().unwrap_or_else(Platform::host);
+        let (_, manifest) =
+            client.get_platform_manifest(&repo, &r.registry_reference(), &platform)?;
+        let where_ = || PathBuf::from(format!("{repo}@{}", manifest.digest));
+        let parsed: spec::Manifest = serde_json::from_slice(&manifest.bytes).map_err(|e| {
+            Error::InvalidArchive {
+                path: where_(),
+                reason: format!("manifest: {e}"),
+            }
+        })?;
+        let mut config = Vec::new();
+        client
+            .get_blob(&repo, &parsed.config.digest, 0)?
+            .take(MAX_CONFIG + 1)
+            .read_to_end(&mut config)
+            .at(where_())?;
+        let found = sha256_digest(&config);
+        if found != parsed.config.digest {
+            return Err(Error::DigestMismatch {
+                what: format!("config of {name}"),
+                expected: parsed.config.digest.clone(),
+                found,
+            });
+        }
+        let mut layers = Vec::with_capacity(parsed.layers.len());
+        for d in &parsed.layers {
+            let compression = Compression::from_media_type(&d.media_type).map_err(|e| {
+                Error::InvalidArchive {
+                    path: where_(),
+                    reason: format!("layer {}: {e}", d.digest),
+                }
+            })?;
+            layers.push(SourceLayer {
+                digest: Some(d.digest.clone()),
+                compression: Some(compression),
+                blob: Blob::Remote {
+                    client: client.clone(),
+                    repo: repo.clone(),
+                    digest: d.digest.clone(),
+                    size: d.size,
+                },
+            });
+        }
+        let src = SourceImage {
+            manifest: Some(manifest.bytes.clone()),
+            manifest_digest: Some(manifest.digest.clone()),
+            config_digest: parsed.config.digest.clone(),
+            config,
+            layers,
+            names: if r.tag.is_some() || r.digest.is_none() {
+                vec![name.clone()]
+            } else {
+                Vec::new()
+            },
+        };
+        let image = self.import(src, &opts.load, reporter)?;
+        reporter.report(&ProgressEvent {
+            name: image.id.clone(),
+            ..op(EventKind::Done)
+        });
+        Ok(image)
+    }
+}
