@@ -3,6 +3,8 @@
 //! that is legitimately accepted, loads into a safe merged view), nothing
 //! outside the store changes, and nothing of it is visible in the store.
 
+#![allow(clippy::print_stderr)]
+
 mod common;
 
 use std::path::Path;

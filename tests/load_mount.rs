@@ -2,6 +2,8 @@
 //! check what `ls`/`inspect` report, mount it, compare the merged view with
 //! the tree the fixture predicts, check hardlinks, unmount.
 
+#![allow(clippy::print_stderr)]
+
 mod common;
 
 use common::Env;

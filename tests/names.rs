@@ -2,6 +2,8 @@
 //! `PATH:TAG` selection, `--name`, reloading, and `rmi` removing only the
 //! layers no other image needs.
 
+#![allow(clippy::print_stderr)]
+
 mod common;
 
 use std::collections::BTreeSet;

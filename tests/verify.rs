@@ -1,5 +1,7 @@
 //! `verify`, corrupted blobs, and stores that cannot be written.
 
+#![allow(clippy::print_stderr)]
+
 mod common;
 
 use std::path::Path;
