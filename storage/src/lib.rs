@@ -53,6 +53,7 @@
 pub mod config;
 pub mod digest;
 mod error;
+mod export;
 pub mod fsutil;
 pub mod import;
 pub mod lock;
@@ -67,6 +68,7 @@ pub use error::{Error, Result};
 pub use meta::{Image, Layer};
 pub use progress::{EventKind, NoopReporter, ProgressEvent, Reporter};
 pub use config::{Layout, Role, RootConfig};
+pub use export::{PushCompression, PushOptions, SaveFormat};
 pub use pull::PullOptions;
 pub use store::{
     list_id_entries, list_ids, LayerCheck, LoadOptions, Removed, SharedDelta, State, Store,

@@ -26,6 +26,8 @@ pub enum EventKind {
     Downloading,
     #[serde(rename = "extracting")]
     Extracting,
+    #[serde(rename = "uploading")]
+    Uploading,
     #[serde(rename = "complete")]
     Complete,
     #[serde(rename = "already exists")]
@@ -44,6 +46,7 @@ impl EventKind {
             EventKind::Waiting => "waiting",
             EventKind::Downloading => "downloading",
             EventKind::Extracting => "extracting",
+            EventKind::Uploading => "uploading",
             EventKind::Complete => "complete",
             EventKind::AlreadyExists => "already exists",
             EventKind::Saved => "saved",

@@ -296,9 +296,10 @@ impl Store {
         }
     }
 
-    fn layer_dir(&self, id: &str) -> PathBuf {
-        let shared = self.state.read().layers.get(id).is_some_and(|l| l.shared);
-        self.layer_dir_of(id, shared)
+
+    /// Where a layer's record dir is (`overlay-layers/RO/<id>` when shared).
+    pub fn layer_record_dir(&self, layer: &Layer) -> PathBuf {
+        self.layer_dir_of(&layer.id, layer.shared)
     }
 
     /// Where a layer's overlay dir is: `overlay/RO/<id>` when shared.
@@ -1238,7 +1239,9 @@ impl Store {
     pub fn verify_layer(&self, id: &str) -> Result<LayerCheck> {
         let layer = self.layer(id)?;
         let expected = layer.diff_digest.clone().unwrap_or_default();
-        let split_path = self.layer_dir(id).join(format!("{id}.tar-split.gz"));
+        let split_path = self
+            .layer_record_dir(&layer)
+            .join(format!("{id}.tar-split.gz"));
         let found = (|| -> std::result::Result<String, String> {
             let file = fs::File::open(&split_path)
                 .map_err(|e| format!("{}: {e}", split_path.display()))?;

@@ -11,9 +11,11 @@ mod load;
 mod ls;
 mod mount;
 mod pull;
+mod push;
 mod refresh;
 mod registry_args;
 mod rmi;
+mod save;
 mod tag;
 mod verify;
 
@@ -41,6 +43,10 @@ pub enum Command {
     Info(info::Args),
     /// Pull an image from a registry.
     Pull(pull::Args),
+    /// Push an image to a registry.
+    Push(push::Args),
+    /// Save an image as an OCI layout or a docker-archive.
+    Save(save::Args),
     /// Bring a reader up to date with the share (`--watch` to keep following it).
     Refresh(refresh::Args),
 }
@@ -60,6 +66,8 @@ impl Command {
             Command::Info(a) => info::run(root, a),
             Command::Refresh(a) => refresh::run(root, a),
             Command::Pull(a) => pull::run(root, a),
+            Command::Push(a) => push::run(root, a),
+            Command::Save(a) => save::run(root, a),
         }
     }
 }
