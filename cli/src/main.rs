@@ -38,6 +38,23 @@ fn default_root() -> PathBuf {
     data.join("storectl")
 }
 
+/// The error and its causes on one line, `a: b: c`, leaving out a cause whose
+/// text the line already holds (library errors often include their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -55,7 +72,7 @@ fn main() -> ExitCode {
         Err(e) => {
             #[allow(clippy::print_stderr)]
             {
-                eprintln!("storectl: error: {e:#}");
+                eprintln!("storectl: error: {}", one_line(&e));
             }
             ExitCode::from(1)
         }

@@ -103,18 +103,19 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 impl Driver {
     /// Open (creating if needed) the driver directory `overlay_dir`
     /// (`<root>/overlay`), with its `l/` subdirectory. Read-only stores may
-    /// open a directory they cannot write (`create = false`).
+    /// open a directory they cannot write (`create = false`; it may be missing).
     ///
     /// With `create = false` the directory must exist.
     pub fn open(overlay_dir: &Path, create: bool) -> Result<Driver> {
         if create {
             ensure_dir(overlay_dir)?;
             ensure_dir(&overlay_dir.join("l"))?;
-        } else if !overlay_dir.is_dir() {
-            let e = fs::metadata(overlay_dir)
-                .err()
-                .unwrap_or_else(|| io::Error::from(io::ErrorKind::NotADirectory));
-            return Err(Error::io(overlay_dir, e));
+        } else if overlay_dir.exists() && !overlay_dir.is_dir() {
+            // Missing is fine for a store opened read-only: it is just empty.
+            return Err(Error::io(
+                overlay_dir,
+                io::Error::from(io::ErrorKind::NotADirectory),
+            ));
         }
         Ok(Driver {
             root: overlay_dir.to_path_buf(),
@@ -161,21 +162,33 @@ impl Driver {
         Ok(staged)
     }
 
-    /// Does layer `id` exist (as a directory or `RO/` symlink)?
+    /// Layer `id`'s directory: `<id>` (a dir, or the writer's `RO` symlink),
+    /// else `RO/<id>` (a shared layer on a reader, which has no local name).
+    pub fn layer_dir(&self, id: &str) -> PathBuf {
+        let top = self.root.join(id);
+        if top.is_dir() {
+            top
+        } else {
+            self.root.join("RO").join(id)
+        }
+    }
+
+    /// Does layer `id` exist (as a directory, an `RO/` symlink, or — on a
+    /// reader — only under `RO/`)?
     ///
     /// A dangling `RO` symlink and an invalid id are "no".
     pub fn exists(&self, id: &str) -> bool {
-        is_layer_id(id) && self.root.join(id).is_dir()
+        is_layer_id(id) && self.layer_dir(id).is_dir()
     }
 
-    /// Path of layer `id`'s `diff/` (through the `RO` symlink when shared).
+    /// Path of layer `id`'s `diff/` (through `RO` when shared).
     pub fn diff_path(&self, id: &str) -> PathBuf {
-        self.root.join(id).join("diff")
+        self.layer_dir(id).join("diff")
     }
 
     /// The short name in layer `id`'s `link` file, validated.
     fn read_link(&self, id: &str) -> Result<String> {
-        let path = self.root.join(id).join("link");
+        let path = self.layer_dir(id).join("link");
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound && !self.exists(id) => {

@@ -32,16 +32,16 @@ impl Driver {
         let root = std::path::absolute(self.dir()).map_err(|e| Error::io(self.dir(), e))?;
         let mut lowers: Vec<PathBuf> = Vec::with_capacity(layers.len() + 1);
         for id in layers {
-            if self.exists(id) {
-                let short = self.short_link_path(id)?;
+            if !self.exists(id) {
+                return Err(Error::LayerUnknown((*id).to_owned()));
+            }
+            let short = self.short_link_path(id)?;
+            if fs::symlink_metadata(&short).is_ok() {
                 lowers.push(root.join(short.strip_prefix(self.dir()).unwrap_or(&short)));
             } else {
-                // A reader's shared layer has no local name: use RO/<id>/diff.
-                let shared = root.join("RO").join(id).join("diff");
-                if !crate::is_layer_id(id) || !shared.is_dir() {
-                    return Err(Error::LayerUnknown((*id).to_owned()));
-                }
-                lowers.push(shared);
+                // A reader's shared layer has no local `l/` name: RO/<id>/diff.
+                let diff = self.diff_path(id);
+                lowers.push(root.join(diff.strip_prefix(self.dir()).unwrap_or(&diff)));
             }
         }
         if lowers.len() == 1 {

@@ -168,6 +168,8 @@ pub struct Store {
     layout: Layout,
     driver: Driver,
     state: RwLock<State>,
+    /// Why the root cannot be written, when it cannot.
+    read_only: Option<String>,
 }
 
 const MOUNTS: &str = "mounts";
@@ -251,15 +253,20 @@ impl Store {
             root: root.clone(),
             config,
         };
-        let creatable = [layout.overlay(), layout.layers(), layout.images()]
+        let read_only = [layout.overlay(), layout.layers(), layout.images()]
             .iter()
-            .all(|d| create_dir(d).is_ok());
-        let driver = Driver::open(&layout.overlay(), creatable)?;
+            .find_map(|d| match create_dir(d) {
+                Ok(()) => None,
+                Err(Error::ReadOnlyStore { reason, .. }) => Some(reason),
+                Err(e) => Some(e.to_string()),
+            });
+        let driver = Driver::open(&layout.overlay(), read_only.is_none())?;
         let store = Store {
             root,
             layout,
             driver,
             state: RwLock::new(State::default()),
+            read_only,
         };
         let state = store.read_state()?;
         *store.state.write() = state;
@@ -517,6 +524,12 @@ impl Store {
     /// Take the writer lock, sweep debris of interrupted writers, and reload.
     /// A reader sweeps only its local dirs: it never writes to the share.
     fn begin_write(&self) -> Result<WriterLock> {
+        if let Some(reason) = &self.read_only {
+            return Err(Error::ReadOnlyStore {
+                path: self.root.clone(),
+                reason: reason.clone(),
+            });
+        }
         let lock = WriterLock::acquire(&self.layout.writer_lock())?;
         let mut dirs = vec![self.layers_dir(), self.images_dir(), self.root.clone()];
         match self.layout.role() {

@@ -74,9 +74,27 @@ pub(super) fn open(blobs: &Blobs, tag: Option<&str>) -> Result<SourceImage> {
             [] => return Err(Error::archive(path, "index.json lists no images")),
             [one] => one,
             many if many.iter().all(|d| d.platform.is_some()) => {
-                spec::pick_platform(many, &spec::host_platform()).ok_or_else(|| {
+                let host = spec::host_platform();
+                let first = spec::pick_platform(many, &host).ok_or_else(|| {
                     Error::archive(path, "no image for this host's platform in the layout")
-                })?
+                })?;
+                let same = many.iter().filter(|d| d.platform == first.platform).count();
+                if same > 1 {
+                    let tags: Vec<&str> = many
+                        .iter()
+                        .filter_map(|d| d.annotation(spec::ANNOTATION_REF_NAME))
+                        .collect();
+                    return Err(Error::archive(
+                        path,
+                        format!(
+                            "the layout holds {same} images for {}/{}; pick one with PATH:TAG (tags: {})",
+                            host.os,
+                            host.architecture,
+                            tags.join(", ")
+                        ),
+                    ));
+                }
+                first
             }
             many => {
                 let tags: Vec<&str> = many
