@@ -448,7 +448,13 @@ mod tests {
     fn open_creates_or_requires() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("root/overlay");
+        // Not creating: a missing dir is an empty driver; a file is an error.
+        let empty = Driver::open(&dir, false).unwrap();
+        assert!(!empty.exists(A) && !dir.exists());
+        fs::create_dir_all(tmp.path().join("root")).unwrap();
+        fs::write(&dir, b"").unwrap();
         assert!(matches!(Driver::open(&dir, false), Err(Error::Io { .. })));
+        fs::remove_file(&dir).unwrap();
         let d = Driver::open(&dir, true).unwrap();
         assert!(dir.join("l").is_dir());
         assert_eq!(d.dir(), dir);

@@ -35,8 +35,11 @@ impl Driver {
             if !self.exists(id) {
                 return Err(Error::LayerUnknown((*id).to_owned()));
             }
-            let short = self.short_link_path(id)?;
-            if fs::symlink_metadata(&short).is_ok() {
+            let short = self
+                .short_link_path(id)
+                .ok()
+                .filter(|p| fs::symlink_metadata(p).is_ok());
+            if let Some(short) = short {
                 lowers.push(root.join(short.strip_prefix(self.dir()).unwrap_or(&short)));
             } else {
                 // A reader's shared layer has no local `l/` name: RO/<id>/diff.

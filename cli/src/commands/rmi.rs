@@ -4,7 +4,7 @@ use std::path::Path;
 
 use storectl_storage::Removed;
 
-use crate::util::{open_store, out};
+use crate::util::{open_store_scanned, out};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -14,7 +14,8 @@ pub struct Args {
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
-    let store = open_store(root)?;
+    // On a reader, scan first: a shared image is refused as read-only, not unknown.
+    let (store, _refresher) = open_store_scanned(root)?;
     for name in &args.images {
         match store.remove_image(name)? {
             Removed::Untagged { name, .. } => out(format!("Untagged {name}")),

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::util::{open_store, out};
+use crate::util::{open_store_scanned, out};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -13,7 +13,8 @@ pub struct Args {
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
-    let store = open_store(root)?;
+    // On a reader, scan first: a shared image is refused as read-only, not unknown.
+    let (store, _refresher) = open_store_scanned(root)?;
     let image = store.tag(&args.image, &args.name)?;
     out(image.id);
     Ok(())
