@@ -33,6 +33,36 @@ pub enum ProgressMode {
     None,
 }
 
+/// `--progress` and `--quiet`, shared by the verbs that move images.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProgressArgs {
+    /// How to show progress.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+    /// Print only the result (image id, digest).
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl ProgressArgs {
+    pub fn mode(&self) -> ProgressMode {
+        if self.quiet {
+            ProgressMode::None
+        } else {
+            self.progress
+        }
+    }
+
+    pub fn renderer(&self) -> Renderer {
+        Renderer::new(self.mode())
+    }
+
+    /// Whether the result line goes to stdout (not with JSON events there).
+    pub fn print_result(&self) -> bool {
+        self.mode() != ProgressMode::Json
+    }
+}
+
 /// The width from which the full bar form is used.
 pub const WIDE: u16 = 110;
 const REDRAW: Duration = Duration::from_millis(100);

@@ -107,7 +107,10 @@ fn blob_event(event: EventKind, layer: &Layer, parent: &str, progress: u64) -> P
     let total = layer.diff_size.unwrap_or(0);
     ProgressEvent {
         event,
-        name: layer.diff_digest.clone().unwrap_or_else(|| layer.id.clone()),
+        name: layer
+            .diff_digest
+            .clone()
+            .unwrap_or_else(|| layer.id.clone()),
         parents: vec![parent.to_string()],
         progress: progress.min(total),
         total,
@@ -147,7 +150,10 @@ impl Store {
         let expected = layer.diff_digest.clone().unwrap_or_default();
         if found != expected {
             return Err(Error::DigestMismatch {
-                what: format!("layer {} rebuilt from disk (run `storectl verify`)", layer.id),
+                what: format!(
+                    "layer {} rebuilt from disk (run `storectl verify`)",
+                    layer.id
+                ),
                 expected,
                 found,
             });
@@ -216,7 +222,9 @@ impl Store {
             let tmp = blobs.join(format!(".tmp-{}", unique_suffix()));
             let mut f = BufWriter::with_capacity(1 << 20, File::create(&tmp).at(&tmp)?);
             let size = self.write_layer_tar(layer, &mut f)?;
-            let f = f.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+            let f = f
+                .into_inner()
+                .map_err(|e| Error::io(&tmp, e.into_error()))?;
             f.sync_all().at(&tmp)?;
             let digest = layer.diff_digest.clone().unwrap_or_default();
             let hex = digest.trim_start_matches("sha256:");
@@ -256,12 +264,20 @@ impl Store {
             &dir.join("index.json"),
             &serde_json::to_vec(&index).expect("an index serializes"),
         )?;
-        crate::fsutil::write_synced(&dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        crate::fsutil::write_synced(
+            &dir.join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )?;
         sync_dir(&blobs)?;
         sync_dir(dir)
     }
 
-    fn save_docker_archive(&self, image: &Image, path: &Path, reporter: &dyn Reporter) -> Result<()> {
+    fn save_docker_archive(
+        &self,
+        image: &Image,
+        path: &Path,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
         let file = File::create(path).at(path)?;
         let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
         let layers = self.image_layers(image)?;
@@ -304,7 +320,8 @@ impl Store {
         let mut header = tar::Header::new_gnu();
         header.set_size(config.len() as u64);
         header.set_mode(0o644);
-        tar.append_data(&mut header, &config_name, &config[..]).at(path)?;
+        tar.append_data(&mut header, &config_name, &config[..])
+            .at(path)?;
         let tags: Vec<&String> = image.names.iter().filter(|n| !n.contains('@')).collect();
         let manifest = serde_json::to_vec(&json!([{
             "Config": config_name,
@@ -315,9 +332,12 @@ impl Store {
         let mut header = tar::Header::new_gnu();
         header.set_size(manifest.len() as u64);
         header.set_mode(0o644);
-        tar.append_data(&mut header, "manifest.json", &manifest[..]).at(path)?;
+        tar.append_data(&mut header, "manifest.json", &manifest[..])
+            .at(path)?;
         let out = tar.into_inner().at(path)?;
-        let file = out.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(path, e.into_error()))?;
         file.sync_all().at(path)
     }
 
@@ -352,7 +372,9 @@ impl Store {
         let pushed: Vec<Result<serde_json::Value>> = pool.install(|| {
             layers
                 .par_iter()
-                .map(|layer| self.push_layer(layer, &repo, client, opts, &mount_from, &name, reporter))
+                .map(|layer| {
+                    self.push_layer(layer, &repo, client, opts, &mount_from, &name, reporter)
+                })
                 .collect()
         });
         let mut descs = Vec::with_capacity(pushed.len());
@@ -452,7 +474,8 @@ impl Store {
                 mount_from: mount_from.clone(),
                 chunk_size: None,
             };
-            let how = client.push_blob(repo, &digest, size, &mut reader as &mut dyn Read, &upload)?;
+            let how =
+                client.push_blob(repo, &digest, size, &mut reader as &mut dyn Read, &upload)?;
             let mut done = blob_event(EventKind::Complete, layer, parent, size);
             done.total = size;
             done.progress = size;

@@ -55,12 +55,11 @@ impl Store {
         let (_, manifest) =
             client.get_platform_manifest(&repo, &r.registry_reference(), &platform)?;
         let where_ = || PathBuf::from(format!("{repo}@{}", manifest.digest));
-        let parsed: spec::Manifest = serde_json::from_slice(&manifest.bytes).map_err(|e| {
-            Error::InvalidArchive {
+        let parsed: spec::Manifest =
+            serde_json::from_slice(&manifest.bytes).map_err(|e| Error::InvalidArchive {
                 path: where_(),
                 reason: format!("manifest: {e}"),
-            }
-        })?;
+            })?;
         let mut config = Vec::new();
         client
             .get_blob(&repo, &parsed.config.digest, 0)?
@@ -77,12 +76,11 @@ impl Store {
         }
         let mut layers = Vec::with_capacity(parsed.layers.len());
         for d in &parsed.layers {
-            let compression = Compression::from_media_type(&d.media_type).map_err(|e| {
-                Error::InvalidArchive {
+            let compression =
+                Compression::from_media_type(&d.media_type).map_err(|e| Error::InvalidArchive {
                     path: where_(),
                     reason: format!("layer {}: {e}", d.digest),
-                }
-            })?;
+                })?;
             layers.push(SourceLayer {
                 digest: Some(d.digest.clone()),
                 compression: Some(compression),

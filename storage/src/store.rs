@@ -303,7 +303,6 @@ impl Store {
         }
     }
 
-
     /// Where a layer's record dir is (`overlay-layers/RO/<id>` when shared).
     pub fn layer_record_dir(&self, layer: &Layer) -> PathBuf {
         self.layer_dir_of(&layer.id, layer.shared)
@@ -370,27 +369,29 @@ impl Store {
             .ok_or_else(|| Error::LayerUnknown { id: id.into() })
     }
 
+    /// The ids under `local` that are real entries (a symlink `<id> -> RO/<id>`
+    /// is the writer's legacy name of a shared one), as `(id, false)`, then —
+    /// when `with_ro` — the ids under `ro` as `(id, true)`.
+    fn entry_ids(&self, local: &Path, ro: &Path, with_ro: bool) -> Result<Vec<(String, bool)>> {
+        let mut ids: Vec<(String, bool)> = list_id_entries(local)?
+            .into_iter()
+            .filter(|(_, symlink)| !symlink)
+            .map(|(id, _)| (id, false))
+            .collect();
+        if with_ro {
+            ids.extend(list_ids(ro)?.into_iter().map(|id| (id, true)));
+        }
+        Ok(ids)
+    }
+
     /// Read every valid layer and image record from disk. Invalid entries are
     /// skipped with a warning; they never stop the store from opening.
     /// A reader reads only its local records here: shared ones enter through
     /// the refresher's validated scan ([`Store::apply_shared`]).
     fn read_state(&self) -> Result<State> {
         let mut state = State::default();
-        // Local records are real dirs; a symlink `<id> -> RO/<id>` is the
-        // legacy name of a shared one, read through the RO dir instead.
-        let mut layer_ids = Vec::new();
-        for (id, symlink) in list_id_entries(&self.layers_dir())? {
-            if !symlink {
-                layer_ids.push((id, false));
-            }
-        }
-        if self.layout.role() == Role::Writer {
-            layer_ids.extend(
-                list_ids(&self.layout.layers_ro())?
-                    .into_iter()
-                    .map(|id| (id, true)),
-            );
-        }
+        let writer = self.layout.role() == Role::Writer;
+        let layer_ids = self.entry_ids(&self.layers_dir(), &self.layout.layers_ro(), writer)?;
         for (id, shared) in layer_ids {
             let path = self.layer_dir_of(&id, shared).join(LAYER_JSON);
             let layer = match fs::read(&path) {
@@ -429,19 +430,7 @@ impl Store {
             tracing::warn!("skipping layer {id}: its parent chain is incomplete");
             state.layers.remove(&id);
         }
-        let mut image_ids = Vec::new();
-        for (id, symlink) in list_id_entries(&self.images_dir())? {
-            if !symlink {
-                image_ids.push((id, false));
-            }
-        }
-        if self.layout.role() == Role::Writer {
-            image_ids.extend(
-                list_ids(&self.layout.images_ro())?
-                    .into_iter()
-                    .map(|id| (id, true)),
-            );
-        }
+        let image_ids = self.entry_ids(&self.images_dir(), &self.layout.images_ro(), writer)?;
         for (id, shared) in image_ids {
             let path = self.image_dir_of(&id, shared).join(IMAGES_JSON);
             let image = match fs::read(&path) {
@@ -511,10 +500,16 @@ impl Store {
         if self.layout.role() == Role::Reader {
             let old = self.state.read();
             for l in old.layers.values().filter(|l| l.shared) {
-                state.layers.entry(l.id.clone()).or_insert_with(|| l.clone());
+                state
+                    .layers
+                    .entry(l.id.clone())
+                    .or_insert_with(|| l.clone());
             }
             for i in old.images.values().filter(|i| i.shared) {
-                state.images.entry(i.id.clone()).or_insert_with(|| i.clone());
+                state
+                    .images
+                    .entry(i.id.clone())
+                    .or_insert_with(|| i.clone());
             }
         }
         *self.state.write() = state;
@@ -561,18 +556,7 @@ impl Store {
         let state = self.state();
         let referenced = state.referenced_layers();
         let writer = self.publishes_shared();
-        let mut records: Vec<(String, bool)> = list_id_entries(&self.layers_dir())?
-            .into_iter()
-            .filter(|(_, symlink)| !symlink)
-            .map(|(id, _)| (id, false))
-            .collect();
-        if writer {
-            records.extend(
-                list_ids(&self.layout.layers_ro())?
-                    .into_iter()
-                    .map(|id| (id, true)),
-            );
-        }
+        let records = self.entry_ids(&self.layers_dir(), &self.layout.layers_ro(), writer)?;
         let mut gone = Vec::new();
         for (id, shared) in records {
             let incomplete = fs::read(self.layer_dir_of(&id, shared).join(LAYER_JSON))
@@ -591,18 +575,8 @@ impl Store {
             tracing::info!("removing unused layer {id}");
             self.remove_layer_files(id, *shared)?;
         }
-        let mut overlay_dirs: Vec<(String, bool)> = list_id_entries(&self.layout.overlay())?
-            .into_iter()
-            .filter(|(_, symlink)| !symlink)
-            .map(|(id, _)| (id, false))
-            .collect();
-        if writer {
-            overlay_dirs.extend(
-                list_ids(&self.layout.overlay_ro())?
-                    .into_iter()
-                    .map(|id| (id, true)),
-            );
-        }
+        let overlay_dirs =
+            self.entry_ids(&self.layout.overlay(), &self.layout.overlay_ro(), writer)?;
         for (id, shared) in overlay_dirs {
             let has_record = self.layer_dir_of(&id, shared).exists();
             if !has_record && !gone.iter().any(|(g, _)| *g == id) {
@@ -978,9 +952,11 @@ impl Store {
         // An uncompressed blob is its own tar: hash it once, not twice.
         let magic = blob.fill_buf().at(&blob_path)?;
         let plain = storectl_overlay::Compression::detect(magic).is_none()
-            && matches!(src.compression, None | Some(storectl_overlay::Compression::None));
-        let progress =
-            ProgressReader::new(blob, reporter, event, opts.progress_interval);
+            && matches!(
+                src.compression,
+                None | Some(storectl_overlay::Compression::None)
+            );
+        let progress = ProgressReader::new(blob, reporter, event, opts.progress_interval);
         let mut compressed = if plain {
             HashingReader::counting(progress)
         } else {
@@ -1002,7 +978,11 @@ impl Store {
         .map_err(layer_err)?;
         let (found_diff, diff_size) = uncompressed.finish().at(&blob_path)?;
         let (found_blob, blob_size) = compressed.finish().at(&blob_path)?;
-        let found_blob = if plain { found_diff.clone() } else { found_blob };
+        let found_blob = if plain {
+            found_diff.clone()
+        } else {
+            found_blob
+        };
         if found_diff != diff_id {
             return Err(Error::DigestMismatch {
                 what: format!(

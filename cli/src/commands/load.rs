@@ -4,8 +4,8 @@ use std::path::Path;
 
 use storectl_storage::LoadOptions;
 
-use crate::progress::{ProgressMode, Renderer};
-use crate::util::{open_store, out};
+use crate::progress::ProgressArgs;
+use crate::util::{open_store_scanned, out};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,12 +21,8 @@ pub struct Args {
     /// Layers imported at once.
     #[arg(long, default_value_t = 3)]
     jobs: usize,
-    /// How to show progress.
-    #[arg(long, value_enum, default_value = "auto")]
-    progress: ProgressMode,
-    /// Print only the image id.
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
 /// `123`, `64K`, `64M`, `2G`, `1T` (binary units) → bytes.
@@ -51,23 +47,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
-    let store = open_store(root)?;
+    // On a reader, scan first: layers on the share are not imported again.
+    let (store, _refresher) = open_store_scanned(root)?;
     let opts = LoadOptions {
         name: args.name,
         max_layer_size: args.max_layer_size,
         jobs: args.jobs,
         ..LoadOptions::default()
     };
-    let mode = if args.quiet {
-        ProgressMode::None
-    } else {
-        args.progress
-    };
-    let renderer = Renderer::new(mode);
+    let renderer = args.progress.renderer();
     let image = store.load(&args.path, &opts, &renderer);
     renderer.finish(image.as_ref().ok().map(|_| "Loaded"));
     let image = image?;
-    if mode != ProgressMode::Json {
+    if args.progress.print_result() {
         out(image.id);
     }
     Ok(())

@@ -7,7 +7,7 @@ use storectl_storage::registry::Platform;
 use storectl_storage::{LoadOptions, PullOptions};
 
 use super::registry_args::RegistryArgs;
-use crate::progress::{ProgressMode, Renderer};
+use crate::progress::ProgressArgs;
 use crate::util::{open_store_scanned, out};
 
 #[derive(Debug, clap::Args)]
@@ -22,19 +22,19 @@ pub struct Args {
     /// Layers downloaded at once.
     #[arg(long, default_value_t = 3)]
     jobs: usize,
-    /// How to show progress.
-    #[arg(long, value_enum, default_value = "auto")]
-    progress: ProgressMode,
-    /// Print only the image id.
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     // On a reader, scan first: layers on the share are not downloaded again.
     let (store, _refresher) = open_store_scanned(root)?;
     let platform = match &args.platform {
-        Some(p) => Some(Platform::parse(p).map_err(anyhow::Error::msg).context("--platform")?),
+        Some(p) => Some(
+            Platform::parse(p)
+                .map_err(anyhow::Error::msg)
+                .context("--platform")?,
+        ),
         None => None,
     };
     let opts = PullOptions {
@@ -45,12 +45,11 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         },
     };
     let client = args.registry.client()?;
-    let mode = if args.quiet { ProgressMode::None } else { args.progress };
-    let renderer = Renderer::new(mode);
+    let renderer = args.progress.renderer();
     let image = store.pull(&args.reference, &client, &opts, &renderer);
     renderer.finish(image.as_ref().ok().map(|_| "Pulled"));
     let image = image.with_context(|| format!("pulling {}", args.reference))?;
-    if mode != ProgressMode::Json {
+    if args.progress.print_result() {
         out(image.id);
     }
     Ok(())

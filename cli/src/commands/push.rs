@@ -6,7 +6,7 @@ use anyhow::Context;
 use storectl_storage::{PushCompression, PushOptions};
 
 use super::registry_args::RegistryArgs;
-use crate::progress::{ProgressMode, Renderer};
+use crate::progress::ProgressArgs;
 use crate::util::{open_store_scanned, out};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -29,12 +29,8 @@ pub struct Args {
     /// Layers prepared and uploaded at once.
     #[arg(long, default_value_t = 3)]
     jobs: usize,
-    /// How to show progress.
-    #[arg(long, value_enum, default_value = "auto")]
-    progress: ProgressMode,
-    /// Print only the manifest digest.
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
@@ -48,12 +44,11 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         jobs: args.jobs,
     };
     let client = args.registry.client()?;
-    let mode = if args.quiet { ProgressMode::None } else { args.progress };
-    let renderer = Renderer::new(mode);
+    let renderer = args.progress.renderer();
     let digest = store.push(&image, &args.reference, &client, &opts, &renderer);
     renderer.finish(digest.as_ref().ok().map(|_| "Pushed"));
     let digest = digest.with_context(|| format!("pushing {} to {}", image.id, args.reference))?;
-    if mode != ProgressMode::Json {
+    if args.progress.print_result() {
         out(digest);
     }
     Ok(())

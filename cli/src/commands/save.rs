@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use storectl_storage::SaveFormat;
 
-use crate::progress::{ProgressMode, Renderer};
+use crate::progress::ProgressArgs;
 use crate::util::open_store_scanned;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -25,12 +25,8 @@ pub struct Args {
     output: PathBuf,
     #[arg(long, value_enum, default_value = "oci")]
     format: FormatArg,
-    /// How to show progress.
-    #[arg(long, value_enum, default_value = "auto")]
-    progress: ProgressMode,
-    /// Print nothing.
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
@@ -40,8 +36,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         FormatArg::Oci => SaveFormat::Oci,
         FormatArg::DockerArchive => SaveFormat::DockerArchive,
     };
-    let mode = if args.quiet { ProgressMode::None } else { args.progress };
-    let renderer = Renderer::new(mode);
+    let renderer = args.progress.renderer();
     let result = store.save(&image, &args.output, format, &renderer);
     renderer.finish(result.as_ref().ok().map(|_| "Saved"));
     result.with_context(|| format!("saving {} to {}", image.id, args.output.display()))
