@@ -83,13 +83,16 @@ fn flip(dir: &Path, digest: &str, offset: Option<usize>) {
     std::fs::write(&p, data).unwrap();
 }
 
+/// A named way to corrupt a written layout.
+type Corruption<'a> = (&'a str, Box<dyn Fn(&Path, &storectl_fixtures::BuiltImage) + 'a>);
+
 #[test]
 fn digest_mismatch_leaves_nothing_behind() {
     let img = layered();
     // layer 3 is uncompressed: a flipped content byte keeps the tar valid,
     // so only the digest check can catch it.
     let motd = b"layer 3 motd";
-    let cases: Vec<(&str, Box<dyn Fn(&Path, &storectl_fixtures::BuiltImage)>)> = vec![
+    let cases: Vec<Corruption> = vec![
         (
             "uncompressed layer content",
             Box::new(|dir, b| {

@@ -53,7 +53,7 @@ impl Store {
         let repo = Repository::from_reference(&r);
         let platform = opts.platform.clone().unwrap_or_else(Platform::host);
         let (_, manifest) =
-            client.get_platform_manifest(&repo, &r.registry_reference(), &platform)?;
+            client.get_platform_manifest(&repo, r.registry_reference(), &platform)?;
         let where_ = || PathBuf::from(format!("{repo}@{}", manifest.digest));
         let parsed: spec::Manifest =
             serde_json::from_slice(&manifest.bytes).map_err(|e| Error::InvalidArchive {
