@@ -804,12 +804,13 @@ impl EventLog {
 #[track_caller]
 fn check_reader_view(reader: &Path, share: &Path, images: &[&TestImage]) -> BTreeSet<String> {
     let listed = ls(reader);
-    for (id, (_, layers, shared)) in &listed {
+    for (id, (names, layers, shared)) in &listed {
         let img = images
             .iter()
             .find(|i| &i.id == id)
             .unwrap_or_else(|| panic!("reader lists an unknown image {id}"));
         assert!(shared, "image {id} is not shared");
+        assert_eq!(names, &vec![img.name.clone()], "names of image {id}");
         assert_eq!(layers, &img.chain, "layers of image {id}");
         for l in layers {
             assert!(
@@ -878,106 +879,110 @@ fn names(dir: &Path) -> BTreeSet<String> {
 /// After a writer start: no debris anywhere; the share holds exactly the
 /// layers and images of `images`, each whole; the writer's root has its
 /// legacy names and short links for them and no dangling or orphan entries.
-#[track_caller]
-fn assert_writer_clean(share: &Path, writer: &Path, images: &[&TestImage]) {
-    let found = [debris(share), debris(writer)].concat();
-    assert!(found.is_empty(), "debris left: {found:?}");
+/// Returns what is wrong, one line each.
+fn writer_problems(share: &Path, writer: &Path, images: &[&TestImage]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for d in [debris(share), debris(writer)].concat() {
+        bad.push(format!("debris left: {}", d.display()));
+    }
     let layers: BTreeSet<String> = images.iter().flat_map(|i| i.chain.clone()).collect();
     let ids: BTreeSet<String> = images.iter().map(|i| i.id.clone()).collect();
     let hex =
         |d: &Path| -> BTreeSet<String> { names(d).into_iter().filter(|n| is_id(n)).collect() };
-    assert_eq!(hex(&share.join("overlay")), layers, "share overlay/ dirs");
-    assert_eq!(
-        hex(&share.join("overlay-layers")),
-        layers,
-        "share overlay-layers/ records"
-    );
-    assert_eq!(
-        hex(&share.join("overlay-images")),
-        ids,
-        "share overlay-images/"
-    );
-    for l in &layers {
-        let dir = share.join("overlay").join(l);
-        assert!(
-            dir.join("diff").is_dir() && dir.join("link").is_file(),
-            "{}",
-            dir.display()
-        );
-        let rec = share.join("overlay-layers").join(l);
-        let v: Value =
-            serde_json::from_slice(&fs::read(rec.join("layer.json")).expect("layer.json"))
-                .expect("layer.json parses");
-        assert_eq!(v["id"], l.as_str());
-        assert_ne!(v["incomplete"], true, "layer {l} incomplete");
-        assert!(
-            rec.join(format!("{l}.tar-split.gz")).is_file(),
-            "tar-split of {l}"
-        );
-        // The writer's names for it.
-        let legacy = writer.join("overlay").join(l);
-        assert_eq!(
-            fs::read_link(&legacy).ok(),
-            Some(Path::new("RO").join(l)),
-            "{}",
-            legacy.display()
-        );
-        let legacy = writer.join("overlay-layers").join(l);
-        assert_eq!(
-            fs::read_link(&legacy).ok(),
-            Some(Path::new("RO").join(l)),
-            "{}",
-            legacy.display()
-        );
-        let short = fs::read_to_string(dir.join("link")).expect("link");
-        let short = writer.join("overlay/l").join(short.trim());
-        assert_eq!(
-            short.canonicalize().ok(),
-            dir.join("diff").canonicalize().ok(),
-            "short link {}",
-            short.display()
-        );
-    }
-    for id in &ids {
-        let dir = share.join("overlay-images").join(id);
-        for f in ["images.json", "manifest", "config"] {
-            assert!(dir.join(f).is_file(), "{}/{f}", dir.display());
+    let mut same = |what: &str, found: BTreeSet<String>, want: &BTreeSet<String>| {
+        if &found != want {
+            bad.push(format!("{what}: {found:?}, expected {want:?}"));
         }
-        let legacy = writer.join("overlay-images").join(id);
-        assert_eq!(
-            fs::read_link(&legacy).ok(),
-            Some(Path::new("RO").join(id)),
-            "{}",
-            legacy.display()
-        );
-    }
-    // Nothing else in the writer's dirs: no local (orphan) layer dirs, no
-    // dangling names.
+    };
+    same("share overlay/", hex(&share.join("overlay")), &layers);
+    same(
+        "share overlay-layers/",
+        hex(&share.join("overlay-layers")),
+        &layers,
+    );
+    same(
+        "share overlay-images/",
+        hex(&share.join("overlay-images")),
+        &ids,
+    );
     let mut expected = BTreeSet::from(["RO".to_string(), "l".to_string()]);
     expected.extend(layers.iter().cloned());
     let overlay: BTreeSet<String> = names(&writer.join("overlay"))
         .into_iter()
         .filter(|n| n != "empty")
         .collect();
-    assert_eq!(overlay, expected, "writer overlay/");
-    assert_eq!(
-        names(&writer.join("overlay/l")).len(),
-        layers.len(),
-        "writer overlay/l/"
-    );
+    same("writer overlay/", overlay, &expected);
     let mut expected = BTreeSet::from(["RO".to_string()]);
     expected.extend(layers.iter().cloned());
-    assert_eq!(
+    same(
+        "writer overlay-layers/",
         names(&writer.join("overlay-layers")),
-        expected,
-        "writer overlay-layers/"
+        &expected,
     );
     let mut expected = BTreeSet::from(["RO".to_string()]);
     expected.extend(ids.iter().cloned());
-    assert_eq!(
+    same(
+        "writer overlay-images/",
         names(&writer.join("overlay-images")),
-        expected,
-        "writer overlay-images/"
+        &expected,
+    );
+    let shorts = names(&writer.join("overlay/l")).len();
+    if shorts != layers.len() {
+        bad.push(format!(
+            "writer overlay/l/ holds {shorts} links for {} layers",
+            layers.len()
+        ));
+    }
+    let ro = |id: &str| Some(Path::new("RO").join(id));
+    for l in &layers {
+        let dir = share.join("overlay").join(l);
+        if !(dir.join("diff").is_dir() && dir.join("link").is_file()) {
+            bad.push(format!("layer {l}: no diff/ or link in {}", dir.display()));
+            continue;
+        }
+        let rec = share.join("overlay-layers").join(l);
+        match fs::read(rec.join("layer.json")).map(|b| serde_json::from_slice::<Value>(&b)) {
+            Ok(Ok(v)) if v["id"] == l.as_str() && v["incomplete"] != true => {}
+            other => bad.push(format!("layer {l}: bad record {other:?}")),
+        }
+        if !rec.join(format!("{l}.tar-split.gz")).is_file() {
+            bad.push(format!("layer {l}: no tar-split"));
+        }
+        for d in ["overlay", "overlay-layers"] {
+            let legacy = writer.join(d).join(l);
+            if fs::read_link(&legacy).ok() != ro(l) {
+                bad.push(format!("writer {d}/{l} is not a link to RO/{l}"));
+            }
+        }
+        let short = fs::read_to_string(dir.join("link")).unwrap_or_default();
+        let short = writer.join("overlay/l").join(short.trim());
+        if short.canonicalize().ok() != dir.join("diff").canonicalize().ok() {
+            bad.push(format!("layer {l}: short link {} broken", short.display()));
+        }
+    }
+    for id in &ids {
+        let dir = share.join("overlay-images").join(id);
+        for f in ["images.json", "manifest", "config"] {
+            if !dir.join(f).is_file() {
+                bad.push(format!("image {id}: no {f}"));
+            }
+        }
+        if fs::read_link(writer.join("overlay-images").join(id)).ok() != ro(id) {
+            bad.push(format!(
+                "writer overlay-images/{id} is not a link to RO/{id}"
+            ));
+        }
+    }
+    bad
+}
+
+#[track_caller]
+fn assert_writer_clean(share: &Path, writer: &Path, images: &[&TestImage]) {
+    let bad = writer_problems(share, writer, images);
+    assert!(
+        bad.is_empty(),
+        "after the next writer start:\n{}",
+        bad.join("\n")
     );
 }
 
@@ -1082,6 +1087,214 @@ fn writer_killed_at_random_points() {
         interrupted.len() >= 5,
         "too few kills hit a running writer: {interrupted:?}"
     );
+}
+
+/// Is there an entry named `prefix…` in `dir`?
+fn has_name(dir: &Path, prefix: &str) -> bool {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+}
+
+/// Run `storectl args` on `root` and SIGKILL it the moment `hit()` holds
+/// (polled without pause). False when it exited before that.
+fn kill_when(root: &Path, args: &[&str], hit: impl Fn() -> bool) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = storectl(root, args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn writer");
+    loop {
+        if hit() {
+            let _ = child.kill();
+            let status = child.wait().expect("wait writer");
+            return status.signal() == Some(9);
+        }
+        if child.try_wait().expect("try_wait").is_some() {
+            return false;
+        }
+    }
+}
+
+/// A kill point of the publish protocol: (what, during `rmi`?, reached?).
+type KillPoint = (&'static str, bool, fn(&Path, &TestImage) -> bool);
+
+/// kill -9 the writer at each step of the publish and removal protocols
+/// (detected on the share), each in a fresh world; then a fresh reader sees
+/// only whole images (with their names), the next writer start cleans up,
+/// the image loads and verifies, and `rmi` leaves an empty share. One more
+/// case is a crash state no timing can hit reliably (between two syscalls).
+#[test]
+fn writer_killed_at_protocol_steps() {
+    require_root!();
+    let images = tempfile::tempdir().expect("temp dir");
+    let img = make_image(images.path(), 700, 3, 2 << 20);
+    let points: Vec<KillPoint> = vec![
+        (
+            "load: extracting a layer (overlay/.staging-*)",
+            false,
+            |s, _| has_name(&s.join("overlay"), ".staging-"),
+        ),
+        (
+            "load: a layer record published, no image yet",
+            false,
+            |s, _| names(&s.join("overlay-layers")).iter().any(|n| is_id(n)),
+        ),
+        (
+            "load: staging the image dir (overlay-images/.staging-*)",
+            false,
+            |s, _| has_name(&s.join("overlay-images"), ".staging-"),
+        ),
+        ("load: image dir just renamed into place", false, |s, i| {
+            s.join("overlay-images").join(&i.id).exists()
+        }),
+        (
+            "load: writing the image's names (overlay-images/<id>/.tmp-*)",
+            false,
+            |s, i| has_name(&s.join("overlay-images").join(&i.id), ".tmp-"),
+        ),
+        (
+            "rmi: image dir renamed away (overlay-images/.trash-*)",
+            true,
+            |s, _| has_name(&s.join("overlay-images"), ".trash-"),
+        ),
+        (
+            "rmi: a layer record being removed (overlay-layers/.trash-*)",
+            true,
+            |s, _| has_name(&s.join("overlay-layers"), ".trash-"),
+        ),
+        (
+            "rmi: a layer dir being removed (overlay/.trash-*)",
+            true,
+            |s, _| has_name(&s.join("overlay"), ".trash-"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, rmi, hit) in &points {
+        let w = World::new();
+        let writer = w.writer("writer");
+        let reader = w.reader("reader", &w.share, &[]);
+        if *rmi {
+            load(&writer, &img);
+        }
+        let dir = img.dir.display().to_string();
+        let args = if *rmi {
+            ["rmi", &img.id]
+        } else {
+            ["load", &dir]
+        };
+        if !kill_when(&writer, &args, || hit(&w.share, &img)) {
+            failures.push(format!("{what}: the writer finished before this point"));
+            continue;
+        }
+        soft(
+            &mut failures,
+            what,
+            "a fresh reader right after the kill",
+            || {
+                check_reader_view(&reader, &w.share, &[&img]);
+            },
+        );
+        soft(&mut failures, what, "the next writer start", || {
+            load(&writer, &img);
+            assert_writer_clean(&w.share, &writer, &[&img]);
+            run(&writer, &["verify"]).ok();
+            assert!(check_reader_view(&reader, &w.share, &[&img]).contains(&img.id));
+        });
+        soft(&mut failures, what, "rmi after that", || {
+            run(&writer, &["rmi", &img.id]).ok();
+            assert_writer_clean(&w.share, &writer, &[]);
+        });
+    }
+    // Crashed inside the driver's layer removal, between renaming RO/<id>
+    // away and unlinking the writer's `overlay/<id> -> RO/<id>`: a .trash
+    // dir, that dangling name, and a dangling short link.
+    let w = World::new();
+    let writer = w.writer("writer");
+    load(&writer, &img);
+    run(&writer, &["rmi", &img.id]).ok();
+    let top = img.chain.last().expect("a layer");
+    fs::create_dir_all(w.share.join("overlay/.trash-crashed/diff")).expect("trash");
+    symlink(Path::new("RO").join(top), writer.join("overlay").join(top)).expect("symlink");
+    symlink(
+        Path::new("..").join(top).join("diff"),
+        writer.join("overlay/l/CRASHEDCRASHEDCRASHEDCRASH"),
+    )
+    .expect("symlink");
+    let what = "rmi: between renaming RO/<top> away and unlinking overlay/<top> (simulated)";
+    soft(&mut failures, what, "the next writer start", || {
+        load(&writer, &img);
+        assert_writer_clean(&w.share, &writer, &[&img]);
+        run(&writer, &["verify"]).ok();
+    });
+    assert!(
+        failures.is_empty(),
+        "{} failures at {} kill points:\n\n{}",
+        failures.len(),
+        points.len() + 1,
+        failures.join("\n\n")
+    );
+}
+
+/// A watching reader that finds a new image while the writer is still
+/// publishing it (stopped right after the image dir's rename) must report
+/// it with its names: it never reads a known image's record again.
+#[test]
+fn watching_reader_gets_the_names_of_a_new_image() {
+    require_root!();
+    let w = World::new();
+    let writer = w.writer("writer");
+    let reader = w.reader(
+        "reader",
+        &w.share,
+        &["--refresh-interval-ms", "50", "--full-rescan-secs", "1"],
+    );
+    let img = make_image(&w.path("images"), 800, 2, 1 << 20);
+    let watch = Watch::start(&reader, &["--json"]);
+    let mut child = storectl(&writer, &["load", &img.dir.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn load");
+    let image_dir = w.share.join("overlay-images").join(&img.id);
+    while !image_dir.exists() {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "load ended early"
+        );
+    }
+    kill(child.id(), rustix::process::Signal::STOP);
+    let (seen, _) = watch.wait_for(Instant::now() + Duration::from_secs(3), |l| {
+        l.contains("ImageAdded")
+    });
+    kill(child.id(), rustix::process::Signal::CONT);
+    assert!(child.wait().expect("wait load").success());
+    let (_, line) = seen.expect("the watcher reports the image");
+    let (_, rest, _) = watch.stop();
+    let v: Value = serde_json::from_str(&line).expect("JSON event");
+    assert_eq!(v["id"], img.id.as_str());
+    assert_eq!(
+        v["names"],
+        json!([img.name]),
+        "ImageAdded without the image's name; later lines: {rest:?}"
+    );
+}
+
+/// Run one group of checks; a failure is recorded and the test goes on.
+fn soft(failures: &mut Vec<String>, point: &str, step: &str, f: impl FnOnce()) {
+    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        failures.push(format!("{point}\n  {step}: {}", panic_text(&e)));
+    }
+}
+
+fn panic_text(e: &Box<dyn std::any::Any + Send>) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(panic)".into())
 }
 
 // ---------------------------------------------------------------------------
@@ -1472,9 +1685,50 @@ fn junk_on_the_share_is_skipped_once() {
         l.contains("ImageAdded") && l.contains(&pv2)
     });
     assert!(seen.is_some(), "the image planted later never showed up");
+    // Entries that become valid are taken on a later scan (they warned once
+    // while broken): a record fixed in place, and the missing overlay dir of
+    // a chain's middle layer arriving (by rename, as a writer publishes).
+    let fixed_layer = id("bad-json-layer");
+    let fixed_image = id("bad-json-image-on-it");
+    let record = p.layers().join(&fixed_layer);
+    fs::write(record.join(".tmp-fix"), layer_json(&fixed_layer, None)).expect("fix");
+    fs::rename(record.join(".tmp-fix"), record.join("layer.json")).expect("fix");
+    p.overlay_dir(".staging-n2", true);
+    fs::rename(p.overlay().join(".staging-n2"), p.overlay().join(&n2)).expect("publish");
+    let completed_image = id("image-missing-middle-overlay");
+    fs::write(w.share.join(".tmp-gen"), b"1000 planted\n").expect("generation");
+    fs::rename(w.share.join(".tmp-gen"), w.share.join("generation")).expect("generation");
+    let mut waiting: BTreeSet<&String> = [&fixed_image, &completed_image].into();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !waiting.is_empty() {
+        let (seen, _) = watch.wait_for(deadline, |l| l.contains("ImageAdded"));
+        let Some((_, line)) = seen else {
+            panic!("images {waiting:?} never showed up once valid");
+        };
+        waiting.retain(|i| !line.contains(i.as_str()));
+    }
     // Full rescans (every second) must not warn again.
     thread::sleep(Duration::from_millis(2500));
     let (status, _, stderr) = watch.stop();
+    // The watcher changed nothing (but for what the test itself planted).
+    let ours = [
+        format!("overlay/{pv2_layer}"),
+        format!("overlay-layers/{pv2_layer}"),
+        format!("overlay-images/{pv2}"),
+        format!("overlay/{n2}"),
+        format!("overlay-layers/{fixed_layer}"),
+    ];
+    let theirs = |l: BTreeMap<String, String>| -> BTreeMap<String, String> {
+        l.into_iter()
+            .filter(|(k, _)| {
+                !ours.iter().any(|o| k.starts_with(o.as_str()))
+                    && !["generation", "overlay", "overlay-layers", "overlay-images"]
+                        .contains(&k.as_str())
+            })
+            .collect()
+    };
+    let after_watch = listing(&w.share);
+    assert_same_listing(&theirs(shared_before), &theirs(after_watch.clone()));
     assert!(status.success(), "refresh --watch: {status}\n{stderr}");
     let stderr = plain(&stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -1531,8 +1785,12 @@ fn junk_on_the_share_is_skipped_once() {
 
     // Every valid image is listed, nothing else; they mount.
     let listed = ls(&reader);
-    let want: BTreeSet<&String> = [&a.id, &b.id, &pv, &pv2].into();
+    let want: BTreeSet<&String> = [&a.id, &b.id, &pv, &pv2, &fixed_image, &completed_image].into();
     assert_eq!(listed.keys().collect::<BTreeSet<_>>(), want);
+    assert_eq!(
+        listed[&completed_image].1,
+        vec![m1.clone(), n2.clone(), n3.clone()]
+    );
     assert_eq!(listed[&pv2].1, vec![pv_layer.clone(), pv2_layer.clone()]);
     check_mounted(&reader, &a);
     check_mounted(&reader, &b);
@@ -1545,7 +1803,7 @@ fn junk_on_the_share_is_skipped_once() {
     );
     run(&reader, &["umount", &pv2]).ok();
     let info: Value = serde_json::from_str(&run(&reader, &["info", "--json"]).ok()).expect("JSON");
-    assert_eq!(info["images"]["shared"], 4, "{info}");
+    assert_eq!(info["images"]["shared"], 6, "{info}");
     assert!(info["pending_on_share"].as_u64().unwrap_or(0) > 0, "{info}");
 
     // Nothing outside was read, nothing inside or outside changed.
@@ -1554,18 +1812,78 @@ fn junk_on_the_share_is_skipped_once() {
         assert_eq!(&now, before, "{} was read", f.display());
     }
     assert_same_listing(&outside_before, &listing(&outside));
-    let mut shared_after = listing(&w.share);
-    // (the generation file and the later image are ours)
-    shared_after.retain(|k, _| shared_before.contains_key(k));
-    let mut before = shared_before;
-    before.remove("generation");
-    shared_after.remove("generation");
-    for dir in ["overlay", "overlay-layers", "overlay-images"] {
-        before.remove(dir);
-        shared_after.remove(dir);
-    }
-    assert_same_listing(&before, &shared_after);
+    assert_same_listing(&after_watch, &listing(&w.share));
     assert!(bad.len() >= 30, "{} bad entries", bad.len());
+}
+
+/// `run`, but killed (and reported as hung: `None`) after `limit`.
+fn run_limited(root: &Path, args: &[&str], limit: Duration) -> Option<Run> {
+    let child = storectl(root, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn storectl");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => {
+            let out = out.expect("wait storectl");
+            Some(Run {
+                args: args.iter().map(|s| s.to_string()).collect(),
+                status: out.status,
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        }
+        Err(_) => {
+            kill(pid, rustix::process::Signal::KILL);
+            None
+        }
+    }
+}
+
+/// The share's `generation` replaced by a FIFO (or a huge file): readers
+/// must neither hang on it nor stop seeing images.
+#[test]
+fn junk_generation_file_does_not_hang_readers() {
+    require_root!();
+    let w = World::new();
+    let writer = w.writer("writer");
+    let a = make_image(&w.path("images"), 410, 2, 0);
+    load(&writer, &a);
+    let reader = w.reader("reader", &w.share, &["--refresh-interval-ms", "100"]);
+    let limit = Duration::from_secs(5);
+    let mut hung = Vec::new();
+    for junk in ["fifo", "huge"] {
+        let tmp = w.share.join(".tmp-junk-generation");
+        if junk == "fifo" {
+            mkfifo(&tmp);
+        } else {
+            fs::write(&tmp, vec![b'7'; 64 << 20]).expect("huge generation");
+        }
+        fs::rename(&tmp, w.share.join("generation")).expect("replace generation");
+        for args in [&["refresh"][..], &["ls", "--json"], &["info", "--json"]] {
+            let started = Instant::now();
+            match run_limited(&reader, args, limit) {
+                None => hung.push(format!("{junk} generation: storectl {args:?} hung")),
+                Some(r) => {
+                    let d = r.describe();
+                    let out = r.ok();
+                    if args[0] == "ls" {
+                        assert!(out.contains(&a.id), "{d}");
+                    }
+                    eprintln!("{junk} generation: {args:?} took {:?}", started.elapsed());
+                }
+            }
+        }
+        let watch = Watch::start(&reader, &[]);
+        let (status, _, stderr) = watch.stop();
+        assert!(status.success(), "refresh --watch: {status} {stderr}");
+    }
+    assert!(hung.is_empty(), "{}", hung.join("\n"));
 }
 
 // ---------------------------------------------------------------------------
@@ -1630,6 +1948,51 @@ fn read_only_bind_mounted_share() {
     let local = make_image(&w.path("images"), 502, 2, 0);
     load(&reader, &local);
     check_mounted(&reader, &local);
+}
+
+/// A share that goes away (an NFS mount dropped: the reader's links point at
+/// an empty mount point) is not an empty share: a watching reader keeps its
+/// images instead of reporting every one removed, one-shot verbs say the
+/// share is missing, and all is as before once it is back.
+#[test]
+fn share_going_away_is_not_an_empty_share() {
+    require_root!();
+    let w = World::new();
+    let writer = w.writer("writer");
+    let a = make_image(&w.path("images"), 510, 2, 0);
+    load(&writer, &a);
+    let mnt = w.path("mnt");
+    fs::create_dir(&mnt).expect("mount point");
+    rustix::mount::mount_bind(&w.share, &mnt).expect("bind mount");
+    let reader = w.reader(
+        "reader",
+        &mnt,
+        &["--refresh-interval-ms", "100", "--full-rescan-secs", "1"],
+    );
+    assert!(ls(&reader).contains_key(&a.id));
+    let watch = Watch::start(&reader, &[]);
+    rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::DETACH).expect("unmount");
+    let (seen, _) = watch.wait_for(Instant::now() + Duration::from_millis(2500), |l| {
+        l.starts_with("- image")
+    });
+    let gone = run(&reader, &["ls", "--json"]);
+    rustix::mount::mount_bind(&w.share, &mnt).expect("bind mount again");
+    let (again, _) = watch.wait_for(Instant::now() + Duration::from_millis(2500), |l| {
+        l.starts_with("+ image")
+    });
+    let (status, _, stderr) = watch.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        seen.is_none() && again.is_none(),
+        "the watcher dropped the share's images while it was away: {seen:?}, then {again:?}"
+    );
+    let d = gone.describe();
+    assert_eq!(
+        gone.status.code(),
+        Some(1),
+        "ls while the share is away:\n{d}"
+    );
+    assert!(ls(&reader).contains_key(&a.id));
 }
 
 // ---------------------------------------------------------------------------

@@ -12,12 +12,15 @@
 //!        send ImageAdded / ImageRemoved / LayerAdded / LayerRemoved
 //! ```
 
+use std::io::Read;
+use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use rustix::fs::{FileType, Mode, OFlags};
 use storectl_storage::{Role, RootConfig, Store};
 
 use crate::error::{Error, Result};
@@ -140,7 +143,7 @@ impl Refresher {
         let mut inner = self.inner.lock();
         inner.stats.ticks += 1;
         // A fresh open each time: NFS close-to-open consistency gives the current value.
-        let generation = std::fs::read(self.store.layout().generation()).ok();
+        let generation = read_generation(&self.store.layout().generation());
         let due = inner
             .last_scan
             .is_none_or(|t| t.elapsed() >= self.opts.full_rescan);
@@ -149,6 +152,19 @@ impl Refresher {
                 scanned: false,
                 events: Vec::new(),
             });
+        }
+        // The share's directories always exist (`init` makes and requires
+        // them): one that is missing means the share is not there (an NFS
+        // mount dropped), not that it is empty. Keep what we have.
+        let layout = self.store.layout();
+        for dir in [layout.overlay_ro(), layout.layers_ro(), layout.images_ro()] {
+            if !dir.is_dir() {
+                inner.stats.errors += 1;
+                return Err(Error::NotAShare {
+                    path: dir,
+                    reason: "it is missing (is the share mounted?)".into(),
+                });
+            }
         }
         let started = Instant::now();
         let result = inner.scanner.scan(&self.store);
@@ -207,6 +223,32 @@ impl Refresher {
         }
     }
 }
+
+/// The content of the share's `generation` file, or `None` when it cannot be
+/// read or is not a regular file. Opened without following a symlink and
+/// without blocking (a FIFO there must not hang the refresher), and at most
+/// [`MAX_GENERATION`] bytes of it are read (it is a counter and a suffix).
+fn read_generation(path: &Path) -> Option<Vec<u8>> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd)
+        .take(MAX_GENERATION)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    Some(bytes)
+}
+
+/// More of `generation` than a writer ever writes.
+const MAX_GENERATION: u64 = 4096;
 
 /// A running refresher thread; dropping it stops the thread.
 #[derive(Debug)]
