@@ -2,11 +2,18 @@
 //! share directory, each driven by its own `storectl` process.
 //!
 //! * `watch_sees_load_and_rmi_within_two_seconds` — default settings.
-//! * `readers_never_change_the_share` — every reader verb, SIGKILLed readers.
+//! * `readers_never_change_the_share` — every reader verb, SIGKILLed readers;
+//!   `reader_refuses_shared_changes_clearly` — `rmi`/`tag` say why.
 //! * `writer_killed_at_random_points` — kill -9 during `load` / `rmi`, with a
 //!   reader watching all along; the next writer start cleans up.
-//! * `junk_on_the_share_is_skipped_once` — 20+ kinds of junk next to real images.
-//! * `read_only_bind_mounted_share` — a reader on a `ro` bind mount of the share.
+//!   `writer_killed_at_protocol_steps` — the same at each step of the
+//!   publish and removal protocols (detected on the share), one world each.
+//! * `watching_reader_gets_the_names_of_a_new_image` — names are part of
+//!   what a reader sees first.
+//! * `junk_on_the_share_is_skipped_once` — 30+ bad entries of 20+ kinds next
+//!   to real images: one warning each, nothing read outside the share,
+//!   entries that become valid are taken; `junk_generation_file_does_not_hang_readers`.
+//! * `read_only_bind_mounted_share`; `share_going_away_is_not_an_empty_share`.
 //! * `second_writer_is_refused_naming_the_holder`.
 //!
 //! Needs root (overlay mounts, bind mounts). Set `SHARING_SEED` to replay the
@@ -1886,6 +1893,40 @@ fn junk_generation_file_does_not_hang_readers() {
     assert!(hung.is_empty(), "{}", hung.join("\n"));
 }
 
+/// FIFOs where records belong on the share must not hang the writer either
+/// (it reads the shared records when it starts a change).
+#[test]
+fn junk_fifo_records_do_not_hang_the_writer() {
+    require_root!();
+    let w = World::new();
+    let writer = w.writer("writer");
+    let a = make_image(&w.path("images"), 420, 2, 0);
+    let b = make_image(&w.path("images"), 421, 2, 0);
+    load(&writer, &a);
+    let p = Planter {
+        share: w.share.clone(),
+    };
+    let l = hexid("writer-fifo-layer-json");
+    p.overlay_dir(&l, true);
+    fs::create_dir(p.layers().join(&l)).expect("record dir");
+    mkfifo(&p.layers().join(&l).join("layer.json"));
+    let i = hexid("writer-fifo-images-json");
+    fs::create_dir(p.images().join(&i)).expect("image dir");
+    mkfifo(&p.images().join(&i).join("images.json"));
+    let limit = Duration::from_secs(3);
+    let dir = b.dir.display().to_string();
+    let mut hung = Vec::new();
+    for args in [&["ls"][..], &["load", &dir], &["rmi", &a.id]] {
+        match run_limited(&writer, args, limit) {
+            None => hung.push(format!("writer `storectl {}` hung", args.join(" "))),
+            Some(r) => {
+                r.ok();
+            }
+        }
+    }
+    assert!(hung.is_empty(), "{}", hung.join("\n"));
+}
+
 // ---------------------------------------------------------------------------
 // 5. A read-only bind mount of the share
 
@@ -1993,6 +2034,29 @@ fn share_going_away_is_not_an_empty_share() {
         "ls while the share is away:\n{d}"
     );
     assert!(ls(&reader).contains_key(&a.id));
+}
+
+/// The writer removes an image a reader has mounted: the reader can still
+/// unmount it with `storectl umount`.
+#[test]
+fn reader_unmounts_an_image_the_writer_removed() {
+    require_root!();
+    let w = World::new();
+    let writer = w.writer("writer");
+    let a = make_image(&w.path("images"), 520, 2, 0);
+    load(&writer, &a);
+    let reader = w.reader("reader", &w.share, &[]);
+    let path = PathBuf::from(run(&reader, &["mount", &a.id]).ok().trim());
+    run(&writer, &["rmi", &a.id]).ok();
+    assert!(!ls(&reader).contains_key(&a.id));
+    let r = run(&reader, &["umount", &a.id]);
+    let still = mounts_under(&path);
+    let d = r.describe();
+    assert!(
+        r.status.success(),
+        "umount of a removed image on the reader:\n{d}"
+    );
+    assert!(still.is_empty(), "still mounted: {still:?}");
 }
 
 // ---------------------------------------------------------------------------
