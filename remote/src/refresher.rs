@@ -275,3 +275,37 @@ impl Drop for RefresherHandle {
         self.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_is_read_without_blocking_or_following() {
+        let dir = tempfile::tempdir().unwrap();
+        let gen = dir.path().join("generation");
+        assert_eq!(read_generation(&gen), None);
+        std::fs::write(&gen, b"7 abc\n").unwrap();
+        assert_eq!(read_generation(&gen).as_deref(), Some(&b"7 abc\n"[..]));
+        std::fs::write(&gen, vec![b'1'; 1 << 20]).unwrap();
+        assert_eq!(
+            read_generation(&gen).map(|g| g.len() as u64),
+            Some(MAX_GENERATION)
+        );
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&gen, &link).unwrap();
+        assert_eq!(read_generation(&link), None, "a symlink is not followed");
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, FileType::Fifo, Mode::RUSR, 0).unwrap();
+        assert_eq!(
+            read_generation(&fifo),
+            None,
+            "a FIFO is not read (nor waited on)"
+        );
+        assert_eq!(
+            read_generation(dir.path()),
+            None,
+            "a directory is not a generation"
+        );
+    }
+}
