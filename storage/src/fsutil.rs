@@ -40,6 +40,50 @@ pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
     result
 }
 
+/// Read a small metadata file without ever blocking or following a symlink:
+/// opened `O_NOFOLLOW | O_NONBLOCK` (a FIFO planted as junk cannot hang us),
+/// it must be a regular file of at most `cap` bytes.
+pub fn read_small_file(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    if st.st_size as u64 > cap {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} bytes, more than the {cap} a metadata file may have",
+                st.st_size
+            ),
+        ));
+    }
+    let mut buf = Vec::with_capacity(st.st_size as usize);
+    File::from(fd).take(cap + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > cap {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "grew past its size limit while being read",
+        ));
+    }
+    Ok(buf)
+}
+
+/// The most a layer or image record may hold.
+pub const MAX_RECORD: u64 = 1 << 20;
+/// The most a stored manifest or config may hold.
+pub const MAX_DOCUMENT: u64 = 32 << 20;
+
 /// Write a new file `path` and fsync it (for files inside a staging dir).
 pub fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
     let mut f = File::create(path).at(path)?;
@@ -152,6 +196,35 @@ mod tests {
         write_atomic(dir.path(), "f", b"two").unwrap();
         assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn small_files_are_read_safely() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, b"abc").unwrap();
+        assert_eq!(read_small_file(&f, 3).unwrap(), b"abc");
+        assert!(read_small_file(&f, 2).is_err(), "over the cap");
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        assert!(
+            read_small_file(&fifo, 10).is_err(),
+            "a FIFO neither blocks nor reads"
+        );
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert!(
+            read_small_file(&link, 10).is_err(),
+            "a symlink is not followed"
+        );
+        assert!(read_small_file(dir.path(), 10).is_err(), "a directory");
     }
 
     #[test]

@@ -394,7 +394,7 @@ impl Store {
         let layer_ids = self.entry_ids(&self.layers_dir(), &self.layout.layers_ro(), writer)?;
         for (id, shared) in layer_ids {
             let path = self.layer_dir_of(&id, shared).join(LAYER_JSON);
-            let layer = match fs::read(&path) {
+            let layer = match fsutil::read_small_file(&path, fsutil::MAX_RECORD) {
                 Ok(bytes) => meta::parse_layer(&bytes, &id),
                 Err(e) => Err(e.to_string()),
             };
@@ -433,7 +433,7 @@ impl Store {
         let image_ids = self.entry_ids(&self.images_dir(), &self.layout.images_ro(), writer)?;
         for (id, shared) in image_ids {
             let path = self.image_dir_of(&id, shared).join(IMAGES_JSON);
-            let image = match fs::read(&path) {
+            let image = match fsutil::read_small_file(&path, fsutil::MAX_RECORD) {
                 Ok(bytes) => meta::parse_image(&bytes, &id),
                 Err(e) => Err(e.to_string()),
             };
@@ -559,10 +559,13 @@ impl Store {
         let records = self.entry_ids(&self.layers_dir(), &self.layout.layers_ro(), writer)?;
         let mut gone = Vec::new();
         for (id, shared) in records {
-            let incomplete = fs::read(self.layer_dir_of(&id, shared).join(LAYER_JSON))
-                .ok()
-                .and_then(|b| meta::parse_layer(&b, &id).ok())
-                .is_some_and(|l| l.incomplete);
+            let incomplete = fsutil::read_small_file(
+                &self.layer_dir_of(&id, shared).join(LAYER_JSON),
+                fsutil::MAX_RECORD,
+            )
+            .ok()
+            .and_then(|b| meta::parse_layer(&b, &id).ok())
+            .is_some_and(|l| l.incomplete);
             if incomplete || (state.layers.contains_key(&id) && !referenced.contains(&id)) {
                 gone.push((id, shared));
             }
@@ -585,18 +588,50 @@ impl Store {
             }
         }
         if writer {
-            // Legacy names whose RO target is gone.
-            for dir in [self.layers_dir(), self.images_dir()] {
-                for (id, symlink) in list_id_entries(&dir)? {
-                    let link = dir.join(&id);
-                    if symlink && !link.exists() {
-                        fs::remove_file(&link).at(&link)?;
-                    }
-                }
-            }
+            self.repair_legacy_links()?;
+        }
+        // A crash while rewriting an image record leaves `.tmp-*` inside it.
+        let image_ids = self.entry_ids(&self.images_dir(), &self.layout.images_ro(), writer)?;
+        for (id, shared) in image_ids {
+            fsutil::remove_debris_in(&self.image_dir_of(&id, shared))?;
         }
         if !gone.is_empty() {
             self.reload()?;
+        }
+        Ok(())
+    }
+
+    /// The writer's legacy names (`<id> -> RO/<id>` in `overlay/`,
+    /// `overlay-layers/`, `overlay-images/`, and `overlay/l/<short>`): drop
+    /// those whose target is gone, create those a crash left missing.
+    fn repair_legacy_links(&self) -> Result<()> {
+        let dirs = [
+            (self.layout.overlay(), self.layout.overlay_ro()),
+            (self.layers_dir(), self.layout.layers_ro()),
+            (self.images_dir(), self.layout.images_ro()),
+        ];
+        for (dir, ro) in &dirs {
+            for (id, symlink) in list_id_entries(dir)? {
+                let link = dir.join(&id);
+                if symlink && !link.exists() {
+                    fs::remove_file(&link).at(&link)?;
+                }
+            }
+            for id in list_ids(ro)? {
+                let link = dir.join(&id);
+                if fs::symlink_metadata(&link).is_err() {
+                    tracing::info!("restoring the link {}", link.display());
+                    std::os::unix::fs::symlink(format!("{RO}/{id}"), &link).at(&link)?;
+                }
+            }
+        }
+        for id in list_ids(&self.layout.overlay_ro())? {
+            let Ok(short) = self.driver.short_link_path(&id) else {
+                continue;
+            };
+            if fs::symlink_metadata(&short).is_err() {
+                std::os::unix::fs::symlink(format!("../{id}/diff"), &short).at(&short)?;
+            }
         }
         Ok(())
     }
@@ -609,8 +644,9 @@ impl Store {
         }
         let path = self.layout.generation();
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        let current: u64 = fs::read_to_string(&path)
+        let current: u64 = fsutil::read_small_file(&path, 4096)
             .ok()
+            .and_then(|b| String::from_utf8(b).ok())
             .and_then(|s| s.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
         write_atomic(
@@ -703,7 +739,7 @@ impl Store {
             ));
         }
         let path = self.image_dir(&image.id).join(key);
-        fs::read(&path).at(path)
+        fsutil::read_small_file(&path, fsutil::MAX_DOCUMENT).at(path)
     }
 
     /// Import the image at `source` (`PATH` or `PATH:TAG`; an OCI layout
@@ -867,10 +903,12 @@ impl Store {
                 (m, d)
             }
         };
+        // The names go into the staged record: the image never appears nameless.
+        self.take_names_from_others(&image_id, &names)?;
         let image = Image {
             id: image_id.clone(),
             digest: Some(manifest.1.clone()),
-            names: Vec::new(),
+            names: names.clone(),
             layer: chain.last().cloned(),
             created: config
                 .created
@@ -890,7 +928,13 @@ impl Store {
             shared: false,
         };
         self.publish_image(&image, &manifest.0, &src.config)?;
-        self.add_names(&image_id, &names)
+        Ok(self
+            .state
+            .read()
+            .images
+            .get(&image_id)
+            .cloned()
+            .unwrap_or(image))
     }
 
     /// A Docker schema 2 manifest for an image that came without one
@@ -1098,21 +1142,30 @@ impl Store {
         Ok(())
     }
 
-    /// Give image `id` the (normalized) `names`, taking them from any other
-    /// image that has them. Writer lock held.
-    fn add_names(&self, id: &str, names: &[String]) -> Result<Image> {
+    /// Take `names` away from every image but `id` that has them (a name
+    /// names one image). A reader leaves shared images alone. Writer lock held.
+    fn take_names_from_others(&self, id: &str, names: &[String]) -> Result<()> {
+        let reader = self.layout.role() == Role::Reader;
         let others: Vec<Image> = self
             .state
             .read()
             .images
             .values()
-            .filter(|i| i.id != id && i.names.iter().any(|n| names.contains(n)))
+            .filter(|i| i.id != id && !(reader && i.shared))
+            .filter(|i| i.names.iter().any(|n| names.contains(n)))
             .cloned()
             .collect();
         for mut other in others {
             other.names.retain(|n| !names.contains(n));
             self.write_image_record(&other)?;
         }
+        Ok(())
+    }
+
+    /// Give image `id` the (normalized) `names`, taking them from any other
+    /// image that has them. Writer lock held.
+    fn add_names(&self, id: &str, names: &[String]) -> Result<Image> {
+        self.take_names_from_others(id, names)?;
         let mut image = self
             .state
             .read()
@@ -1185,7 +1238,12 @@ impl Store {
         fsutil::remove_dir_atomic(&self.image_dir(&image.id))?;
         if image.shared {
             let link = self.images_dir().join(&image.id);
-            fs::remove_file(&link).at(&link)?;
+            match fs::remove_file(&link) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&link, e))
+                }
+                _ => {}
+            }
         }
         self.state.write().images.remove(&image.id);
         self.bump_generation()?;
@@ -1276,13 +1334,32 @@ impl Store {
     /// Unmount an image mounted by [`Store::mount_image`]. Returns false when
     /// it was not mounted.
     pub fn unmount_image(&self, image: &Image) -> Result<bool> {
-        let target = self.mount_path(&image.id);
+        self.unmount_id(&image.id)
+    }
+
+    /// Unmount the mount of image id `id` (which may be gone from the store
+    /// since — on a reader, the writer may have removed it).
+    pub fn unmount_id(&self, id: &str) -> Result<bool> {
+        if !is_hex64(id) {
+            return Err(Error::ImageUnknown { name: id.into() });
+        }
+        let target = self.mount_path(id);
         if !storectl_overlay::mount::is_mounted(&target)? {
             return Ok(false);
         }
         storectl_overlay::mount::unmount(&target)?;
         let _ = fs::remove_dir(&target);
         Ok(true)
+    }
+
+    /// Ids of images mounted under `mounts/` whose id starts with `prefix`.
+    pub fn mounted_ids(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut ids = list_ids(&self.root.join(MOUNTS))?;
+        ids.retain(|id| {
+            id.starts_with(prefix)
+                && storectl_overlay::mount::is_mounted(&self.mount_path(id)).unwrap_or(false)
+        });
+        Ok(ids)
     }
 }
 

@@ -25,10 +25,9 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
             (st.layers.len() - shared_layers, shared_layers),
         )
     });
-    let generation = std::fs::read_to_string(layout.generation())
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let generation = storectl_storage::fsutil::read_small_file(&layout.generation(), 4096)
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
     let pending = refresher.as_ref().map(|r| r.stats().share.pending);
     let v = json!({
         "root": store.root(),
