@@ -62,6 +62,7 @@
 
 mod error;
 pub mod events;
+pub mod metrics;
 pub mod refresher;
 pub mod scan;
 pub mod share;

@@ -160,6 +160,7 @@ impl Refresher {
         for dir in [layout.overlay_ro(), layout.layers_ro(), layout.images_ro()] {
             if !dir.is_dir() {
                 inner.stats.errors += 1;
+                crate::metrics::failed();
                 return Err(Error::NotAShare {
                     path: dir,
                     reason: "it is missing (is the share mounted?)".into(),
@@ -176,10 +177,12 @@ impl Refresher {
                 inner.generation = generation;
                 inner.stats.share = inner.scanner.stats;
                 inner.last_error = None;
+                crate::metrics::scanned(started.elapsed(), true, inner.stats.share.pending);
                 events
             }
             Err(e) => {
                 inner.stats.errors += 1;
+                crate::metrics::scanned(started.elapsed(), false, 0);
                 return Err(e);
             }
         };

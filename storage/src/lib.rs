@@ -58,6 +58,8 @@ pub mod fsutil;
 pub mod import;
 pub mod lock;
 pub mod meta;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod progress;
 mod pull;
 pub mod reference;

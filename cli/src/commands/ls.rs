@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use serde_json::json;
+use storectl_storage::{Image, Store};
 
 use crate::util::{human_size, open_store_scanned, out, short_time};
 
@@ -25,32 +26,44 @@ fn split_name(name: &str) -> (&str, &str) {
     }
 }
 
+/// The store's images, newest first.
+fn sorted_images(store: &Store) -> Vec<Image> {
+    let mut images = store.images();
+    images.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+    images
+}
+
+/// What `ls --json` prints (also `GET /images` of `storectl serve`).
+pub fn images_json(store: &Store, with_layers: bool) -> anyhow::Result<serde_json::Value> {
+    let mut list = Vec::new();
+    for image in &sorted_images(store) {
+        let layers = store.image_layers(image)?;
+        let mut v = json!({
+            "id": image.id,
+            "names": image.names,
+            "digest": image.digest,
+            "created": image.created,
+            "size": store.image_size(image),
+            "layers": layers.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+            "shared": image.shared,
+        });
+        if with_layers {
+            v["layer_details"] = serde_json::to_value(&layers)?;
+        }
+        list.push(v);
+    }
+    Ok(serde_json::Value::Array(list))
+}
+
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     let (store, refresher) = open_store_scanned(root)?;
     let show_source = refresher.is_some();
-    let mut images = store.images();
-    images.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
     if args.json {
-        let mut list = Vec::new();
-        for image in &images {
-            let layers = store.image_layers(image)?;
-            let mut v = json!({
-                "id": image.id,
-                "names": image.names,
-                "digest": image.digest,
-                "created": image.created,
-                "size": store.image_size(image),
-                "layers": layers.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
-                "shared": image.shared,
-            });
-            if args.layers {
-                v["layer_details"] = serde_json::to_value(&layers)?;
-            }
-            list.push(v);
-        }
+        let list = images_json(&store, args.layers)?;
         out(serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
+    let images = sorted_images(&store);
     let source = |shared: bool| match (show_source, shared) {
         (false, _) => String::new(),
         (true, true) => "  shared".to_string(),

@@ -16,6 +16,7 @@ mod refresh;
 mod registry_args;
 mod rmi;
 mod save;
+mod serve;
 mod tag;
 mod verify;
 
@@ -49,6 +50,8 @@ pub enum Command {
     Save(save::Args),
     /// Bring a reader up to date with the share (`--watch` to keep following it).
     Refresh(refresh::Args),
+    /// Serve Prometheus metrics (and a small HTTP API) until interrupted.
+    Serve(serve::Args),
 }
 
 impl Command {
@@ -68,6 +71,7 @@ impl Command {
             Command::Pull(a) => pull::run(root, a),
             Command::Push(a) => push::run(root, a),
             Command::Save(a) => save::run(root, a),
+            Command::Serve(a) => serve::run(root, a),
         }
     }
 }
