@@ -46,6 +46,9 @@ pub enum Error {
         #[source]
         source: storectl_overlay::Error,
     },
+    /// The operation stopped because another part of it failed.
+    #[error("cancelled")]
+    Cancelled,
     #[error(transparent)]
     Overlay(#[from] storectl_overlay::Error),
     #[error(transparent)]

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use flate2::read::GzDecoder;
@@ -849,6 +850,8 @@ impl Store {
             .num_threads(opts.jobs.clamp(1, 16))
             .build()
             .map_err(|e| Error::io(&self.root, std::io::Error::other(e)))?;
+        // The first failure stops the other layers' streams: their work is lost anyway.
+        let cancel = AtomicBool::new(false);
         let results: Vec<Result<Prepared>> = pool.install(|| {
             todo.par_iter()
                 .map(|&i| {
@@ -859,6 +862,7 @@ impl Store {
                         &chain[i],
                         parent,
                         opts,
+                        &cancel,
                         reporter,
                         blob_event(
                             if src.layers[i].blob.is_remote() {
@@ -870,16 +874,32 @@ impl Store {
                             0,
                         ),
                     );
-                    if prepared.is_ok() {
-                        reporter.report(&blob_event(EventKind::Complete, i, u64::MAX));
+                    match prepared {
+                        Ok(p) => {
+                            reporter.report(&blob_event(EventKind::Complete, i, u64::MAX));
+                            Ok(p)
+                        }
+                        // The first failure cancels the rest; theirs follow from it.
+                        Err(e) if !cancel.swap(true, Ordering::Relaxed) => Err(e),
+                        Err(_) => Err(Error::Cancelled),
                     }
-                    prepared
                 })
                 .collect()
         });
         let mut prepared = Vec::with_capacity(results.len());
+        let mut first_err = None;
         for r in results {
-            prepared.push(r?); // the first error in layer order; the rest drop their staging
+            match r {
+                Ok(p) => prepared.push(p),
+                // A real failure wins over the "cancelled" it caused elsewhere.
+                Err(Error::Cancelled) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e); // `prepared` drops, removing every staging dir
         }
         for p in prepared {
             let parents: Vec<String> = match &p.layer.parent {
@@ -980,6 +1000,7 @@ impl Store {
         id: &str,
         parent: Option<String>,
         opts: &LoadOptions,
+        cancel: &AtomicBool,
         reporter: &dyn Reporter,
         event: ProgressEvent,
     ) -> Result<Prepared> {
@@ -992,7 +1013,11 @@ impl Store {
             .stage_layer(self.publishes_shared())
             .map_err(layer_err)?;
         let blob_path = src.blob.describe();
-        let mut blob = std::io::BufReader::with_capacity(256 << 10, src.blob.open()?);
+        let stream = Cancellable {
+            inner: src.blob.open()?,
+            cancel,
+        };
+        let mut blob = std::io::BufReader::with_capacity(256 << 10, stream);
         // An uncompressed blob is its own tar: hash it once, not twice.
         let magic = blob.fill_buf().at(&blob_path)?;
         let plain = storectl_overlay::Compression::detect(magic).is_none()
@@ -1360,6 +1385,22 @@ impl Store {
                 && storectl_overlay::mount::is_mounted(&self.mount_path(id)).unwrap_or(false)
         });
         Ok(ids)
+    }
+}
+
+/// A blob stream that stops (with an error) once `cancel` is set.
+struct Cancellable<'a, R> {
+    inner: R,
+    cancel: &'a AtomicBool,
+}
+
+impl<R: std::io::Read> std::io::Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            // Not `Interrupted`: readers retry that kind.
+            return Err(std::io::Error::other("cancelled: another layer failed"));
+        }
+        self.inner.read(buf)
     }
 }
 
