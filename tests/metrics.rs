@@ -1,0 +1,822 @@
+//! `storectl serve --metrics ADDR`, end to end: the real binary serving on
+//! 127.0.0.1, scraped over TCP, the Prometheus text parsed here (`name{labels}
+//! value` lines; every non-comment line must parse).
+//!
+//! * `local_store_metrics_images_and_errors` — store gauges, `GET /images`,
+//!   4xx answers, `--api` moving the API off the metrics port, SIGTERM.
+//! * `reader_sees_the_writers_image_and_refresh_metrics` — a reader of a
+//!   share: `storectl_images{source="shared"} 1` once the writer loaded one,
+//!   refresh scans/duration present, the event logged.
+//! * `pull_through_serve_records_transfer_metrics` — a real `docker-registry`
+//!   on 127.0.0.1 fed by `skopeo copy`: `POST /pull`, every layer's progress
+//!   gauge at 100, bytes equal to the layer blob sizes, then a second pull
+//!   where every layer `already exists`; a missing tag is a 404.
+//!
+//! Needs root (layer ownership); the registry test also needs
+//! `docker-registry` and `skopeo` and skips, saying why, without them.
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Env, STORECTL};
+use serde_json::Value;
+use storectl_fixtures::gen::TextGen;
+use storectl_fixtures::{write_oci_layout, BuiltImage, Compression, Entry, Image, Layer};
+
+// ---------------------------------------------------------------------------
+// The Prometheus text format
+
+/// One sample line: `name{k="v",…} value`.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parse the text exposition format; panics on a line that is not a comment,
+/// blank, or a valid sample.
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| parse_sample(l).unwrap_or_else(|| panic!("not a sample line: {l:?}\n{text}")))
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let name_end = line.find(['{', ' '])?;
+    let name = &line[..name_end];
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if !valid_name {
+        return None;
+    }
+    let mut labels = BTreeMap::new();
+    let mut rest = &line[name_end..];
+    if let Some(body) = rest.strip_prefix('{') {
+        let (l, after) = parse_labels(body)?;
+        labels = l;
+        rest = after;
+    }
+    let mut fields = rest.split_whitespace();
+    let value = match fields.next()? {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    // An optional timestamp, nothing more.
+    if let Some(ts) = fields.next() {
+        ts.parse::<i64>().ok()?;
+    }
+    if fields.next().is_some() {
+        return None;
+    }
+    Some(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+/// `k="v",…}` → the labels and what follows the `}`.
+fn parse_labels(body: &str) -> Option<(BTreeMap<String, String>, &str)> {
+    let mut labels = BTreeMap::new();
+    let mut i = 0;
+    loop {
+        if body[i..].starts_with('}') {
+            return Some((labels, &body[i + 1..]));
+        }
+        let eq = body[i..].find('=')? + i;
+        let key = &body[i..eq];
+        let valid = !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !key.starts_with(|c: char| c.is_ascii_digit());
+        if !valid || !body[eq + 1..].starts_with('"') {
+            return None;
+        }
+        i = eq + 2;
+        let mut value = String::new();
+        loop {
+            let c = body[i..].chars().next()?;
+            i += c.len_utf8();
+            match c {
+                '"' => break,
+                '\\' => {
+                    let e = body[i..].chars().next()?;
+                    i += e.len_utf8();
+                    match e {
+                        'n' => value.push('\n'),
+                        '\\' | '"' => value.push(e),
+                        _ => return None,
+                    }
+                }
+                c => value.push(c),
+            }
+        }
+        labels.insert(key.to_string(), value);
+        if body[i..].starts_with(',') {
+            i += 1;
+        } else if !body[i..].starts_with('}') {
+            return None;
+        }
+    }
+}
+
+/// The value of `name` with exactly `labels`, if present.
+fn get(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let found: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.name == name && s.labels == want)
+        .map(|s| s.value)
+        .collect();
+    assert!(found.len() <= 1, "{name}{labels:?} appears twice");
+    found.first().copied()
+}
+
+#[track_caller]
+fn must(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    get(samples, name, labels).unwrap_or_else(|| {
+        let names: Vec<String> = samples
+            .iter()
+            .map(|s| format!("{}{:?}", s.name, s.labels))
+            .collect();
+        panic!("{name}{labels:?} missing; have {names:#?}")
+    })
+}
+
+#[test]
+fn the_parser_reads_what_prometheus_writes() {
+    let text =
+        "# HELP a_total A.\n# TYPE a_total counter\na_total{op=\"pull\",layer=\"sha256:ab\"} 3\n\
+                b 1.5e3 1700000000\nc{x=\"q\\\"uote\\\\\"} +Inf\nd_bucket{le=\"0.5\"} 0\n";
+    let s = parse_prometheus(text);
+    assert_eq!(s.len(), 4);
+    assert_eq!(
+        get(&s, "a_total", &[("op", "pull"), ("layer", "sha256:ab")]),
+        Some(3.0)
+    );
+    assert_eq!(get(&s, "b", &[]), Some(1500.0));
+    assert_eq!(get(&s, "c", &[("x", "q\"uote\\")]), Some(f64::INFINITY));
+    assert_eq!(get(&s, "d_bucket", &[("le", "0.5")]), Some(0.0));
+    for bad in ["x{a=\"1} 2", "x 1 2 3", "9x 1", "x{a=1} 2", "x{a=\"1\"}"] {
+        assert!(parse_sample(bad).is_none(), "{bad}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A tiny HTTP client
+
+/// A response: status, content type, body.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+impl Response {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+fn http(addr: &str, method: &str, target: &str, headers: &[(&str, &str)]) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        req.push_str("Content-Length: 0\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())
+        .unwrap_or_else(|e| panic!("writing to {addr}: {e}"));
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("reading from {addr}: {e}"));
+    let raw = String::from_utf8(raw).expect("a UTF-8 response");
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {raw:?}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let content_type = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    Response {
+        status,
+        content_type,
+        body: body.to_string(),
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The serve process
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running `storectl serve`, SIGKILLed on drop.
+struct Serve {
+    child: Option<Child>,
+    addr: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    rx: Receiver<String>,
+}
+
+impl Serve {
+    /// `storectl --root ROOT serve --metrics 127.0.0.1:<free port> extra…`;
+    /// waits for its `serving metrics on http://ADDR/metrics` line.
+    fn start(root: &Path, extra: &[&str]) -> Serve {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            match Serve::try_start(root, &addr, extra) {
+                Ok(s) => return s,
+                // The port was taken meanwhile: another one.
+                Err(e) => last = e,
+            }
+        }
+        panic!("storectl serve did not start: {last}");
+    }
+
+    fn try_start(root: &Path, addr: &str, extra: &[&str]) -> Result<Serve, String> {
+        let mut child = Command::new(STORECTL)
+            .arg("--root")
+            .arg(root)
+            .args(["serve", "--metrics", addr])
+            .args(extra)
+            .env_remove("STORECTL_ROOT")
+            .env("STORECTL_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("storectl serve starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let serve = Serve {
+            child: Some(child),
+            addr: addr.to_string(),
+            lines,
+            rx,
+        };
+        let want = format!("storectl serve: serving metrics on http://{addr}/metrics");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match serve.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line == want => return Ok(serve),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Err(format!("no {want:?} line; stderr: {:?}", serve.stderr()))
+    }
+
+    fn stderr(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Wait until a stderr line contains `what`.
+    fn wait_line(&self, what: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.stderr().iter().any(|l| l.contains(what)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn get(&self, target: &str) -> Response {
+        http(&self.addr, "GET", target, &[])
+    }
+
+    fn post(&self, target: &str) -> Response {
+        http(&self.addr, "POST", target, &[])
+    }
+
+    /// `GET /metrics`, checked and parsed.
+    #[track_caller]
+    fn scrape(&self) -> Vec<Sample> {
+        let r = self.get("/metrics");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(
+            r.content_type.starts_with("text/plain; version=0.0.4"),
+            "{r:?}"
+        );
+        parse_prometheus(&r.body)
+    }
+
+    /// Scrape until `ok` holds (or panic after `timeout`).
+    #[track_caller]
+    fn scrape_until(&self, timeout: Duration, ok: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.scrape();
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metrics never got there: {s:#?}\nstderr: {:?}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, and the exit status (SIGKILL after 10 s).
+    fn stop(mut self) -> (ExitStatus, Vec<String>) {
+        let child = self.child.as_mut().expect("running");
+        let pid = rustix::process::Pid::from_child(child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50)); // the last lines
+                return (status, self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Drop kills it.
+        panic!(
+            "storectl serve ignored SIGTERM; stderr: {:?}",
+            self.stderr()
+        );
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Images
+
+/// An image of three small layers (gzip, uncompressed, gzip), named
+/// `localhost/metrics-SEED:v1`, written as an OCI layout in `dir`.
+fn make_image(dir: &Path, seed: u64) -> (Image, BuiltImage) {
+    let mut text = TextGen::new(seed);
+    let layers = [Compression::Gzip, Compression::None, Compression::Gzip]
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Layer::new(
+                vec![
+                    Entry::dir(&format!("d{i}")),
+                    Entry::file(&format!("d{i}/a.txt"), text.content(3000 + 1000 * i)),
+                    Entry::file(&format!("d{i}/seed"), format!("{seed} {i}\n")),
+                ],
+                c,
+            )
+        })
+        .collect();
+    let image = Image::new(layers).named(&format!("localhost/metrics-{seed}:v1"));
+    let built = write_oci_layout(dir, std::slice::from_ref(&image))
+        .expect("write the OCI layout")
+        .remove(0);
+    (image, built)
+}
+
+fn is_root() -> bool {
+    if common::is_root() {
+        return true;
+    }
+    eprintln!("skipping: needs root (layer ownership)");
+    false
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn local_store_metrics_images_and_errors() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let (_, built) = make_image(&env.path("layout"), 1);
+    let id = env.load(&env.path("layout"), &["-q"]);
+    assert_eq!(id, built.id());
+
+    let serve = Serve::start(&env.root, &[]);
+    let s = serve.scrape();
+    assert_eq!(must(&s, "storectl_images", &[("source", "local")]), 1.0);
+    assert_eq!(must(&s, "storectl_images", &[("source", "shared")]), 0.0);
+    assert_eq!(must(&s, "storectl_layers", &[("source", "local")]), 3.0);
+    assert_eq!(must(&s, "storectl_layers", &[("source", "shared")]), 0.0);
+    assert!(
+        !s.iter().any(|x| x.name.starts_with("storectl_refresh")),
+        "no refresher on a local store: {s:?}"
+    );
+
+    let images = serve.get("/images");
+    assert_eq!(images.status, 200, "{images:?}");
+    assert_eq!(images.content_type, "application/json");
+    let list = images.json();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["names"][0], "localhost/metrics-1:v1");
+    assert_eq!(list[0]["layers"].as_array().map(Vec::len), Some(3));
+    let same = env.run(&["ls", "--json"]).ok();
+    assert_eq!(
+        list,
+        serde_json::from_str::<Value>(&same).unwrap(),
+        "GET /images is ls --json"
+    );
+
+    for (method, target, status) in [
+        ("POST", "/pull", 400),
+        ("POST", "/pull?reference=", 400),
+        ("GET", "/pull?reference=x", 405),
+        ("POST", "/metrics", 405),
+        ("GET", "/nope", 404),
+        ("POST", "/pull?reference=Not%20A%20Reference!", 400),
+    ] {
+        let r = http(&serve.addr, method, target, &[]);
+        assert_eq!(r.status, status, "{method} {target}: {r:?}");
+        let err = r.json();
+        assert!(
+            err["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{method} {target}: {err}"
+        );
+    }
+    // Garbage instead of HTTP gets a 400, and the server stays up.
+    let mut s = TcpStream::connect(&serve.addr).unwrap();
+    s.write_all(b"hello\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 400 "), "{raw:?}");
+    assert_eq!(serve.get("/metrics").status, 200);
+
+    let (status, stderr) = serve.stop();
+    assert!(status.success(), "{status:?} {stderr:?}");
+    assert_eq!(
+        stderr.last().map(String::as_str),
+        Some("storectl serve: stopping")
+    );
+
+    // With --api, the API leaves the metrics port.
+    let api = format!("127.0.0.1:{}", free_port());
+    let serve = Serve::start(&env.root, &["--api", &api]);
+    assert!(serve.wait_line(
+        &format!("serving the API on http://{api}/"),
+        Duration::from_secs(5)
+    ));
+    assert_eq!(serve.get("/images").status, 404);
+    assert_eq!(serve.post("/pull?reference=x/y").status, 404);
+    assert_eq!(serve.get("/metrics").status, 200);
+    assert_eq!(http(&api, "GET", "/images", &[]).status, 200);
+    assert_eq!(http(&api, "GET", "/metrics", &[]).status, 404);
+}
+
+#[test]
+fn reader_sees_the_writers_image_and_refresh_metrics() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let base = env.dir().canonicalize().unwrap();
+    let share = base.join("share");
+    std::fs::create_dir(&share).unwrap();
+    let share_arg = share.display().to_string();
+    let writer = base.join("writer");
+    let reader = base.join("reader");
+    env.run_root(
+        &writer,
+        &["init", "--shared", &share_arg, "--role", "writer"],
+    )
+    .ok();
+    env.run_root(
+        &reader,
+        &[
+            "init",
+            "--shared",
+            &share_arg,
+            "--role",
+            "reader",
+            "--refresh-interval-ms",
+            "100",
+        ],
+    )
+    .ok();
+
+    let serve = Serve::start(&reader, &[]);
+    let s = serve.scrape();
+    assert_eq!(must(&s, "storectl_images", &[("source", "shared")]), 0.0);
+    assert!(
+        must(&s, "storectl_refresh_scans_total", &[]) >= 1.0,
+        "the first scan counts"
+    );
+
+    let (_, built) = make_image(&base.join("layout"), 2);
+    let out = env
+        .run_root(
+            &writer,
+            &["load", "-q", &base.join("layout").display().to_string()],
+        )
+        .ok();
+    assert_eq!(out.trim(), built.id());
+
+    let s = serve.scrape_until(Duration::from_secs(10), |s| {
+        get(s, "storectl_images", &[("source", "shared")]) == Some(1.0)
+    });
+    assert_eq!(must(&s, "storectl_layers", &[("source", "shared")]), 3.0);
+    assert_eq!(must(&s, "storectl_images", &[("source", "local")]), 0.0);
+    assert!(must(&s, "storectl_refresh_scans_total", &[]) >= 2.0);
+    assert!(must(&s, "storectl_refresh_duration_seconds_count", &[]) >= 2.0);
+    assert!(must(&s, "storectl_refresh_duration_seconds_sum", &[]) >= 0.0);
+    assert!(
+        get(
+            &s,
+            "storectl_refresh_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        )
+        .is_some(),
+        "a histogram with buckets"
+    );
+    assert_eq!(must(&s, "storectl_share_pending_entries", &[]), 0.0);
+    assert_eq!(
+        get(&s, "storectl_refresh_errors_total", &[]).unwrap_or(0.0),
+        0.0
+    );
+    assert!(
+        serve.wait_line(
+            &format!("image added {} localhost/metrics-2:v1", built.id()),
+            Duration::from_secs(5)
+        ),
+        "{:?}",
+        serve.stderr()
+    );
+    let list = serve.get("/images").json();
+    assert_eq!(list[0]["id"], built.id().as_str());
+    assert_eq!(list[0]["shared"], true);
+    let (status, stderr) = serve.stop();
+    assert!(status.success(), "{status:?} {stderr:?}");
+}
+
+// ---------------------------------------------------------------------------
+// With a registry
+
+fn have(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()))
+}
+
+/// Debian's `docker-registry` on a free 127.0.0.1 port, storage in a temp
+/// dir; killed on drop.
+struct Registry {
+    child: Option<Child>,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("storectl-metrics-registry-")
+            .tempdir()
+            .unwrap();
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let config = format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    \
+                 rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            );
+            let config_path = dir.path().join("config.yml");
+            std::fs::write(&config_path, config).unwrap();
+            let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("docker-registry starts");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if TcpStream::connect(&addr).is_ok() {
+                    return Registry {
+                        child: Some(child),
+                        addr,
+                        _dir: dir,
+                    };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port was taken meanwhile
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default();
+        panic!("docker-registry did not start: {log}");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `skopeo copy oci:LAYOUT:TAG docker://ADDR/REPO:TAG`.
+fn skopeo_push(layout: &Path, tag: &str, dest: &str) {
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{dest}"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("skopeo runs");
+    assert!(
+        out.status.success(),
+        "skopeo copy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pull_through_serve_records_transfer_metrics() {
+    if !is_root() {
+        return;
+    }
+    for tool in ["docker-registry", "skopeo"] {
+        if !have(tool) {
+            eprintln!("skipping: {tool} is not installed (apt-get install docker-registry skopeo)");
+            return;
+        }
+    }
+    let reg = Registry::start();
+    let env = Env::new();
+    let layout = env.path("layout");
+    let (image, built) = make_image(&layout, 3);
+    let reference = format!("{}/metrics/img:v1", reg.addr);
+    skopeo_push(&layout, &image.tag().expect("a tag"), &reference);
+
+    // The layers as the registry serves them (sizes of the blobs to pull).
+    let manifest = http(
+        &reg.addr,
+        "GET",
+        "/v2/metrics/img/manifests/v1",
+        &[(
+            "Accept",
+            "application/vnd.oci.image.manifest.v1+json, \
+             application/vnd.docker.distribution.manifest.v2+json",
+        )],
+    );
+    assert_eq!(manifest.status, 200, "{manifest:?}");
+    let manifest = manifest.json();
+    let layers: Vec<(String, u64)> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(layers.len(), 3);
+    let blob_bytes: u64 = layers.iter().map(|(_, n)| n).sum();
+
+    let serve = Serve::start(&env.root, &[]);
+    let r = serve.post(&format!("/pull?reference={}", encode(&reference)));
+    assert_eq!(r.status, 200, "{r:?}\nstderr: {:?}", serve.stderr());
+    assert_eq!(r.content_type, "application/json");
+    let v = r.json();
+    assert_eq!(v["id"], built.id().as_str(), "{v}");
+    assert_eq!(v["names"][0], reference.as_str(), "{v}");
+
+    let s = serve.scrape();
+    for (digest, _) in &layers {
+        let p = must(
+            &s,
+            "storectl_transfer_progress_percent",
+            &[("operation", "pull"), ("layer", digest)],
+        );
+        assert_eq!(p, 100.0, "{digest}");
+    }
+    assert_eq!(
+        must(
+            &s,
+            "storectl_transfer_bytes_total",
+            &[("operation", "pull")]
+        ),
+        blob_bytes as f64,
+        "bytes transferred = the layer blobs' sizes"
+    );
+    assert_eq!(
+        must(
+            &s,
+            "storectl_transfer_layers_total",
+            &[("operation", "pull"), ("result", "complete")]
+        ),
+        3.0
+    );
+    assert_eq!(must(&s, "storectl_images", &[("source", "local")]), 1.0);
+    assert_eq!(must(&s, "storectl_layers", &[("source", "local")]), 3.0);
+
+    // Again: every layer already exists, no byte moves.
+    let r = serve.post(&format!("/pull?reference={}", encode(&reference)));
+    assert_eq!(r.status, 200, "{r:?}");
+    let s = serve.scrape();
+    assert_eq!(
+        must(
+            &s,
+            "storectl_transfer_layers_total",
+            &[("operation", "pull"), ("result", "already_exists")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        must(
+            &s,
+            "storectl_transfer_bytes_total",
+            &[("operation", "pull")]
+        ),
+        blob_bytes as f64
+    );
+
+    // A tag the registry does not have.
+    let missing = format!("{}/metrics/img:nope", reg.addr);
+    let r = serve.post(&format!("/pull?reference={}", encode(&missing)));
+    assert_eq!(r.status, 404, "{r:?}");
+    let err = r.json()["error"].as_str().unwrap_or("").to_string();
+    assert!(err.contains("not found"), "{err}");
+
+    // The pulled image is in the store for the CLI too.
+    let ls = env.ls();
+    assert_eq!(ls.len(), 1);
+    assert_eq!(ls[0]["id"], built.id().as_str());
+    let (status, _) = serve.stop();
+    assert!(status.success());
+}
