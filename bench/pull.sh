@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Benchmark: `storectl pull` against `skopeo copy … containers-storage:` of the
+# same image from the same registry, interleaved.
+#
+# The image is the generated bench image (`storectl-fixture bench-image`: ~300 MB
+# uncompressed in 3 gzip layers, one with ~6,000 files), pushed once with
+# `skopeo copy` into Debian's `docker-registry` listening on a free 127.0.0.1
+# port with its storage under $BENCH_DIR. Then, per run, each from an empty
+# directory after `sync`:
+#   * storectl --root SCRATCH/store pull -q 127.0.0.1:PORT/bench:1
+#   * skopeo copy --src-tls-verify=false docker://127.0.0.1:PORT/bench:1 \
+#       containers-storage:[overlay@SCRATCH/cs/root+SCRATCH/cs/run]bench:1
+#     (a per-run graph root and run root: the system store is never touched;
+#     the overlay driver's private mounts are undone after each run).
+# The order alternates between runs. Both download over loopback HTTP and
+# decompress, digest and extract every layer; storectl's time includes its
+# fsyncs before publishing, containers/storage does not fsync layer files.
+# Prints every time, the medians, and the ratio (target: storectl <= 0.5x skopeo).
+#
+# Run as root (containers-storage overlay, mounts). Needs docker-registry and skopeo.
+# Usage: bench/pull.sh [RUNS]   (default 5)
+# Environment: CARGO_TARGET_DIR as usual; BENCH_DIR (default bench/out) holds the
+# cached image (shared with bench/load.sh), the registry storage and the scratch dirs.
+set -euo pipefail
+runs=${1:-5}
+here=$(cd "$(dirname "$0")/.." && pwd)
+target=${CARGO_TARGET_DIR:-$here/target}
+work=${BENCH_DIR:-$here/bench/out}
+[ "$(id -u)" = 0 ] || { echo "bench/pull.sh: run as root" >&2; exit 1; }
+for tool in docker-registry skopeo; do
+    command -v "$tool" >/dev/null || { echo "bench/pull.sh: $tool is not installed" >&2; exit 1; }
+done
+mkdir -p "$work"
+cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p storectl -p storectl-fixtures
+storectl="$target/release/storectl"
+
+img="$work/image"
+if [ ! -f "$img/.complete" ]; then
+    rm -rf "$img"
+    "$target/release/storectl-fixture" bench-image "$img"
+    touch "$img/.complete"
+fi
+
+scratch="$work/pull-scratch"
+regdir="$work/pull-registry"
+reg_pid=
+cleanup() {
+    if [ -d "$scratch" ]; then
+        grep -o " $scratch[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+        rm -rf "$scratch"
+    fi
+}
+stop_registry() {
+    if [ -n "$reg_pid" ]; then kill "$reg_pid" 2>/dev/null || true; wait "$reg_pid" 2>/dev/null || true; fi
+}
+trap 'cleanup; stop_registry; rm -rf "$regdir"' EXIT
+
+# A registry on a free loopback port, with fresh storage.
+rm -rf "$regdir"; mkdir -p "$regdir"
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+started=0
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+    port=$((20000 + RANDOM % 40000))
+    port_free "$port" || continue
+    cat >"$regdir/config.yml" <<EOF
+version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: $regdir/data
+http:
+  addr: 127.0.0.1:$port
+EOF
+    docker-registry serve "$regdir/config.yml" >"$regdir/registry.log" 2>&1 &
+    reg_pid=$!
+    for _ in $(seq 1 100); do
+        if ! port_free "$port"; then started=1; break; fi
+        kill -0 "$reg_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ "$started" = 1 ] && break
+    stop_registry; reg_pid=
+done
+[ "$started" = 1 ] || { echo "bench/pull.sh: docker-registry did not start" >&2; cat "$regdir/registry.log" >&2; exit 1; }
+ref="127.0.0.1:$port/bench:1"
+skopeo --insecure-policy copy --quiet --dest-tls-verify=false "oci:$img/oci:latest" "docker://$ref"
+echo "image: $(du -sh "$regdir/data" | cut -f1) in the registry (3 gzip layers)," \
+     "$(for b in "$img"/layer*.tar.gz; do gzip -dc "$b" | wc -c; done | awk '{s+=$1} END {printf "%.0f MB", s/1e6}') uncompressed; registry $ref"
+
+now() { date +%s.%N; }
+declare -a t_store t_skopeo
+run_storectl() {
+    cleanup; mkdir -p "$scratch"; sync
+    local s e; s=$(now)
+    "$storectl" --root "$scratch/store" pull -q "$ref" >/dev/null
+    e=$(now); t_store+=("$(echo "$e - $s" | bc)")
+}
+run_skopeo() {
+    cleanup; mkdir -p "$scratch/cs"; sync
+    local s e; s=$(now)
+    skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$ref" \
+        "containers-storage:[overlay@$scratch/cs/root+$scratch/cs/run]bench:1"
+    e=$(now); t_skopeo+=("$(echo "$e - $s" | bc)")
+}
+for i in $(seq 1 "$runs"); do
+    if [ $((i % 2)) = 1 ]; then run_storectl; run_skopeo; else run_skopeo; run_storectl; fi
+    echo "run $i: storectl pull ${t_store[-1]}s  skopeo copy → containers-storage ${t_skopeo[-1]}s"
+done
+cleanup
+
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+m_store=$(median "${t_store[@]}")
+m_skopeo=$(median "${t_skopeo[@]}")
+echo
+echo "median over $runs runs:"
+printf '  storectl pull                         %8.3f s\n' "$m_store"
+printf '  skopeo copy → containers-storage      %8.3f s\n' "$m_skopeo"
+printf '  storectl/skopeo = %.2fx (target <= 0.50x)\n' "$(echo "$m_store / $m_skopeo" | bc -l)"
