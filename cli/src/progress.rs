@@ -119,7 +119,8 @@ fn wide_line(row: &Row, width: u16) -> String {
     } else {
         human_size(row.progress)
     };
-    let rate = if row.event == EventKind::Downloading || row.event == EventKind::Extracting {
+    // The current rate while bytes move; a finished row keeps its average.
+    let rate = if row.rate > 0.0 && row.event != EventKind::AlreadyExists {
         format!("{}/s", human_size(row.rate as u64))
     } else {
         String::new()

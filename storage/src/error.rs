@@ -46,6 +46,13 @@ pub enum Error {
         #[source]
         source: storectl_overlay::Error,
     },
+    /// An explicitly requested platform that the (single-platform) image is not for.
+    #[error("{image} is for {have}, not the requested {want}")]
+    PlatformMismatch {
+        image: String,
+        have: String,
+        want: String,
+    },
     /// The operation stopped because another part of it failed.
     #[error("cancelled")]
     Cancelled,

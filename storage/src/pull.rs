@@ -52,7 +52,7 @@ impl Store {
         reporter.report(&op(EventKind::Resolving));
         let repo = Repository::from_reference(&r);
         let platform = opts.platform.clone().unwrap_or_else(Platform::host);
-        let (_, manifest) =
+        let (index, manifest) =
             client.get_platform_manifest(&repo, r.registry_reference(), &platform)?;
         let where_ = || PathBuf::from(format!("{repo}@{}", manifest.digest));
         let parsed: spec::Manifest =
@@ -73,6 +73,23 @@ impl Store {
                 expected: parsed.config.digest.clone(),
                 found,
             });
+        }
+        // A single-platform image asked for by another platform: say so.
+        if let (None, Some(want)) = (&index, &opts.platform) {
+            if let Ok(cfg) = spec::parse_config(&config) {
+                let have = Platform::new(
+                    cfg.os.as_deref().unwrap_or(""),
+                    cfg.architecture.as_deref().unwrap_or(""),
+                    None,
+                );
+                if have.os != want.os || have.architecture != want.architecture {
+                    return Err(Error::PlatformMismatch {
+                        image: name.clone(),
+                        have: format!("{}/{}", have.os, have.architecture),
+                        want: format!("{}/{}", want.os, want.architecture),
+                    });
+                }
+            }
         }
         let mut layers = Vec::with_capacity(parsed.layers.len());
         for d in &parsed.layers {
