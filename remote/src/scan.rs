@@ -163,6 +163,48 @@ fn refresh_cached<T>(
     }
 }
 
+/// [`list_ids`], in ascending order (which it gives; checked, not assumed).
+fn sorted_ids(dir: &Path) -> Result<Vec<String>> {
+    let mut ids = list_ids(dir)?;
+    if !ids.windows(2).all(|w| w[0] < w[1]) {
+        ids.sort_unstable();
+        ids.dedup();
+    }
+    Ok(ids)
+}
+
+/// The ids of ascending `a` that are also in ascending `b`.
+fn intersect_sorted(a: Vec<String>, b: &[String]) -> Vec<String> {
+    let mut rest = b.iter().peekable();
+    a.into_iter()
+        .filter(|id| {
+            while rest.next_if(|x| *x < id).is_some() {}
+            rest.next_if(|x| *x == id).is_some()
+        })
+        .collect()
+}
+
+/// Merge ascending `fs` (on the share) with ascending `known` (in the store):
+/// the ids only on the share (new) and only in the store (gone).
+fn diff_sorted<'a>(
+    fs: &[String],
+    known: impl Iterator<Item = &'a str>,
+) -> (Vec<String>, BTreeSet<String>) {
+    let mut new = Vec::new();
+    let mut gone = BTreeSet::new();
+    let mut rest = fs.iter().peekable();
+    for id in known {
+        while let Some(f) = rest.next_if(|f| f.as_str() < id) {
+            new.push(f.clone());
+        }
+        if rest.next_if(|f| f.as_str() == id).is_none() {
+            gone.insert(id.to_string());
+        }
+    }
+    new.extend(rest.cloned());
+    (new, gone)
+}
+
 impl Scanner {
     pub fn new(layout: Layout) -> Scanner {
         Scanner {
@@ -192,50 +234,35 @@ impl Scanner {
         let overlay_ro = self.layout.overlay_ro();
         let layers_ro = self.layout.layers_ro();
         let images_ro = self.layout.images_ro();
-        let overlay_ids: HashSet<String> = list_ids(&overlay_ro)?.into_iter().collect();
-        let fs_layers: BTreeSet<String> = list_ids(&layers_ro)?
-            .into_iter()
-            .filter(|id| overlay_ids.contains(id))
-            .collect();
-        let fs_images: BTreeSet<String> = list_ids(&images_ro)?.into_iter().collect();
+        // Sorted id lists: every set operation below is one merge pass (a
+        // rescan of 30,000 layers is then mostly readdir, not hashing).
+        let overlay_ids = sorted_ids(&overlay_ro)?;
+        let fs_layers = intersect_sorted(sorted_ids(&layers_ro)?, &overlay_ids);
+        drop(overlay_ids);
+        let fs_images = sorted_ids(&images_ro)?;
         // Forget what left the share.
-        self.layers.retain(|id, _| fs_layers.contains(id));
-        self.images.retain(|id, _| fs_images.contains(id));
+        self.layers
+            .retain(|id, _| fs_layers.binary_search(id).is_ok());
+        self.images
+            .retain(|id, _| fs_images.binary_search(id).is_ok());
 
-        // What is new and what is gone, against the store (a brief read lock).
+        // What is new and what is gone, against the store (a brief read lock;
+        // its maps iterate in id order too).
         let (new_layers, new_images, gone_layers, gone_images) = store.with_state(|st| {
-            let known_layers: HashSet<&str> = st
-                .layers
-                .values()
-                .filter(|l| l.shared)
-                .map(|l| l.id.as_str())
-                .collect();
-            let known_images: HashSet<&str> = st
-                .images
-                .values()
-                .filter(|i| i.shared)
-                .map(|i| i.id.as_str())
-                .collect();
-            let new_layers: Vec<String> = fs_layers
-                .iter()
-                .filter(|id| !known_layers.contains(id.as_str()))
-                .cloned()
-                .collect();
-            let new_images: Vec<String> = fs_images
-                .iter()
-                .filter(|id| !known_images.contains(id.as_str()))
-                .cloned()
-                .collect();
-            let gone_layers: BTreeSet<String> = known_layers
-                .iter()
-                .filter(|id| !fs_layers.contains(**id))
-                .map(|id| id.to_string())
-                .collect();
-            let mut gone_images: BTreeSet<String> = known_images
-                .iter()
-                .filter(|id| !fs_images.contains(**id))
-                .map(|id| id.to_string())
-                .collect();
+            let (new_layers, gone_layers) = diff_sorted(
+                &fs_layers,
+                st.layers
+                    .iter()
+                    .filter(|(_, l)| l.shared)
+                    .map(|(id, _)| id.as_str()),
+            );
+            let (new_images, mut gone_images) = diff_sorted(
+                &fs_images,
+                st.images
+                    .iter()
+                    .filter(|(_, i)| i.shared)
+                    .map(|(id, _)| id.as_str()),
+            );
             // An image that loses a layer goes too.
             if !gone_layers.is_empty() {
                 for image in st.images.values() {
@@ -250,8 +277,11 @@ impl Scanner {
             (new_layers, new_images, gone_layers, gone_images)
         });
 
-        // Read new records without holding any store lock.
-        let mut candidates: HashMap<String, Layer> = HashMap::new();
+        // Read new records without holding any store lock. A valid record
+        // leaves the cache for `candidates` (moved, not copied), and goes back
+        // to it only if it cannot join the store yet.
+        let mut candidates: HashMap<String, Cached<Layer>> =
+            HashMap::with_capacity(new_layers.len());
         for id in &new_layers {
             refresh_cached(&mut self.layers, &layers_ro, id, LAYER_JSON, |b| {
                 let layer = meta::parse_layer(b, id)?;
@@ -263,8 +293,9 @@ impl Scanner {
             let overlay = self.overlay_valid(id);
             let entry = self.layers.get_mut(id).expect("just cached");
             match (&entry.outcome, overlay) {
-                (Ok(layer), Ok(())) => {
-                    candidates.insert(id.clone(), layer.clone());
+                (Ok(_), Ok(())) => {
+                    let entry = self.layers.remove(id).expect("just cached");
+                    candidates.insert(id.clone(), entry);
                 }
                 (Err(reason), _) => {
                     let reason = reason.clone();
@@ -299,7 +330,10 @@ impl Scanner {
             loop {
                 let ready: Vec<String> = candidates
                     .iter()
-                    .filter(|(_, l)| l.parent.as_deref().is_none_or(|p| parent_ok(p, &added_ids)))
+                    .filter(|(_, c)| {
+                        let parent = c.outcome.as_ref().ok().and_then(|l| l.parent.as_deref());
+                        parent.is_none_or(|p| parent_ok(p, &added_ids))
+                    })
                     .map(|(id, _)| id.clone())
                     .collect();
                 if ready.is_empty() {
@@ -307,7 +341,7 @@ impl Scanner {
                 }
                 let mut ready: Vec<Layer> = ready
                     .iter()
-                    .filter_map(|id| candidates.remove(id))
+                    .filter_map(|id| candidates.remove(id)?.outcome.ok())
                     .collect();
                 ready.sort_by(|a, b| a.id.cmp(&b.id));
                 for l in ready {
@@ -316,15 +350,17 @@ impl Scanner {
                 }
             }
         });
-        for (id, layer) in &candidates {
+        let mut pending = candidates.len();
+        for (id, mut entry) in candidates {
+            let parent = entry.outcome.as_ref().ok().and_then(|l| l.parent.clone());
             let reason = format!(
                 "its parent {} is missing (or the chain loops)",
-                layer.parent.as_deref().unwrap_or("?")
+                parent.as_deref().unwrap_or("?")
             );
-            if let Some(entry) = self.layers.get_mut(id) {
-                entry.warn_once("layer", id, reason);
-            }
+            entry.warn_once("layer", &id, reason);
+            self.layers.insert(id, entry);
         }
+        drop(added_ids);
 
         // Images whose whole chain is present.
         let parents: HashMap<&str, Option<&str>> = added
@@ -332,7 +368,6 @@ impl Scanner {
             .map(|l| (l.id.as_str(), l.parent.as_deref()))
             .collect();
         let mut added_images: Vec<Image> = Vec::new();
-        let mut pending = candidates.len();
         store.with_state(|st| {
             let parent_of = |id: &str| -> Option<Option<String>> {
                 if let Some(p) = parents.get(id) {
@@ -347,8 +382,8 @@ impl Scanner {
                 let Some(entry) = self.images.get_mut(id) else {
                     continue;
                 };
-                let image = match &entry.outcome {
-                    Ok(image) => image.clone(),
+                let top = match &entry.outcome {
+                    Ok(image) => image.layer.clone(),
                     Err(reason) => {
                         let reason = reason.clone();
                         entry.warn_once("image", id, reason);
@@ -356,7 +391,7 @@ impl Scanner {
                         continue;
                     }
                 };
-                let mut next = image.layer.clone();
+                let mut next = top;
                 let mut steps = 0usize;
                 let mut missing = None;
                 while let Some(layer) = next {
@@ -374,7 +409,15 @@ impl Scanner {
                     }
                 }
                 match missing {
-                    None => added_images.push(image),
+                    None => {
+                        // Out of the cache, into the store, for as long as the
+                        // image lives: without the spare capacity parsing left.
+                        if let Some(Ok(mut image)) = self.images.remove(id).map(|c| c.outcome) {
+                            image.names.shrink_to_fit();
+                            image.big_data_names.shrink_to_fit();
+                            added_images.push(image);
+                        }
+                    }
                     Some(reason) => {
                         entry.warn_once("image", id, reason);
                         pending += 1;
@@ -404,13 +447,12 @@ impl Scanner {
                 names: i.names.clone(),
             });
         }
-        // Cached records of what is now in the store are not needed any more.
-        for l in &added {
-            self.layers.remove(&l.id);
-        }
-        for i in &added_images {
-            self.images.remove(&i.id);
-        }
+        drop(parents);
+        // A big first scan grows the caches to every image on the share; only
+        // the few pending entries stay, so give the rest back (10,000 images
+        // would keep ~5 MB of empty buckets otherwise).
+        self.layers.shrink_to_fit();
+        self.images.shrink_to_fit();
         store.apply_shared(SharedDelta {
             add_layers: added,
             add_images: added_images,
@@ -418,5 +460,103 @@ impl Scanner {
             remove_layers: gone_layers.into_iter().collect(),
         });
         Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use storectl_storage::{Role, RootConfig, StoreOptions};
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn merges_of_sorted_ids() {
+        let fs = ids(&["a", "c", "d", "f"]);
+        let (new, gone) = diff_sorted(&fs, ["b", "c", "f", "g"].into_iter());
+        assert_eq!(new, ids(&["a", "d"]));
+        assert_eq!(gone.into_iter().collect::<Vec<_>>(), ids(&["b", "g"]));
+        let (new, gone) = diff_sorted(&fs, std::iter::empty());
+        assert_eq!((new, gone.len()), (fs.clone(), 0));
+        let (new, gone) = diff_sorted(&[], ["x"].into_iter());
+        assert_eq!((new.len(), gone.len()), (0, 1));
+        assert_eq!(
+            intersect_sorted(fs.clone(), &ids(&["b", "c", "f", "z"])),
+            ids(&["c", "f"])
+        );
+        assert!(intersect_sorted(fs, &[]).is_empty());
+    }
+
+    fn hex(c: char) -> String {
+        c.to_string().repeat(64)
+    }
+
+    fn put_layer(share: &Path, id: &str, parent: Option<&str>) {
+        let o = share.join("overlay").join(id);
+        fs::create_dir_all(o.join("diff")).unwrap();
+        fs::write(o.join("link"), "ABCDEFGHIJKLMNOPQRSTUVWXYZ").unwrap();
+        let r = share.join("overlay-layers").join(id);
+        fs::create_dir_all(&r).unwrap();
+        let parent = parent.map_or(String::new(), |p| format!(r#","parent":"{p}""#));
+        fs::write(r.join(LAYER_JSON), format!(r#"{{"id":"{id}"{parent}}}"#)).unwrap();
+    }
+
+    #[test]
+    fn pending_entries_wait_for_their_chain_then_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = dir.path().join("share");
+        fs::create_dir(&share).unwrap();
+        crate::share::init(
+            &dir.path().join("w"),
+            &share,
+            Role::Writer,
+            RootConfig::default(),
+        )
+        .unwrap();
+        let root = dir.path().join("r");
+        crate::share::init(&root, &share, Role::Reader, RootConfig::default()).unwrap();
+        let store = Store::open(StoreOptions::new(&root)).unwrap();
+        let mut scanner = Scanner::new(store.layout().clone());
+        let (a, b, img) = (hex('a'), hex('b'), hex('c'));
+        // The child layer and the image arrive before the base layer.
+        put_layer(&share, &b, Some(&a));
+        let d = share.join("overlay-images").join(&img);
+        fs::create_dir(&d).unwrap();
+        fs::write(
+            d.join(IMAGES_JSON),
+            format!(r#"{{"id":"{img}","layer":"{b}"}}"#),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            assert_eq!(scanner.scan(&store).unwrap(), vec![]);
+            assert_eq!(scanner.stats.pending, 2);
+        }
+        put_layer(&share, &a, None);
+        assert_eq!(
+            scanner.scan(&store).unwrap(),
+            vec![
+                StoreEvent::LayerAdded { id: a.clone() },
+                StoreEvent::LayerAdded { id: b.clone() },
+                StoreEvent::ImageAdded {
+                    id: img.clone(),
+                    names: vec![]
+                },
+            ]
+        );
+        assert_eq!(scanner.stats.pending, 0);
+        assert!(scanner.layers.is_empty() && scanner.images.is_empty());
+        assert_eq!(
+            store.with_state(|s| (s.layers.len(), s.images.len())),
+            (2, 1)
+        );
+        assert_eq!(scanner.scan(&store).unwrap(), vec![]);
+        // The base goes: the child and the image go with it.
+        fs::remove_dir_all(share.join("overlay-layers").join(&a)).unwrap();
+        let events = scanner.scan(&store).unwrap();
+        assert_eq!(events[0], StoreEvent::ImageRemoved { id: img });
+        assert!(events.contains(&StoreEvent::LayerRemoved { id: a }));
     }
 }
