@@ -595,6 +595,41 @@ fn watch_sees_load_and_rmi_within_two_seconds() {
     assert!(stderr.trim().is_empty(), "refresh --watch stderr: {stderr}");
 }
 
+/// A name added or removed on the writer reaches a watching reader as
+/// `~ image ID NAMES`, and a one-shot `refresh` and `ls` agree.
+#[test]
+fn tags_on_the_writer_reach_a_watching_reader() {
+    require_root!();
+    let w = World::new();
+    let writer = w.writer("writer");
+    let reader = w.reader("reader", &w.share, &[]);
+    let img = make_image(&w.path("images"), 150, 2, 0);
+    let watch = Watch::start(&reader, &[]);
+    load(&writer, &img);
+    let limit = Duration::from_secs(3);
+    let added = format!("+ image {} ", img.id);
+    let (seen, _) = watch.wait_for(Instant::now() + limit, |l| l.starts_with(&added));
+    assert!(seen.is_some(), "the watcher never saw the image");
+
+    run(&writer, &["tag", &img.id, "localhost/extra:2"]).ok();
+    let want = format!("~ image {} {} localhost/extra:2", img.id, img.name);
+    let (seen, skipped) = watch.wait_for(Instant::now() + limit, |l| l == want);
+    assert!(seen.is_some(), "no `{want}` after tag (other lines: {skipped:?})");
+
+    run(&writer, &["rmi", &img.name]).ok(); // untags: the image keeps its other name
+    let want = format!("~ image {} localhost/extra:2", img.id);
+    let (seen, skipped) = watch.wait_for(Instant::now() + limit, |l| l == want);
+    assert!(seen.is_some(), "no `{want}` after untag (other lines: {skipped:?})");
+    let (status, rest, stderr) = watch.stop();
+    assert!(status.success(), "watch: {status}; stderr: {stderr}");
+    assert!(rest.is_empty(), "unexpected lines: {rest:?}");
+
+    let listed = run(&reader, &["ls", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&listed).expect("ls --json");
+    let names = v[0]["names"].clone();
+    assert_eq!(names, serde_json::json!(["localhost/extra:2"]), "{listed}");
+}
+
 // ---------------------------------------------------------------------------
 // 2. Readers never change the share
 

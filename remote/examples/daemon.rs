@@ -40,6 +40,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     store.images().len()
                 )
             }
+            StoreEvent::ImageUpdated { id, names } => {
+                tracing::info!("image {id} is now named {names:?}")
+            }
             StoreEvent::ImageRemoved { id } => tracing::info!("image removed {id}"),
             StoreEvent::LayerAdded { id } => tracing::debug!("layer added {id}"),
             StoreEvent::LayerRemoved { id } => tracing::debug!("layer removed {id}"),

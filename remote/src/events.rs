@@ -6,8 +6,22 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event")]
 pub enum StoreEvent {
-    ImageAdded { id: String, names: Vec<String> },
-    ImageRemoved { id: String },
-    LayerAdded { id: String },
-    LayerRemoved { id: String },
+    ImageAdded {
+        id: String,
+        names: Vec<String>,
+    },
+    /// A shared image's names changed (tagged or untagged on the writer).
+    ImageUpdated {
+        id: String,
+        names: Vec<String>,
+    },
+    ImageRemoved {
+        id: String,
+    },
+    LayerAdded {
+        id: String,
+    },
+    LayerRemoved {
+        id: String,
+    },
 }

@@ -23,7 +23,7 @@ use crate::events::StoreEvent;
 /// Records larger than this are junk (a real one is a few hundred bytes).
 const MAX_RECORD: u64 = 1 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Stamp {
     ino: u64,
     size: u64,
@@ -64,7 +64,28 @@ pub struct Scanner {
     layout: Layout,
     layers: HashMap<String, Cached<Layer>>,
     images: HashMap<String, Cached<Image>>,
+    /// A fingerprint of the `images.json` of each shared image in the store,
+    /// so a record rewritten by the writer (`tag`, untag) is read again.
+    known_images: HashMap<String, u64>,
     pub(crate) stats: ScanStats,
+}
+
+fn fingerprint(stamp: &Stamp) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    stamp.hash(&mut h);
+    h.finish()
+}
+
+/// The stamp of `path` without following a symlink (None if it is not a file).
+fn stamp_of(path: &Path) -> Option<Stamp> {
+    let st = rustix::fs::statat(rustix::fs::CWD, path, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some(Stamp {
+        ino: st.st_ino,
+        size: st.st_size as u64,
+        mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+        ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+    })
 }
 
 fn open_dir_nofollow(path: &Path) -> std::io::Result<OwnedFd> {
@@ -211,6 +232,7 @@ impl Scanner {
             layout,
             layers: HashMap::new(),
             images: HashMap::new(),
+            known_images: HashMap::new(),
             stats: ScanStats::default(),
         }
     }
@@ -412,10 +434,13 @@ impl Scanner {
                     None => {
                         // Out of the cache, into the store, for as long as the
                         // image lives: without the spare capacity parsing left.
-                        if let Some(Ok(mut image)) = self.images.remove(id).map(|c| c.outcome) {
-                            image.names.shrink_to_fit();
-                            image.big_data_names.shrink_to_fit();
-                            added_images.push(image);
+                        if let Some(cached) = self.images.remove(id) {
+                            if let (Ok(mut image), Some(stamp)) = (cached.outcome, cached.stamp) {
+                                image.names.shrink_to_fit();
+                                image.big_data_names.shrink_to_fit();
+                                self.known_images.insert(id.clone(), fingerprint(&stamp));
+                                added_images.push(image);
+                            }
                         }
                     }
                     Some(reason) => {
@@ -424,6 +449,35 @@ impl Scanner {
                     }
                 }
             }
+        });
+
+        // Known images whose record the writer rewrote (names changed).
+        for id in &gone_images {
+            self.known_images.remove(id);
+        }
+        let mut renamed: Vec<(String, Vec<String>)> = Vec::new();
+        for (id, print) in self.known_images.iter_mut() {
+            let path = images_ro.join(id).join(IMAGES_JSON);
+            let Some(stamp) = stamp_of(&path) else {
+                continue; // going away: the next scan removes it
+            };
+            if fingerprint(&stamp) == *print {
+                continue;
+            }
+            *print = fingerprint(&stamp);
+            let parsed = read_record(&images_ro, id, IMAGES_JSON, None)
+                .and_then(|r| r.ok_or_else(|| "unchanged".to_string()))
+                .and_then(|(_, bytes)| meta::parse_image(&bytes, id));
+            match parsed {
+                Ok(image) => renamed.push((id.clone(), image.names)),
+                Err(e) => {
+                    tracing::warn!("share: image {id}: its record changed and is invalid: {e}")
+                }
+            }
+        }
+        // Only those whose names really differ.
+        store.with_state(|st| {
+            renamed.retain(|(id, names)| st.images.get(id).is_some_and(|i| i.names != *names));
         });
 
         self.stats = ScanStats {
@@ -447,6 +501,12 @@ impl Scanner {
                 names: i.names.clone(),
             });
         }
+        for (id, names) in &renamed {
+            events.push(StoreEvent::ImageUpdated {
+                id: id.clone(),
+                names: names.clone(),
+            });
+        }
         drop(parents);
         // A big first scan grows the caches to every image on the share; only
         // the few pending entries stay, so give the rest back (10,000 images
@@ -458,6 +518,7 @@ impl Scanner {
             add_images: added_images,
             remove_images: gone_images.into_iter().collect(),
             remove_layers: gone_layers.into_iter().collect(),
+            rename_images: renamed,
         });
         Ok(events)
     }

@@ -37,6 +37,7 @@ fn print_event(e: &StoreEvent, json: bool) -> anyhow::Result<()> {
     }
     match e {
         StoreEvent::ImageAdded { id, names } => out(format!("+ image {id} {}", names.join(" "))),
+        StoreEvent::ImageUpdated { id, names } => out(format!("~ image {id} {}", names.join(" "))),
         StoreEvent::ImageRemoved { id } => out(format!("- image {id}")),
         // Layers only in JSON; the text form speaks of images.
         StoreEvent::LayerAdded { .. } | StoreEvent::LayerRemoved { .. } => {}
@@ -84,10 +85,17 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     for id in before.keys().filter(|id| !now.contains_key(*id)) {
         print_event(&StoreEvent::ImageRemoved { id: id.clone() }, args.json)?;
     }
-    for (id, names) in now.iter().filter(|(id, _)| !before.contains_key(*id)) {
-        let e = StoreEvent::ImageAdded {
-            id: id.clone(),
-            names: names.clone(),
+    for (id, names) in &now {
+        let e = match before.get(id) {
+            None => StoreEvent::ImageAdded {
+                id: id.clone(),
+                names: names.clone(),
+            },
+            Some(old) if old != names => StoreEvent::ImageUpdated {
+                id: id.clone(),
+                names: names.clone(),
+            },
+            Some(_) => continue,
         };
         print_event(&e, args.json)?;
     }

@@ -195,6 +195,9 @@ fn log_event(e: &StoreEvent) {
         StoreEvent::ImageAdded { id, names } => {
             log(format!("image added {id} {}", names.join(" ")).trim_end())
         }
+        StoreEvent::ImageUpdated { id, names } => {
+            log(format!("image renamed {id} {}", names.join(" ")).trim_end())
+        }
         StoreEvent::ImageRemoved { id } => log(format!("image removed {id}")),
         StoreEvent::LayerAdded { id } => log(format!("layer added {id}")),
         StoreEvent::LayerRemoved { id } => log(format!("layer removed {id}")),
