@@ -715,7 +715,7 @@ fn tar_split_exact_segments() {
         Some(
             base64::Engine::encode(
                 &base64::engine::general_purpose::STANDARD,
-                crate::tarsplit::CRC64.checksum(b"hello").to_be_bytes()
+                crate::tarsplit::crc64_of(b"hello").to_be_bytes()
             )
             .as_str()
         )
