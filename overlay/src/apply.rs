@@ -52,6 +52,9 @@ pub struct ApplyStats {
     pub entries: u64,
     /// Bytes of the uncompressed tar stream, including trailing padding (read to EOF).
     pub tar_size: u64,
+    /// Bytes of the regular files written (a hardlink adds none): what
+    /// [`crate::Driver::diff_usage`] would count, without walking the tree.
+    pub file_bytes: u64,
 }
 
 /// Apply the uncompressed tar stream `reader` into the existing, empty
@@ -106,6 +109,7 @@ pub fn apply_tar(
         buf: vec![0u8; BUF_SIZE],
         state: &state,
         limit,
+        file_bytes: 0,
     };
     let mut entries = 0u64;
     let mut end_of_last = 0u64;
@@ -137,7 +141,11 @@ pub fn apply_tar(
         .finish()
         .map_err(|e| applier.stream_err(e))?;
     let tar_size = state.borrow().total;
-    Ok(ApplyStats { entries, tar_size })
+    Ok(ApplyStats {
+        entries,
+        tar_size,
+        file_bytes: applier.file_bytes,
+    })
 }
 
 /// Ownership, mode, times and xattrs of an entry.
@@ -252,6 +260,8 @@ struct Applier<'a, 'w> {
     buf: Vec<u8>,
     state: &'a RefCell<RecState<'w>>,
     limit: Option<u64>,
+    /// Sizes of the regular files written so far.
+    file_bytes: u64,
 }
 
 /// An error about the entry named `entry`.
@@ -569,6 +579,7 @@ impl Applier<'_, '_> {
                     .start_content()
                     .map_err(|e| self.stream_err(e))?;
                 let size = entry.size();
+                self.file_bytes += size;
                 let mut copied = 0u64;
                 loop {
                     let n = entry.read(&mut self.buf).map_err(|e| self.stream_err(e))?;

@@ -626,7 +626,7 @@ mod tests {
         t.file("sub/b", &[2u8; 24]);
         t.symlink("big", "/usr/lib/huge");
         t.dir("empty");
-        crate::apply_tar(
+        let stats = crate::apply_tar(
             &diff,
             &mut Cursor::new(t.finish()),
             None,
@@ -635,5 +635,7 @@ mod tests {
         .unwrap();
         s.commit(A, &[]).unwrap();
         assert_eq!(d.diff_usage(A).unwrap(), 1024);
+        // What apply counted while writing agrees with the walk.
+        assert_eq!(stats.file_bytes, 1024);
     }
 }

@@ -1066,7 +1066,7 @@ impl Store {
                 .map_err(layer_err)?;
         let mut uncompressed = HashingReader::new(stream);
         let mut tar_split = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        apply_tar(
+        let stats = apply_tar(
             &staged.diff_path(),
             &mut uncompressed,
             Some(&mut tar_split),
@@ -1113,7 +1113,7 @@ impl Store {
             diff_size: Some(diff_size),
             compression: compression.code(),
             incomplete: false,
-            disk_size: None,
+            disk_size: Some(stats.file_bytes),
             shared: false,
         };
         Ok(Prepared {
@@ -1129,7 +1129,6 @@ impl Store {
         let id = p.layer.id.clone();
         p.staged.commit(&id, parents)?;
         let mut layer = p.layer;
-        layer.disk_size = self.driver.diff_usage(&id).ok();
         let json = serde_json::to_vec_pretty(&layer).expect("a layer record serializes");
         let shared = self.publishes_shared();
         layer.shared = shared;
