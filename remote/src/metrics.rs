@@ -67,3 +67,83 @@ pub(crate) fn scanned(_duration: std::time::Duration, _ok: bool, _pending: usize
 
 #[cfg(not(feature = "metrics"))]
 pub(crate) fn failed() {}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use std::fs;
+    use std::sync::Arc;
+
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::MetricKind;
+    use storectl_storage::{Role, RootConfig, Store, StoreOptions};
+
+    use super::*;
+    use crate::{RefreshOptions, Refresher};
+
+    #[test]
+    fn scans_pending_entries_and_errors_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = dir.path().join("share");
+        fs::create_dir(&share).unwrap();
+        let cfg = RootConfig::default();
+        crate::share::init(&dir.path().join("w"), &share, Role::Writer, cfg.clone()).unwrap();
+        let root = dir.path().join("r");
+        crate::share::init(&root, &share, Role::Reader, cfg).unwrap();
+        // A layer whose parent is not there: pending.
+        let (id, parent) = ("b".repeat(64), "a".repeat(64));
+        fs::create_dir_all(share.join("overlay").join(&id).join("diff")).unwrap();
+        fs::write(
+            share.join("overlay").join(&id).join("link"),
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        )
+        .unwrap();
+        let record = share.join("overlay-layers").join(&id);
+        fs::create_dir_all(&record).unwrap();
+        fs::write(
+            record.join("layer.json"),
+            format!(r#"{{"id":"{id}","parent":"{parent}"}}"#),
+        )
+        .unwrap();
+
+        let store = Arc::new(Store::open(StoreOptions::new(&root)).unwrap());
+        let opts = RefreshOptions::from_config(&store.layout().config);
+        let refresher = Refresher::new(store, opts).unwrap();
+        let recorder = DebuggingRecorder::new();
+        let snap = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            refresher.scan_now().unwrap();
+            // The share goes away (an NFS mount dropped): an error.
+            fs::rename(share.join("overlay-images"), share.join("gone")).unwrap();
+            assert!(refresher.scan_now().is_err());
+        });
+        let values: Vec<(String, MetricKind, DebugValue)> = snap
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(k, _, _, v)| (k.key().name().to_string(), k.kind(), v))
+            .collect();
+        let find = |name: &str| {
+            values
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, kind, v)| (*kind, v))
+                .unwrap_or_else(|| panic!("{name} missing: {values:?}"))
+        };
+        assert_eq!(
+            find(REFRESH_SCANS),
+            (MetricKind::Counter, &DebugValue::Counter(1))
+        );
+        assert_eq!(
+            find(REFRESH_ERRORS),
+            (MetricKind::Counter, &DebugValue::Counter(1))
+        );
+        assert_eq!(
+            find(SHARE_PENDING),
+            (MetricKind::Gauge, &DebugValue::Gauge(1.0.into()))
+        );
+        match find(REFRESH_DURATION) {
+            (MetricKind::Histogram, DebugValue::Histogram(v)) => assert_eq!(v.len(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
+}
