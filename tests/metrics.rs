@@ -20,13 +20,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::registry::{free_port, have, Registry};
 use common::{Env, STORECTL};
 use serde_json::Value;
 use storectl_fixtures::gen::TextGen;
@@ -248,13 +249,6 @@ fn encode(s: &str) -> String {
 
 // ---------------------------------------------------------------------------
 // The serve process
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A running `storectl serve`, SIGKILLed on drop.
 struct Serve {
@@ -614,74 +608,6 @@ fn reader_sees_the_writers_image_and_refresh_metrics() {
 // ---------------------------------------------------------------------------
 // With a registry
 
-fn have(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()))
-}
-
-/// Debian's `docker-registry` on a free 127.0.0.1 port, storage in a temp
-/// dir; killed on drop.
-struct Registry {
-    child: Option<Child>,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::Builder::new()
-            .prefix("storectl-metrics-registry-")
-            .tempdir()
-            .unwrap();
-        for _ in 0..5 {
-            let addr = format!("127.0.0.1:{}", free_port());
-            let config = format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    \
-                 rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            );
-            let config_path = dir.path().join("config.yml");
-            std::fs::write(&config_path, config).unwrap();
-            let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("docker-registry starts");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if TcpStream::connect(&addr).is_ok() {
-                    return Registry {
-                        child: Some(child),
-                        addr,
-                        _dir: dir,
-                    };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // the port was taken meanwhile
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let log = std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default();
-        panic!("docker-registry did not start: {log}");
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// `skopeo copy oci:LAYOUT:TAG docker://ADDR/REPO:TAG`.
 fn skopeo_push(layout: &Path, tag: &str, dest: &str) {
     let out = Command::new("skopeo")
@@ -714,7 +640,7 @@ fn pull_through_serve_records_transfer_metrics() {
             return;
         }
     }
-    let reg = Registry::start();
+    let reg = Registry::start(None);
     let env = Env::new();
     let layout = env.path("layout");
     let (image, built) = make_image(&layout, 3);

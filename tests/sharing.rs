@@ -614,12 +614,18 @@ fn tags_on_the_writer_reach_a_watching_reader() {
     run(&writer, &["tag", &img.id, "localhost/extra:2"]).ok();
     let want = format!("~ image {} {} localhost/extra:2", img.id, img.name);
     let (seen, skipped) = watch.wait_for(Instant::now() + limit, |l| l == want);
-    assert!(seen.is_some(), "no `{want}` after tag (other lines: {skipped:?})");
+    assert!(
+        seen.is_some(),
+        "no `{want}` after tag (other lines: {skipped:?})"
+    );
 
     run(&writer, &["rmi", &img.name]).ok(); // untags: the image keeps its other name
     let want = format!("~ image {} localhost/extra:2", img.id);
     let (seen, skipped) = watch.wait_for(Instant::now() + limit, |l| l == want);
-    assert!(seen.is_some(), "no `{want}` after untag (other lines: {skipped:?})");
+    assert!(
+        seen.is_some(),
+        "no `{want}` after untag (other lines: {skipped:?})"
+    );
     let (status, rest, stderr) = watch.stop();
     assert!(status.success(), "watch: {status}; stderr: {stderr}");
     assert!(rest.is_empty(), "unexpected lines: {rest:?}");
@@ -1272,7 +1278,10 @@ fn writer_killed_at_protocol_steps() {
     // `.tmp-*` there (simulated), which the next writer start removes.
     let what = "tag: rewriting images.json (overlay-images/<id>/.tmp-*, simulated)";
     fs::write(
-        w.share.join("overlay-images").join(&img.id).join(".tmp-crashed"),
+        w.share
+            .join("overlay-images")
+            .join(&img.id)
+            .join(".tmp-crashed"),
         b"{",
     )
     .expect("plant .tmp");

@@ -84,7 +84,10 @@ fn flip(dir: &Path, digest: &str, offset: Option<usize>) {
 }
 
 /// A named way to corrupt a written layout.
-type Corruption<'a> = (&'a str, Box<dyn Fn(&Path, &storectl_fixtures::BuiltImage) + 'a>);
+type Corruption<'a> = (
+    &'a str,
+    Box<dyn Fn(&Path, &storectl_fixtures::BuiltImage) + 'a>,
+);
 
 #[test]
 fn digest_mismatch_leaves_nothing_behind() {
