@@ -66,11 +66,11 @@ pub mod reference;
 pub mod registry;
 mod store;
 
+pub use config::{Layout, Role, RootConfig};
 pub use error::{Error, Result};
+pub use export::{PushCompression, PushOptions, SaveFormat};
 pub use meta::{Image, Layer};
 pub use progress::{EventKind, NoopReporter, ProgressEvent, Reporter};
-pub use config::{Layout, Role, RootConfig};
-pub use export::{PushCompression, PushOptions, SaveFormat};
 pub use pull::PullOptions;
 pub use store::{
     list_id_entries, list_ids, LayerCheck, LoadOptions, Removed, SharedDelta, State, Store,
