@@ -27,10 +27,10 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::registry::{free_port, have, Registry};
 use common::{Env, STORECTL};
 use serde_json::Value;
 use storectl_fixtures::gen::TextGen;
+use storectl_fixtures::registry::{free_port, missing, skopeo_copy, Registry};
 use storectl_fixtures::{write_oci_layout, BuiltImage, Compression, Entry, Image, Layer};
 
 // ---------------------------------------------------------------------------
@@ -608,44 +608,21 @@ fn reader_sees_the_writers_image_and_refresh_metrics() {
 // ---------------------------------------------------------------------------
 // With a registry
 
-/// `skopeo copy oci:LAYOUT:TAG docker://ADDR/REPO:TAG`.
-fn skopeo_push(layout: &Path, tag: &str, dest: &str) {
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-        ])
-        .arg(format!("oci:{}:{tag}", layout.display()))
-        .arg(format!("docker://{dest}"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("skopeo runs");
-    assert!(
-        out.status.success(),
-        "skopeo copy failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn pull_through_serve_records_transfer_metrics() {
     if !is_root() {
         return;
     }
-    for tool in ["docker-registry", "skopeo"] {
-        if !have(tool) {
-            eprintln!("skipping: {tool} is not installed (apt-get install docker-registry skopeo)");
-            return;
-        }
+    if let Some(tool) = missing(&["docker-registry", "skopeo"]) {
+        eprintln!("skipping: {tool} is not installed (apt-get install docker-registry skopeo)");
+        return;
     }
     let reg = Registry::start(None);
     let env = Env::new();
     let layout = env.path("layout");
     let (image, built) = make_image(&layout, 3);
     let reference = format!("{}/metrics/img:v1", reg.addr);
-    skopeo_push(&layout, &image.tag().expect("a tag"), &reference);
+    skopeo_copy(&layout, &image.tag().expect("a tag"), &reference, &[]);
 
     // The layers as the registry serves them (sizes of the blobs to pull).
     let manifest = http(

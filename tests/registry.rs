@@ -34,10 +34,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::registry::{have, Registry};
 use common::{Env, Run, STORECTL};
 use serde_json::{json, Value};
 use storectl_fixtures::gen::{build_parallel, Prng, TextGen};
+use storectl_fixtures::registry::{missing, skopeo, skopeo_copy, Registry};
 use storectl_fixtures::write::write_oci_layout_built;
 use storectl_fixtures::{
     assert_trees_eq, diff_trees, expected_tree, sha256_digest, snapshot, write_oci_layout,
@@ -56,42 +56,19 @@ fn ready(tools: &[&str]) -> bool {
         eprintln!("skipping: needs root (layer ownership, overlay mounts)");
         return false;
     }
-    for t in tools {
-        if !have(t) {
-            eprintln!(
-                "skipping: {t} is not installed \
-                 (apt-get install docker-registry skopeo apache2-utils tmux)"
-            );
-            return false;
-        }
+    if let Some(t) = missing(tools) {
+        eprintln!(
+            "skipping: {t} is not installed \
+             (apt-get install docker-registry skopeo apache2-utils tmux)"
+        );
+        return false;
     }
     true
 }
 
-/// Run `skopeo args…` (with `--insecure-policy`), which must succeed; stdout.
-fn skopeo(args: &[&str]) -> String {
-    let out = Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("skopeo runs");
-    assert!(
-        out.status.success(),
-        "skopeo {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `skopeo copy` of `oci:LAYOUT:TAG` to `docker://ADDR/repo_tag`.
 fn push(reg: &Registry, layout: &Path, tag: &str, repo_tag: &str, extra: &[&str]) {
-    let src = format!("oci:{}:{tag}", layout.display());
-    let dest = format!("docker://{}", reg.r(repo_tag));
-    let mut args = vec!["copy", "--quiet", "--dest-tls-verify=false"];
-    args.extend_from_slice(extra);
-    args.extend([src.as_str(), dest.as_str()]);
-    skopeo(&args);
+    skopeo_copy(layout, tag, &reg.r(repo_tag), extra);
 }
 
 /// Write `image` as an OCI layout at `dir` and push it to `ADDR/repo_tag`.

@@ -273,6 +273,15 @@ impl World {
         assert!(out.contains("reader"), "{out}");
         root
     }
+
+    /// A reader of this world's share that ticks every 50 ms and rescans fully every second.
+    fn fast_reader(&self, name: &str) -> PathBuf {
+        self.reader(
+            name,
+            &self.share,
+            &["--refresh-interval-ms", "50", "--full-rescan-secs", "1"],
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1040,11 +1049,7 @@ fn writer_killed_at_random_points() {
     require_root!();
     let w = World::new();
     let writer = w.writer("writer");
-    let reader = w.reader(
-        "reader",
-        &w.share,
-        &["--refresh-interval-ms", "50", "--full-rescan-secs", "1"],
-    );
+    let reader = w.fast_reader("reader");
     let img = make_image(&w.path("images"), 300, 3, 6 << 20);
     let other = make_image(&w.path("images"), 301, 2, 0);
     let chains: HashMap<String, Vec<String>> = [&img, &other]
@@ -1306,11 +1311,7 @@ fn watching_reader_gets_the_names_of_a_new_image() {
     require_root!();
     let w = World::new();
     let writer = w.writer("writer");
-    let reader = w.reader(
-        "reader",
-        &w.share,
-        &["--refresh-interval-ms", "50", "--full-rescan-secs", "1"],
-    );
+    let reader = w.fast_reader("reader");
     let img = make_image(&w.path("images"), 800, 2, 1 << 20);
     let watch = Watch::start(&reader, &["--json"]);
     let mut child = storectl(&writer, &["load", &img.dir.display().to_string()])

@@ -20,21 +20,28 @@
 //!
 //! ## In a daemon
 //!
-//! ```ignore
-//! use metrics_exporter_prometheus::PrometheusBuilder;
+//! ```no_run
 //! use storectl_storage::metrics::{describe, record_store, MetricsReporter};
+//! use storectl_storage::registry::{ClientOptions, RegistryClient};
+//! use storectl_storage::{NoopReporter, PullOptions, Store, StoreOptions};
 //!
-//! // Once, at start: the daemon's own recorder (any `metrics` exporter works).
-//! let handle = PrometheusBuilder::new().install_recorder()?;
+//! // Once, at start: the daemon installs its own recorder (any `metrics`
+//! // exporter works; `storectl serve` uses metrics-exporter-prometheus).
+//! let recorder = metrics_util::debugging::DebuggingRecorder::new();
+//! let snapshotter = recorder.snapshotter();
+//! recorder.install().expect("no other recorder");
 //! describe();
 //!
 //! // Per transfer: record, and pass the events on to the daemon's own reporter.
-//! let reporter = MetricsReporter::wrap("pull", my_reporter);
-//! let image = store.pull(reference, &client, &opts, &reporter)?;
+//! let store = Store::open(StoreOptions::new("/var/lib/storectl"))?;
+//! let client = RegistryClient::new(ClientOptions::default());
+//! let reporter = MetricsReporter::wrap("pull", NoopReporter);
+//! let image = store.pull("127.0.0.1:5000/busybox:latest", &client, &PullOptions::default(), &reporter)?;
 //!
 //! // When scraped: refresh the store gauges, then render.
 //! record_store(&store);
-//! let body = handle.render();
+//! let _values = snapshotter.snapshot();
+//! # Ok::<(), storectl_storage::Error>(())
 //! ```
 //!
 //! The progress gauge keeps one series per layer ever transferred; a

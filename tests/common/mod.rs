@@ -7,8 +7,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub mod registry;
-
 use serde_json::Value;
 use storectl_fixtures::{snapshot, Tree};
 

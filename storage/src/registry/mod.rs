@@ -279,6 +279,20 @@ struct Call<'a> {
     body: ReqBody<'a>,
 }
 
+impl<'a> Call<'a> {
+    /// A body-less request on `repo` needing only pull access.
+    fn pull(method: &'static str, url: &str, repo: &'a Repository) -> Self {
+        Call {
+            method,
+            url: url.to_string(),
+            registry: &repo.registry,
+            scopes: vec![repo.pull_scope()],
+            headers: Vec::new(),
+            body: ReqBody::None,
+        }
+    }
+}
+
 type Response = http::Response<ureq::Body>;
 
 impl RegistryClient {
@@ -752,28 +766,35 @@ impl RegistryClient {
         }
     }
 
-    /// Fetch a manifest or index by tag or digest. Its digest is verified
-    /// against `reference` when that is a digest, and against the registry's
-    /// `Docker-Content-Digest` when it sent one.
-    pub fn get_manifest(&self, repo: &Repository, reference: &str) -> Result<Manifest> {
+    /// `GET` or `HEAD` a manifest by tag or digest; any status but 200 is an error.
+    fn manifest_request(
+        &self,
+        method: &'static str,
+        repo: &Repository,
+        reference: &str,
+    ) -> Result<(String, Response)> {
         let url = self.repo_url(repo, &format!("manifests/{reference}"));
         let mut resp = self.execute(Call {
-            method: "GET",
-            url: url.clone(),
-            registry: &repo.registry,
-            scopes: vec![repo.pull_scope()],
             headers: vec![("Accept", MANIFEST_ACCEPT.to_string())],
-            body: ReqBody::None,
+            ..Call::pull(method, &url, repo)
         })?;
         if resp.status().as_u16() != 200 {
             return Err(self.status_error(
-                "GET",
+                method,
                 &url,
                 &repo.registry,
                 || manifest_what(repo, reference),
                 &mut resp,
             ));
         }
+        Ok((url, resp))
+    }
+
+    /// Fetch a manifest or index by tag or digest. Its digest is verified
+    /// against `reference` when that is a digest, and against the registry's
+    /// `Docker-Content-Digest` when it sent one.
+    pub fn get_manifest(&self, repo: &Repository, reference: &str) -> Result<Manifest> {
+        let (url, mut resp) = self.manifest_request("GET", repo, reference)?;
         let header_digest = header_str(&resp, "docker-content-digest");
         let content_type = header_str(&resp, "content-type");
         if let Some(len) = header_str(&resp, "content-length").and_then(|l| l.parse::<u64>().ok()) {
@@ -833,24 +854,7 @@ impl RegistryClient {
     /// The descriptor (media type, digest, size) of a manifest, by `HEAD` when
     /// the registry tells enough, else by fetching it.
     pub fn resolve(&self, repo: &Repository, reference: &str) -> Result<Descriptor> {
-        let url = self.repo_url(repo, &format!("manifests/{reference}"));
-        let mut resp = self.execute(Call {
-            method: "HEAD",
-            url: url.clone(),
-            registry: &repo.registry,
-            scopes: vec![repo.pull_scope()],
-            headers: vec![("Accept", MANIFEST_ACCEPT.to_string())],
-            body: ReqBody::None,
-        })?;
-        if resp.status().as_u16() != 200 {
-            return Err(self.status_error(
-                "HEAD",
-                &url,
-                &repo.registry,
-                || manifest_what(repo, reference),
-                &mut resp,
-            ));
-        }
+        let (_, resp) = self.manifest_request("HEAD", repo, reference)?;
         let digest = header_str(&resp, "docker-content-digest")
             .filter(|d| is_digest(d))
             .or_else(|| is_digest(reference).then(|| reference.to_string()));
@@ -878,14 +882,7 @@ impl RegistryClient {
     /// The size of a blob, or `None` when the repository does not have it.
     pub fn head_blob(&self, repo: &Repository, digest: &str) -> Result<Option<u64>> {
         let url = self.repo_url(repo, &format!("blobs/{digest}"));
-        let mut resp = self.execute(Call {
-            method: "HEAD",
-            url: url.clone(),
-            registry: &repo.registry,
-            scopes: vec![repo.pull_scope()],
-            headers: Vec::new(),
-            body: ReqBody::None,
-        })?;
+        let mut resp = self.execute(Call::pull("HEAD", &url, repo))?;
         match resp.status().as_u16() {
             200 => Ok(Some(
                 header_str(&resp, "content-length")
@@ -925,12 +922,8 @@ impl RegistryClient {
             headers.push(("Range", format!("bytes={offset}-")));
         }
         let mut resp = self.execute(Call {
-            method: "GET",
-            url: url.clone(),
-            registry: &repo.registry,
-            scopes: vec![repo.pull_scope()],
             headers,
-            body: ReqBody::None,
+            ..Call::pull("GET", &url, repo)
         })?;
         match resp.status().as_u16() {
             200 | 206 | 416 => Ok((resp, url)),
@@ -1116,14 +1109,7 @@ impl RegistryClient {
         let mut url = self.repo_url(repo, "tags/list");
         let mut out = Vec::new();
         for _ in 0..1000 {
-            let mut resp = self.execute(Call {
-                method: "GET",
-                url: url.clone(),
-                registry: &repo.registry,
-                scopes: vec![repo.pull_scope()],
-                headers: Vec::new(),
-                body: ReqBody::None,
-            })?;
+            let mut resp = self.execute(Call::pull("GET", &url, repo))?;
             if resp.status().as_u16() != 200 {
                 return Err(self.status_error(
                     "GET",

@@ -6,13 +6,12 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
+use storectl_fixtures::registry::{free_port, missing, skopeo, skopeo_copy, Registry};
 use storectl_fixtures::{Compression, Entry, Image, Layer};
 
 use super::*;
@@ -25,100 +24,16 @@ fn options() -> ClientOptions {
     }
 }
 
-fn tool(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
 /// The tools a real-registry test needs, or `None` (with the reason printed).
 fn tools(names: &[&str]) -> Option<()> {
-    for n in names {
-        if tool(n).is_none() {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("skipping: {n} is not installed (apt-get install docker-registry skopeo apache2-utils)");
-            }
-            return None;
+    if let Some(n) = missing(names) {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("skipping: {n} is not installed (apt-get install docker-registry skopeo apache2-utils)");
         }
+        return None;
     }
     Some(())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A `docker-registry` on 127.0.0.1, killed on drop.
-struct Registry {
-    child: Child,
-    addr: String,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// Start one, with htpasswd basic auth when `user` is given.
-    fn start(user: Option<(&str, &str)>) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let mut auth = String::new();
-        if let Some((u, p)) = user {
-            let out = Command::new("htpasswd")
-                .args(["-Bbn", u, p])
-                .output()
-                .expect("htpasswd runs");
-            assert!(out.status.success(), "htpasswd failed");
-            let path = dir.path().join("htpasswd");
-            std::fs::write(&path, &out.stdout).unwrap();
-            auth = format!(
-                "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
-                path.display()
-            );
-        }
-        for _ in 0..5 {
-            let port = free_port();
-            let addr = format!("127.0.0.1:{port}");
-            let config = format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
-                dir.path().join("data").display()
-            );
-            let cfg = dir.path().join("config.yml");
-            std::fs::write(&cfg, config).unwrap();
-            let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&cfg)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("docker-registry starts");
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if TcpStream::connect(&addr).is_ok() {
-                    return Registry { child, addr, dir };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // exited: port taken meanwhile? try another
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("docker-registry did not start");
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Push `image` (written as an OCI layout) to `registry/repo:tag` with skopeo.
@@ -128,44 +43,23 @@ fn skopeo_push(reg: &Registry, image: &Image, repo: &str, tag: &str, creds: Opti
         .path()
         .join(format!("oci-{}", repo.replace('/', "-")));
     storectl_fixtures::write_oci_layout(&layout, std::slice::from_ref(image)).unwrap();
-    let mut cmd = Command::new("skopeo");
-    cmd.args([
-        "--insecure-policy",
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-    ]);
-    if let Some(c) = creds {
-        cmd.arg(format!("--dest-creds={c}"));
-    }
-    let out = cmd
-        .arg(format!("oci:{}:{}", layout.display(), image.tag().unwrap()))
-        .arg(format!("docker://{}/{repo}:{tag}", reg.addr))
-        .output()
-        .expect("skopeo runs");
-    assert!(
-        out.status.success(),
-        "skopeo copy failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let creds = creds.map(|c| format!("--dest-creds={c}"));
+    let extra: Vec<&str> = creds.iter().map(String::as_str).collect();
+    skopeo_copy(
+        &layout,
+        &image.tag().unwrap(),
+        &reg.r(&format!("{repo}:{tag}")),
+        &extra,
     );
 }
 
 fn skopeo_inspect(reg: &Registry, reference: &str, creds: Option<&str>) -> serde_json::Value {
-    let mut cmd = Command::new("skopeo");
-    cmd.args(["inspect", "--tls-verify=false"]);
-    if let Some(c) = creds {
-        cmd.arg(format!("--creds={c}"));
-    }
-    let out = cmd
-        .arg(format!("docker://{}/{reference}", reg.addr))
-        .output()
-        .expect("skopeo runs");
-    assert!(
-        out.status.success(),
-        "skopeo inspect failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let creds = creds.map(|c| format!("--creds={c}"));
+    let reference = format!("docker://{}", reg.r(reference));
+    let mut args = vec!["inspect", "--tls-verify=false"];
+    args.extend(creds.as_deref());
+    args.push(&reference);
+    serde_json::from_str(&skopeo(&args)).unwrap()
 }
 
 fn test_image(name: &str) -> Image {
