@@ -5,8 +5,8 @@
 # The image is the generated bench image (`storectl-fixture bench-image`: ~300 MB
 # uncompressed in 3 gzip layers, one with ~6,000 files), pushed once with
 # `skopeo copy` into Debian's `docker-registry` listening on a free 127.0.0.1
-# port with its storage under $BENCH_DIR. Then, per run, each from an empty
-# directory after `sync`:
+# port with its storage under $BENCH_DIR. Then, per run, each on a freshly
+# made, loop-mounted ext4 (bench/lib.sh):
 #   * storectl --root SCRATCH/store pull -q 127.0.0.1:PORT/bench:1
 #   * skopeo copy --src-tls-verify=false docker://127.0.0.1:PORT/bench:1 \
 #       containers-storage:[overlay@SCRATCH/cs/root+SCRATCH/cs/run]bench:1
@@ -23,33 +23,13 @@
 # cached image (shared with bench/load.sh), the registry storage and the scratch dirs.
 set -euo pipefail
 runs=${1:-5}
-here=$(cd "$(dirname "$0")/.." && pwd)
-target=${CARGO_TARGET_DIR:-$here/target}
-work=${BENCH_DIR:-$here/bench/out}
-[ "$(id -u)" = 0 ] || { echo "bench/pull.sh: run as root" >&2; exit 1; }
 for tool in docker-registry skopeo; do
     command -v "$tool" >/dev/null || { echo "bench/pull.sh: $tool is not installed" >&2; exit 1; }
 done
-mkdir -p "$work"
-cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p storectl -p storectl-fixtures
-storectl="$target/release/storectl"
+. "$(dirname "$0")/lib.sh"
 
-img="$work/image"
-if [ ! -f "$img/.complete" ]; then
-    rm -rf "$img"
-    "$target/release/storectl-fixture" bench-image "$img"
-    touch "$img/.complete"
-fi
-
-scratch="$work/pull-scratch"
 regdir="$work/pull-registry"
 reg_pid=
-cleanup() {
-    if [ -d "$scratch" ]; then
-        grep -o " $scratch[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-        rm -rf "$scratch"
-    fi
-}
 stop_registry() {
     if [ -n "$reg_pid" ]; then kill "$reg_pid" 2>/dev/null || true; wait "$reg_pid" 2>/dev/null || true; fi
 }
@@ -88,16 +68,15 @@ skopeo --insecure-policy copy --quiet --dest-tls-verify=false "oci:$img/oci:late
 echo "image: $(du -sh "$regdir/data" | cut -f1) in the registry (3 gzip layers)," \
      "$(for b in "$img"/layer*.tar.gz; do gzip -dc "$b" | wc -c; done | awk '{s+=$1} END {printf "%.0f MB", s/1e6}') uncompressed; registry $ref"
 
-now() { date +%s.%N; }
 declare -a t_store t_skopeo
 run_storectl() {
-    cleanup; mkdir -p "$scratch"; sync
+    fresh_fs
     local s e; s=$(now)
     "$storectl" --root "$scratch/store" pull -q "$ref" >/dev/null
     e=$(now); t_store+=("$(echo "$e - $s" | bc)")
 }
 run_skopeo() {
-    cleanup; mkdir -p "$scratch/cs"; sync
+    fresh_fs; mkdir -p "$scratch/cs"
     local s e; s=$(now)
     skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$ref" \
         "containers-storage:[overlay@$scratch/cs/root+$scratch/cs/run]bench:1"
@@ -109,7 +88,6 @@ for i in $(seq 1 "$runs"); do
 done
 cleanup
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 m_store=$(median "${t_store[@]}")
 m_skopeo=$(median "${t_skopeo[@]}")
 echo

@@ -1841,6 +1841,12 @@ fn junk_on_the_share_is_skipped_once() {
         "warnings per id:\n{}\nstderr:\n{stderr}",
         diffs.join("\n")
     );
+    // A warning says why: an image dir that is a symlink out of the share.
+    let escaped = stderr
+        .lines()
+        .find(|l| l.contains(&escaped_image))
+        .expect("a warning for the symlinked image dir");
+    assert!(escaped.contains("symlink"), "{escaped}");
     eprintln!("{stderr}");
 
     // Every valid image is listed, nothing else; they mount.

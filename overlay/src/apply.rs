@@ -250,6 +250,17 @@ fn is_errno(e: &io::Error, errno: Errno) -> bool {
     e.raw_os_error() == Some(errno.raw_os_error())
 }
 
+/// Give `name` in `dir` the entry's owner, never following a symlink.
+fn chown_nofollow(dir: impl AsFd, name: &OsStr, meta: &Meta) -> rustix::io::Result<()> {
+    rustix::fs::chownat(
+        dir,
+        name,
+        Some(meta.uid),
+        Some(meta.gid),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+}
+
 struct Applier<'a, 'w> {
     diff: &'a Path,
     root: Rc<OwnedFd>,
@@ -527,13 +538,7 @@ impl Applier<'_, '_> {
                     }
                     Err(e) => return Err(Error::io(self.path_of(&target), e.into())),
                 }
-                rustix::fs::chownat(
-                    &*parent,
-                    OsStr::from_bytes(name),
-                    Some(meta.uid),
-                    Some(meta.gid),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
+                chown_nofollow(&*parent, OsStr::from_bytes(name), &meta)
                 .map_err(|e| Error::io(self.path_of(&target), e.into()))?;
                 return self.no_content(&mut entry, &raw, shown);
             }
@@ -622,13 +627,7 @@ impl Applier<'_, '_> {
                     Err(Errno::EXIST) => return Err(dup()),
                     Err(e) => return Err(io_err(e)),
                 }
-                rustix::fs::chownat(
-                    &*parent,
-                    name,
-                    Some(meta.uid),
-                    Some(meta.gid),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
+                chown_nofollow(&*parent, name, &meta)
                 .map_err(io_err)?;
                 self.set_xattrs_at(&parent, name.as_bytes(), &meta, &rel)?;
                 rustix::fs::utimensat(&*parent, name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
@@ -704,13 +703,7 @@ impl Applier<'_, '_> {
                     Err(Errno::EXIST) => return Err(dup()),
                     Err(e) => return Err(io_err(e)),
                 }
-                rustix::fs::chownat(
-                    &*parent,
-                    name,
-                    Some(meta.uid),
-                    Some(meta.gid),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
+                chown_nofollow(&*parent, name, &meta)
                 .map_err(io_err)?;
                 // The node was just created by us (mknodat never follows),
                 // so following the last component here cannot leave the layer.

@@ -110,12 +110,18 @@ fn read_record(
     file: &str,
     known: Option<Stamp>,
 ) -> std::result::Result<Option<(Stamp, Vec<u8>)>, String> {
-    let entry_dir = open_dir_nofollow(&dir.join(id)).map_err(|e| match e.raw_os_error() {
-        Some(n) if n == rustix::io::Errno::LOOP.raw_os_error() => {
-            "is a symlink (never followed)".to_string()
+    let path = dir.join(id);
+    let entry_dir = open_dir_nofollow(&path).map_err(|e| {
+        // O_DIRECTORY|O_NOFOLLOW answers ENOTDIR (not ELOOP) for a symlink.
+        let is_symlink = rustix::fs::statat(rustix::fs::CWD, &path, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+        match e.raw_os_error() {
+            _ if is_symlink => "is a symlink (never followed)".to_string(),
+            Some(n) if n == rustix::io::Errno::NOTDIR.raw_os_error() => {
+                "is not a directory".into()
+            }
+            _ => format!("cannot open: {e}"),
         }
-        Some(n) if n == rustix::io::Errno::NOTDIR.raw_os_error() => "is not a directory".into(),
-        _ => format!("cannot open: {e}"),
     })?;
     let fd = rustix::fs::openat(
         &entry_dir,

@@ -57,6 +57,15 @@ fn names_of(desc: &Descriptor) -> Vec<String> {
     normalize_names(names)
 }
 
+/// The `ref.name` tags of several index entries, for an error that asks to pick one.
+fn tags_of(many: &[Descriptor]) -> String {
+    let tags: Vec<&str> = many
+        .iter()
+        .filter_map(|d| d.annotation(spec::ANNOTATION_REF_NAME))
+        .collect();
+    tags.join(", ")
+}
+
 pub(super) fn open(blobs: &Blobs, tag: Option<&str>) -> Result<SourceImage> {
     let path = blobs.path();
     let index_bytes = blobs.read_document("index.json")?;
@@ -80,33 +89,25 @@ pub(super) fn open(blobs: &Blobs, tag: Option<&str>) -> Result<SourceImage> {
                 })?;
                 let same = many.iter().filter(|d| d.platform == first.platform).count();
                 if same > 1 {
-                    let tags: Vec<&str> = many
-                        .iter()
-                        .filter_map(|d| d.annotation(spec::ANNOTATION_REF_NAME))
-                        .collect();
                     return Err(Error::archive(
                         path,
                         format!(
                             "the layout holds {same} images for {}/{}; pick one with PATH:TAG (tags: {})",
                             host.os,
                             host.architecture,
-                            tags.join(", ")
+                            tags_of(many)
                         ),
                     ));
                 }
                 first
             }
             many => {
-                let tags: Vec<&str> = many
-                    .iter()
-                    .filter_map(|d| d.annotation(spec::ANNOTATION_REF_NAME))
-                    .collect();
                 return Err(Error::archive(
                     path,
                     format!(
                         "the layout holds {} images; pick one with PATH:TAG (tags: {})",
                         many.len(),
-                        tags.join(", ")
+                        tags_of(many)
                     ),
                 ));
             }
