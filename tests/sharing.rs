@@ -297,8 +297,9 @@ struct TestImage {
     name: String,
 }
 
-/// An image of `layers` layers (2–3) with distinct files per `seed`; the base
-/// layer carries `big` bytes of incompressible data.
+/// An image of `layers` layers (2–3) with distinct files per `seed`, an
+/// opaque directory and a whiteout in each upper layer; the base layer
+/// carries `big` bytes of incompressible data.
 fn make_image(dir: &Path, seed: u64, layers: usize, big: usize) -> TestImage {
     let mut text = TextGen::new(seed);
     let mut rng = Prng::new(seed ^ 0x5eed);
@@ -317,6 +318,17 @@ fn make_image(dir: &Path, seed: u64, layers: usize, big: usize) -> TestImage {
             ));
         }
         entries.push(Entry::symlink(&format!("data{i}/link"), "file0.txt"));
+        if i == 0 {
+            entries.push(Entry::file(
+                "etc/base-only",
+                "hidden by the opaque etc/ above\n",
+            ));
+        } else {
+            // Whiteouts, so a mount shows them honoured (an opaque marker in
+            // the wrong xattr namespace would show etc/base-only).
+            entries.push(Entry::opaque("etc"));
+            entries.push(Entry::whiteout(&format!("data{}/link", i - 1)));
+        }
         let compression = if i == 0 && big > 0 {
             entries.push(Entry::file("data0/big.bin", rng.bytes(big)).mode(0o600));
             Compression::None
@@ -692,6 +704,22 @@ fn readers_never_change_the_share() {
     assert_eq!(info["role"], "reader");
     assert_eq!(info["images"]["shared"], 2);
     assert_eq!(info["layers"]["shared"], 5);
+    // The reader mounts in the share's xattr mode; the writer wrote the
+    // opaque markers in it (`user` wherever the share takes user xattrs).
+    let share_cfg: Value =
+        serde_json::from_slice(&fs::read(w.share.join("storectl-share.json")).expect("share file"))
+            .expect("share JSON");
+    assert_eq!(info["overlay_xattrs"], share_cfg["overlay_xattrs"]);
+    let etc = storectl_fixtures::tree::snapshot_node(
+        &w.share.join("overlay").join(&a.chain[1]).join("diff/etc"),
+    )
+    .expect("an upper layer's opaque etc/");
+    assert_eq!(
+        etc.xattrs.contains_key("user.overlay.opaque"),
+        info["overlay_xattrs"] == "user",
+        "{:?} in {info}",
+        etc.xattrs
+    );
     check_mounted(&reader, &a);
     check_mounted(&reader, &b);
     run(&reader, &["verify"]).ok();

@@ -29,13 +29,10 @@ use tar::EntryType;
 
 use crate::fsutil::{self, join, normalize};
 use crate::tarsplit::{RecState, Recorder};
-use crate::{Error, Result};
+use crate::{Error, Result, XattrMode};
 
 /// Read and write buffer size: large, as layers are big and syscalls cost.
 const BUF_SIZE: usize = 256 * 1024;
-
-/// The xattr overlayfs reads to make a directory opaque.
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Options for [`apply_tar`].
 #[derive(Debug, Clone, Default)]
@@ -43,6 +40,9 @@ pub struct ApplyOptions {
     /// Refuse the layer once more than this many uncompressed tar bytes were
     /// read (gzip bomb guard). `None` = no limit.
     pub max_size: Option<u64>,
+    /// The namespace of the opaque-directory xattr written (the store's
+    /// [`XattrMode`]; the mount must use the same).
+    pub xattrs: XattrMode,
 }
 
 /// What [`apply_tar`] did.
@@ -78,8 +78,8 @@ pub struct ApplyStats {
 /// Also: a stream that ends without an end-of-archive block (or inside an
 /// entry) is [`crate::Error::MalformedTar`]; GNU sparse entries and unknown
 /// entry types are refused; PAX global headers are ignored; xattrs in the
-/// `trusted.overlay.*` namespace are not taken from the tar (they would change
-/// what overlayfs shows), and an xattr the filesystem does not support
+/// `trusted.overlay.*` and `user.overlay.*` namespaces are not taken from the
+/// tar (they would change what overlayfs shows, in either [`XattrMode`]), and an xattr the filesystem does not support
 /// (`EOPNOTSUPP`) is skipped, as containers/storage does. A failure of
 /// `reader` itself is an [`crate::Error::Io`] on the path `<layer stream>`.
 ///
@@ -109,6 +109,7 @@ pub fn apply_tar(
         buf: vec![0u8; BUF_SIZE],
         state: &state,
         limit,
+        xattrs: opts.xattrs,
         file_bytes: 0,
     };
     let mut entries = 0u64;
@@ -271,6 +272,7 @@ struct Applier<'a, 'w> {
     buf: Vec<u8>,
     state: &'a RefCell<RecState<'w>>,
     limit: Option<u64>,
+    xattrs: XattrMode,
     /// Sizes of the regular files written so far.
     file_bytes: u64,
 }
@@ -440,7 +442,7 @@ impl Applier<'_, '_> {
                 } else if key == "atime" {
                     atime = std::str::from_utf8(value).ok().and_then(parse_pax_time);
                 } else if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                    if !name.starts_with("trusted.overlay.") && !name.is_empty() {
+                    if !name.is_empty() && !XattrMode::is_overlay_xattr(name) {
                         xattrs.push((name.to_owned(), value.to_vec()));
                     }
                 }
@@ -510,9 +512,10 @@ impl Applier<'_, '_> {
             Special::AufsMeta => return self.no_content(&mut entry, &raw, shown),
             Special::Opaque => {
                 let dir = self.dir(&comps[..comps.len() - 1], true, shown)?;
-                rustix::fs::fsetxattr(&*dir, OPAQUE_XATTR, b"y", XattrFlags::empty()).map_err(
-                    |e| Error::io(self.path_of(&join(&comps[..comps.len() - 1])), e.into()),
-                )?;
+                let opaque = self.xattrs.opaque_xattr();
+                rustix::fs::fsetxattr(&*dir, opaque, b"y", XattrFlags::empty()).map_err(|e| {
+                    Error::io(self.path_of(&join(&comps[..comps.len() - 1])), e.into())
+                })?;
                 return self.no_content(&mut entry, &raw, shown);
             }
             Special::Whiteout(name) => {
@@ -539,7 +542,7 @@ impl Applier<'_, '_> {
                     Err(e) => return Err(Error::io(self.path_of(&target), e.into())),
                 }
                 chown_nofollow(&*parent, OsStr::from_bytes(name), &meta)
-                .map_err(|e| Error::io(self.path_of(&target), e.into()))?;
+                    .map_err(|e| Error::io(self.path_of(&target), e.into()))?;
                 return self.no_content(&mut entry, &raw, shown);
             }
             Special::None => {}
@@ -627,8 +630,7 @@ impl Applier<'_, '_> {
                     Err(Errno::EXIST) => return Err(dup()),
                     Err(e) => return Err(io_err(e)),
                 }
-                chown_nofollow(&*parent, name, &meta)
-                .map_err(io_err)?;
+                chown_nofollow(&*parent, name, &meta).map_err(io_err)?;
                 self.set_xattrs_at(&parent, name.as_bytes(), &meta, &rel)?;
                 rustix::fs::utimensat(&*parent, name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(io_err)?;
@@ -703,8 +705,7 @@ impl Applier<'_, '_> {
                     Err(Errno::EXIST) => return Err(dup()),
                     Err(e) => return Err(io_err(e)),
                 }
-                chown_nofollow(&*parent, name, &meta)
-                .map_err(io_err)?;
+                chown_nofollow(&*parent, name, &meta).map_err(io_err)?;
                 // The node was just created by us (mknodat never follows),
                 // so following the last component here cannot leave the layer.
                 rustix::fs::chmodat(&*parent, name, Mode::from(meta.mode), AtFlags::empty())

@@ -149,6 +149,7 @@ fn xattrs_from_pax_headers() {
         ("SCHILY.xattr.user.color", b"blue"),
         ("SCHILY.xattr.security.capability", &cap),
         ("SCHILY.xattr.trusted.overlay.redirect", b"/evil"),
+        ("SCHILY.xattr.user.overlay.opaque", b"y"),
         ("mtime", b"1500000000.25"),
     ]);
     t.entry_with(b"bin/ping", EntryType::Regular, None, b"ELF", |h| {
@@ -169,6 +170,7 @@ fn xattrs_from_pax_headers() {
         cap
     );
     assert_eq!(xattr(&d.join("bin/ping"), "trusted.overlay.redirect"), None);
+    assert_eq!(xattr(&d.join("bin/ping"), "user.overlay.opaque"), None);
     assert_eq!(
         xattr(&d.join("bin/sl"), "trusted.note").unwrap(),
         b"on a symlink"
@@ -555,6 +557,7 @@ fn size_limit_stops_early() {
     let s = Scratch::new();
     let opts = ApplyOptions {
         max_size: Some(4 << 20),
+        ..Default::default()
     };
     let r = apply_tar(&s.diff(), &mut bomb, None, &opts);
     assert!(
@@ -581,6 +584,7 @@ fn size_limit_stops_early() {
         None,
         &ApplyOptions {
             max_size: Some(1 << 20),
+            ..Default::default()
         },
     );
     assert!(matches!(r, Err(Error::SizeLimit { .. })), "{r:?}");
@@ -598,6 +602,7 @@ fn size_limit_stops_early() {
         None,
         &ApplyOptions {
             max_size: Some(lim),
+            ..Default::default()
         },
     )
     .unwrap();
@@ -608,6 +613,7 @@ fn size_limit_stops_early() {
         None,
         &ApplyOptions {
             max_size: Some(lim - 1),
+            ..Default::default()
         },
     );
     assert!(matches!(r, Err(Error::SizeLimit { .. })));

@@ -16,10 +16,54 @@ pub fn is_layer_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// Where a store keeps overlayfs' own metadata (the opaque-directory marker),
+/// and so how its chains are mounted.
+///
+/// * `Trusted` (the default): `trusted.overlay.opaque`, plain mounts. Root
+///   only, and NFS does not carry `trusted.*` xattrs.
+/// * `User`: `user.overlay.opaque`, mounted with overlayfs' `userxattr`
+///   option (Linux 5.11+). NFS 4.2 carries `user.*` xattrs, so a share
+///   written this way mounts correctly on readers across NFS.
+///
+/// A layer written in one mode shows its opaque directories only in a mount
+/// of the same mode: a store (and a share) keeps one mode for good.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XattrMode {
+    #[default]
+    Trusted,
+    User,
+}
+
+impl XattrMode {
+    /// The xattr that makes a directory opaque in this mode.
+    pub fn opaque_xattr(self) -> &'static str {
+        match self {
+            XattrMode::Trusted => "trusted.overlay.opaque",
+            XattrMode::User => "user.overlay.opaque",
+        }
+    }
+
+    /// Is `name` overlayfs metadata in either mode (never taken from a layer tar)?
+    pub fn is_overlay_xattr(name: &str) -> bool {
+        name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.")
+    }
+}
+
+impl std::fmt::Display for XattrMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XattrMode::Trusted => "trusted",
+            XattrMode::User => "user",
+        })
+    }
+}
+
 /// The layer driver for one store root's `overlay/` directory.
 #[derive(Debug)]
 pub struct Driver {
     root: PathBuf,
+    xattrs: XattrMode,
 }
 
 /// A layer being built in a `.staging-*` directory. Dropping it without
@@ -119,7 +163,20 @@ impl Driver {
         }
         Ok(Driver {
             root: overlay_dir.to_path_buf(),
+            xattrs: XattrMode::default(),
         })
+    }
+
+    /// Use `mode` for this store's layers: what [`crate::ApplyOptions`]
+    /// should write and how [`Driver::mount_read_only`] mounts.
+    pub fn with_xattr_mode(mut self, mode: XattrMode) -> Driver {
+        self.xattrs = mode;
+        self
+    }
+
+    /// The store's [`XattrMode`].
+    pub fn xattr_mode(&self) -> XattrMode {
+        self.xattrs
     }
 
     /// `<root>/overlay`.
@@ -364,6 +421,7 @@ impl StagedLayer {
         check_id(id)?;
         let driver = Driver {
             root: self.root.clone(),
+            xattrs: XattrMode::default(),
         };
         let mut lower = Vec::with_capacity(parents.len());
         for parent in parents {

@@ -54,6 +54,10 @@
 //! dir/.wh.NAME    ->   dir/NAME   character device 0:0
 //! dir/.wh..wh..opq ->  dir/       xattr trusted.overlay.opaque = "y"
 //! ```
+//!
+//! A store wired to a share writes `user.overlay.opaque` instead and mounts
+//! with overlayfs' `userxattr` option ([`XattrMode::User`]), because NFS
+//! carries only `user.*` xattrs.
 
 pub mod apply;
 pub mod compression;
@@ -67,5 +71,5 @@ mod testutil;
 
 pub use apply::{apply_tar, ApplyOptions, ApplyStats};
 pub use compression::Compression;
-pub use driver::{is_layer_id, Driver, StagedLayer};
+pub use driver::{is_layer_id, Driver, StagedLayer, XattrMode};
 pub use error::{Error, Result};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::mount::{MountFlags, UnmountFlags};
 
-use crate::{Driver, Error, Result};
+use crate::{Driver, Error, Result, XattrMode};
 
 /// Name of the empty directory used as a second lower layer for one-layer chains.
 const EMPTY_DIR: &str = "empty";
@@ -56,7 +56,7 @@ impl Driver {
             }
             lowers.push(empty);
         }
-        let data = overlay_options(&lowers);
+        let data = overlay_options(&lowers, self.xattr_mode());
         let page = rustix::param::page_size();
         if data.len() >= page {
             return Err(mount_err(format!(
@@ -81,9 +81,13 @@ impl Driver {
 }
 
 /// The overlayfs option string for `lowers` (top first), escaping the
-/// characters overlayfs and the option parser treat specially (pure).
-pub(crate) fn overlay_options(lowers: &[PathBuf]) -> Vec<u8> {
-    let mut out = b"lowerdir=".to_vec();
+/// characters overlayfs and the option parser treat specially, with
+/// `userxattr` in [`XattrMode::User`] (pure).
+pub(crate) fn overlay_options(lowers: &[PathBuf], mode: XattrMode) -> Vec<u8> {
+    let mut out = match mode {
+        XattrMode::Trusted => b"lowerdir=".to_vec(),
+        XattrMode::User => b"userxattr,lowerdir=".to_vec(),
+    };
     for (i, dir) in lowers.iter().enumerate() {
         if i > 0 {
             out.push(b':');
@@ -164,8 +168,12 @@ mod tests {
     fn options_escape_special_characters() {
         let lowers = [PathBuf::from("/s/l/AB"), PathBuf::from("/we:ird,dir\\x")];
         assert_eq!(
-            overlay_options(&lowers),
+            overlay_options(&lowers, XattrMode::Trusted),
             b"lowerdir=/s/l/AB:/we\\:ird\\,dir\\\\x".to_vec()
+        );
+        assert_eq!(
+            overlay_options(&lowers[..1], XattrMode::User),
+            b"userxattr,lowerdir=/s/l/AB".to_vec()
         );
     }
 
@@ -226,14 +234,17 @@ mod tests {
         ));
     }
 
-    /// Build a committed layer from a tar.
+    /// Build a committed layer from a tar, in the driver's xattr mode.
     fn layer(d: &Driver, n: u32, parents: &[&str], tar: Vec<u8>) -> String {
         let s = d.stage_layer(false).unwrap();
         crate::apply_tar(
             &s.diff_path(),
             &mut Cursor::new(tar),
             None,
-            &Default::default(),
+            &crate::ApplyOptions {
+                xattrs: d.xattr_mode(),
+                ..Default::default()
+            },
         )
         .unwrap();
         let i = id(n);
@@ -241,50 +252,104 @@ mod tests {
         i
     }
 
+    /// What a two-layer chain with a whiteout and an opaque dir shows.
+    #[derive(Debug)]
+    struct View {
+        keep: Vec<u8>,
+        gone: bool,
+        hidden: bool,
+        b: Vec<u8>,
+        writable: bool,
+        opaque_xattrs: Vec<String>,
+    }
+
+    fn view(d: &Driver, layers: &[&str], target: &Path) -> View {
+        d.mount_read_only(layers, target).unwrap();
+        assert!(is_mounted(target).unwrap());
+        // Read everything first, so a failed check never leaves a mount behind.
+        let v = View {
+            keep: fs::read(target.join("etc/keep")).unwrap_or_default(),
+            gone: target.join("etc/gone").exists(),
+            hidden: target.join("var/old/a").exists(),
+            b: fs::read(target.join("var/old/b")).unwrap_or_default(),
+            writable: fs::write(target.join("new"), b"x").is_ok(),
+            opaque_xattrs: xattr_names(&target.join("var/old")),
+        };
+        unmount(target).unwrap();
+        assert!(!is_mounted(target).unwrap());
+        v
+    }
+
+    fn xattr_names(path: &Path) -> Vec<String> {
+        let mut buf = vec![0u8; 4096];
+        let n = rustix::fs::llistxattr(path, &mut buf).unwrap_or(0);
+        buf[..n]
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .filter(|n| n.contains("overlay"))
+            .collect()
+    }
+
     #[test]
     fn mount_chains_with_whiteouts() {
         if !is_root() {
             return skip("overlay mounts");
         }
-        let tmp = tempfile::tempdir().unwrap();
-        let d = Driver::open(&tmp.path().join("overlay"), true).unwrap();
-        let mut t = RawTar::new();
-        t.file("etc/keep", b"base");
-        t.file("etc/gone", b"deleted above");
-        t.file("var/old/a", b"hidden by opaque");
-        let base = layer(&d, 1, &[], t.finish());
-        let mut t = RawTar::new();
-        t.file("etc/.wh.gone", b"");
-        t.file("var/old/.wh..wh..opq", b"");
-        t.file("var/old/b", b"new");
-        t.file("etc/keep", b"top");
-        let top = layer(&d, 2, &[&base], t.finish());
+        for mode in [XattrMode::Trusted, XattrMode::User] {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = Driver::open(&tmp.path().join("overlay"), true)
+                .unwrap()
+                .with_xattr_mode(mode);
+            let mut t = RawTar::new();
+            t.file("etc/keep", b"base");
+            t.file("etc/gone", b"deleted above");
+            t.file("var/old/a", b"hidden by opaque");
+            let base = layer(&d, 1, &[], t.finish());
+            let mut t = RawTar::new();
+            t.file("etc/.wh.gone", b"");
+            t.file("var/old/.wh..wh..opq", b"");
+            t.file("var/old/b", b"new");
+            t.file("etc/keep", b"top");
+            let top = layer(&d, 2, &[&base], t.finish());
+            // The marker is written in the store's namespace only.
+            assert_eq!(
+                xattr_names(&d.diff_path(&top).join("var/old")),
+                vec![mode.opaque_xattr().to_string()],
+                "{mode}"
+            );
 
-        let m2 = tmp.path().join("m2");
-        d.mount_read_only(&[&top, &base], &m2).unwrap();
-        assert!(is_mounted(&m2).unwrap());
-        // Read everything first, so a failed check never leaves a mount behind.
-        let keep = fs::read(m2.join("etc/keep"));
-        let gone = m2.join("etc/gone").exists();
-        let hidden = m2.join("var/old/a").exists();
-        let b = fs::read(m2.join("var/old/b"));
-        let write = fs::write(m2.join("new"), b"x");
-        unmount(&m2).unwrap();
-        assert!(!is_mounted(&m2).unwrap());
-        assert_eq!(keep.unwrap(), b"top");
-        assert!(!gone, "whiteout hides the lower file");
-        assert!(!hidden, "opaque dir hides lower contents");
-        assert_eq!(b.unwrap(), b"new");
-        assert!(write.is_err(), "read-only");
+            let v = view(&d, &[&top, &base], &tmp.path().join("m2"));
+            assert_eq!(v.keep, b"top", "{mode}");
+            assert!(!v.gone, "{mode}: whiteout hides the lower file");
+            assert!(!v.hidden, "{mode}: opaque dir hides lower contents");
+            assert_eq!(v.b, b"new", "{mode}");
+            assert!(!v.writable, "{mode}: read-only");
+            assert!(v.opaque_xattrs.is_empty(), "{mode}: {:?}", v.opaque_xattrs);
 
-        // One layer: an empty second lower is added.
-        let m1 = tmp.path().join("deeper/m1");
-        d.mount_read_only(&[&base], &m1).unwrap();
-        assert!(is_mounted(&m1).unwrap());
-        let content = fs::read(m1.join("etc/gone"));
-        unmount(&m1).unwrap();
-        assert_eq!(content.unwrap(), b"deleted above");
-        assert!(d.dir().join(EMPTY_DIR).is_dir());
-        assert!(unmount(&m1).is_err(), "not mounted any more");
+            // Mounted in the other mode, the marker is not honoured: the
+            // mode is a property of the store, not of a mount.
+            let other = match mode {
+                XattrMode::Trusted => XattrMode::User,
+                XattrMode::User => XattrMode::Trusted,
+            };
+            let d_other = Driver::open(d.dir(), false).unwrap().with_xattr_mode(other);
+            let v = view(&d_other, &[&top, &base], &tmp.path().join("m3"));
+            assert!(v.hidden, "{mode} layers in a {other} mount: {v:?}");
+            assert!(
+                !v.gone,
+                "{mode} layers in a {other} mount: whiteouts still work"
+            );
+
+            // One layer: an empty second lower is added.
+            let m1 = tmp.path().join("deeper/m1");
+            d.mount_read_only(&[&base], &m1).unwrap();
+            assert!(is_mounted(&m1).unwrap());
+            let content = fs::read(m1.join("etc/gone"));
+            unmount(&m1).unwrap();
+            assert_eq!(content.unwrap(), b"deleted above");
+            assert!(d.dir().join(EMPTY_DIR).is_dir());
+            assert!(unmount(&m1).is_err(), "not mounted any more");
+        }
     }
 }

@@ -15,6 +15,9 @@ pub enum Error {
     /// The root is already wired differently.
     #[error("{path} already exists and is not a link to {expected}")]
     Conflict { path: PathBuf, expected: PathBuf },
+    /// The root cannot be wired to this share as it is.
+    #[error("{path} cannot join this share: {reason}")]
+    Incompatible { path: PathBuf, reason: String },
     /// The root is not a reader/writer of a share.
     #[error(
         "store {root} is not set up for sharing (run `storectl init --shared DIR --role reader`)"

@@ -117,9 +117,7 @@ fn read_record(
             .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
         match e.raw_os_error() {
             _ if is_symlink => "is a symlink (never followed)".to_string(),
-            Some(n) if n == rustix::io::Errno::NOTDIR.raw_os_error() => {
-                "is not a directory".into()
-            }
+            Some(n) if n == rustix::io::Errno::NOTDIR.raw_os_error() => "is not a directory".into(),
             _ => format!("cannot open: {e}"),
         }
     })?;

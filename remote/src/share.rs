@@ -3,29 +3,115 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use storectl_storage::{Layout, Role, RootConfig};
+use serde::{Deserialize, Serialize};
+use storectl_storage::{Layout, Role, RootConfig, XattrMode};
 
 use crate::error::{Error, IoContext, Result};
 
 /// The share's three directories, each the `RO` of the local dir of that name.
 pub const SHARE_DIRS: [&str; 3] = ["overlay", "overlay-layers", "overlay-images"];
 
+/// The share's settings, written once by the first writer: `<share>/storectl-share.json`.
+pub const SHARE_FILE: &str = "storectl-share.json";
+
+/// What every host of a share must agree on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareConfig {
+    /// How the layers on the share mark opaque directories, and so how every
+    /// host mounts them: `user` for a share made by this version (NFS
+    /// carries only `user.*` xattrs), `trusted` for a share made before
+    /// the file existed (absent file = `trusted`).
+    #[serde(default)]
+    pub overlay_xattrs: XattrMode,
+}
+
+impl ShareConfig {
+    /// Parse `storectl-share.json` (pure).
+    pub fn parse(bytes: &[u8]) -> std::result::Result<ShareConfig, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+
+    /// Read the share's settings; an absent file is a share made before the
+    /// file existed (`trusted`).
+    pub fn load(share: &Path) -> Result<ShareConfig> {
+        let path = share.join(SHARE_FILE);
+        let bytes = match storectl_storage::fsutil::read_small_file(&path, 64 << 10) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ShareConfig {
+                    overlay_xattrs: XattrMode::Trusted,
+                })
+            }
+            Err(e) => return Err(Error::Io { path, source: e }),
+        };
+        ShareConfig::parse(&bytes).map_err(|reason| Error::NotAShare {
+            path: share.to_path_buf(),
+            reason: format!("{SHARE_FILE}: {reason}"),
+        })
+    }
+}
+
+/// The settings a writer gives a share that has no `storectl-share.json`:
+/// `user` xattrs for a share it is creating now on a filesystem that takes
+/// `user.*` xattrs, else `trusted` (a share made before the file existed,
+/// whose layers and readers use `trusted`, or a filesystem without user
+/// xattrs).
+fn new_share_config(share: &Path, creating: bool) -> ShareConfig {
+    let overlay_xattrs = if creating && takes_user_xattrs(&share.join("overlay")) {
+        XattrMode::User
+    } else {
+        XattrMode::Trusted
+    };
+    ShareConfig { overlay_xattrs }
+}
+
+/// Does the driver dir `overlay` (absent = no) hold a layer?
+fn has_layers(overlay: &Path) -> Result<bool> {
+    match fs::read_dir(overlay) {
+        Ok(entries) => Ok(entries
+            .flatten()
+            .any(|e| storectl_storage::digest::is_hex64(&e.file_name().to_string_lossy()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::Io {
+            path: overlay.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// Can `dir` carry `user.*` xattrs? (Set and removed again: probed.)
+fn takes_user_xattrs(dir: &Path) -> bool {
+    const PROBE: &str = "user.storectl.probe";
+    let set = rustix::fs::setxattr(dir, PROBE, b"1", rustix::fs::XattrFlags::empty()).is_ok();
+    if set {
+        let _ = rustix::fs::removexattr(dir, PROBE);
+    }
+    set
+}
+
 /// Set up `root` as `role` of the share at `share`:
 ///
-/// * a writer creates the share layout when absent (`overlay/`,
-///   `overlay-layers/`, `overlay-images/`, `generation`);
+/// * a writer creates the share (directory and layout) when absent
+///   (`overlay/`, `overlay-layers/`, `overlay-images/`, `generation`,
+///   `storectl-share.json`);
 /// * a reader requires it, and never writes to it;
 /// * both get `<root>/{overlay,overlay-layers,overlay-images}/RO -> <share>/…`
-///   and `<root>/storectl.json` with the role and intervals.
+///   and `<root>/storectl.json` with the role, intervals and the share's
+///   [`XattrMode`] (from `storectl-share.json`, which the first writer
+///   writes); a root that already holds layers of the other mode is refused.
 ///
 /// Running it again with the same arguments changes nothing.
 pub fn init(root: &Path, share: &Path, role: Role, mut config: RootConfig) -> Result<RootConfig> {
+    if role == Role::Writer {
+        fs::create_dir_all(share).at(share)?;
+    }
     let share = share.canonicalize().map_err(|e| Error::NotAShare {
         path: share.to_path_buf(),
         reason: e.to_string(),
     })?;
     match role {
         Role::Writer => {
+            let creating = SHARE_DIRS.iter().all(|d| !share.join(d).exists());
             for d in SHARE_DIRS {
                 let p = share.join(d);
                 fs::create_dir_all(&p).at(&p)?;
@@ -33,6 +119,12 @@ pub fn init(root: &Path, share: &Path, role: Role, mut config: RootConfig) -> Re
             let gen = share.join("generation");
             if !gen.exists() {
                 storectl_storage::fsutil::write_atomic(&share, "generation", b"0 init\n")
+                    .map_err(Error::from)?;
+            }
+            if fs::symlink_metadata(share.join(SHARE_FILE)).is_err() {
+                let cfg = new_share_config(&share, creating);
+                let json = serde_json::to_vec_pretty(&cfg).expect("a share config serializes");
+                storectl_storage::fsutil::write_atomic(&share, SHARE_FILE, &json)
                     .map_err(Error::from)?;
             }
         }
@@ -55,8 +147,21 @@ pub fn init(root: &Path, share: &Path, role: Role, mut config: RootConfig) -> Re
             })
         }
     }
+    let share_cfg = ShareConfig::load(&share)?;
+    let before = RootConfig::load(root).map_err(Error::from)?;
+    if before.overlay_xattrs != share_cfg.overlay_xattrs && has_layers(&root.join("overlay"))? {
+        return Err(Error::Incompatible {
+            path: root.to_path_buf(),
+            reason: format!(
+                "its layers mark opaque directories with {} xattrs, the share's with {}; \
+                 wire an empty root to this share",
+                before.overlay_xattrs, share_cfg.overlay_xattrs
+            ),
+        });
+    }
     config.role = role;
     config.shared = Some(share.clone());
+    config.overlay_xattrs = share_cfg.overlay_xattrs;
     let layout = Layout {
         root: root.to_path_buf(),
         config: config.clone(),
@@ -122,11 +227,90 @@ mod tests {
             share.canonicalize().unwrap().join("overlay-images")
         );
         assert_eq!(RootConfig::load(&reader).unwrap(), cfg);
+        // The first writer fixed the share's xattr mode; every root follows it.
+        let share_cfg = ShareConfig::load(&share).unwrap();
+        let want = if takes_user_xattrs(&share.join("overlay")) {
+            XattrMode::User
+        } else {
+            XattrMode::Trusted
+        };
+        assert_eq!(share_cfg.overlay_xattrs, want);
+        assert_eq!(cfg.overlay_xattrs, want);
+        assert_eq!(RootConfig::load(&writer).unwrap().overlay_xattrs, want);
         let other = dir.path().join("other");
         fs::create_dir(&other).unwrap();
         assert!(matches!(
             init(&reader, &other, Role::Writer, RootConfig::default()),
             Err(Error::Conflict { .. })
+        ));
+    }
+
+    #[test]
+    fn old_shares_stay_trusted_and_mixed_roots_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = "a".repeat(64);
+        // A share made before storectl-share.json (its layers, if any, and
+        // its readers use trusted xattrs): no file.
+        let old = dir.path().join("old");
+        for d in SHARE_DIRS {
+            fs::create_dir_all(old.join(d)).unwrap();
+        }
+        let reader = init(
+            &dir.path().join("r"),
+            &old,
+            Role::Reader,
+            RootConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(reader.overlay_xattrs, XattrMode::Trusted);
+        assert!(!old.join(SHARE_FILE).exists(), "a reader never writes");
+        let writer = init(
+            &dir.path().join("w"),
+            &old,
+            Role::Writer,
+            RootConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(writer.overlay_xattrs, XattrMode::Trusted);
+        assert_eq!(
+            ShareConfig::load(&old).unwrap().overlay_xattrs,
+            XattrMode::Trusted
+        );
+
+        // A local root with trusted layers cannot join a user-xattr share.
+        let new = dir.path().join("new");
+        for d in SHARE_DIRS {
+            fs::create_dir_all(new.join(d)).unwrap();
+        }
+        fs::write(new.join(SHARE_FILE), br#"{"overlay_xattrs":"user"}"#).unwrap();
+        let local = dir.path().join("local");
+        fs::create_dir_all(local.join("overlay").join(&layer)).unwrap();
+        for role in [Role::Reader, Role::Writer] {
+            let r = init(&local, &new, role, RootConfig::default());
+            assert!(
+                matches!(r, Err(Error::Incompatible { .. })),
+                "{role}: {r:?}"
+            );
+        }
+        // An empty root can.
+        let fresh = init(
+            &dir.path().join("fresh"),
+            &new,
+            Role::Writer,
+            RootConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(fresh.overlay_xattrs, XattrMode::User);
+
+        fs::write(new.join(SHARE_FILE), b"{not json").unwrap();
+        assert!(matches!(
+            init(
+                &dir.path().join("bad"),
+                &new,
+                Role::Reader,
+                RootConfig::default()
+            ),
+            Err(Error::NotAShare { .. })
         ));
     }
 }

@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use storectl_overlay::XattrMode;
 
 use crate::error::{Error, IoContext, Result};
 
@@ -61,6 +62,11 @@ pub struct RootConfig {
     /// How often the refresher rescans even when `generation` is unchanged.
     #[serde(default = "default_rescan_secs")]
     pub full_rescan_secs: u64,
+    /// Where the opaque-directory marker lives and how chains are mounted:
+    /// `trusted` (absent = this) or `user` (`userxattr` mounts; a share's
+    /// mode, so that it works over NFS). See [`XattrMode`].
+    #[serde(default)]
+    pub overlay_xattrs: XattrMode,
 }
 
 impl Default for RootConfig {
@@ -70,6 +76,7 @@ impl Default for RootConfig {
             shared: None,
             refresh_interval_ms: default_interval_ms(),
             full_rescan_secs: default_rescan_secs(),
+            overlay_xattrs: XattrMode::default(),
         }
     }
 }
@@ -167,6 +174,7 @@ mod tests {
             shared: Some("/mnt/share".into()),
             refresh_interval_ms: 250,
             full_rescan_secs: 30,
+            overlay_xattrs: XattrMode::User,
         };
         cfg.save(dir.path()).unwrap();
         assert_eq!(RootConfig::load(dir.path()).unwrap(), cfg);

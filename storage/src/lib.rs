@@ -76,3 +76,4 @@ pub use store::{
     list_id_entries, list_ids, LayerCheck, LoadOptions, Removed, SharedDelta, State, Store,
     StoreOptions, IMAGES_JSON, LAYER_JSON,
 };
+pub use storectl_overlay::XattrMode;

@@ -276,7 +276,8 @@ impl Store {
                 Err(Error::ReadOnlyStore { reason, .. }) => Some(reason),
                 Err(e) => Some(e.to_string()),
             });
-        let driver = Driver::open(&layout.overlay(), read_only.is_none())?;
+        let driver = Driver::open(&layout.overlay(), read_only.is_none())?
+            .with_xattr_mode(layout.config.overlay_xattrs);
         let store = Store {
             root,
             layout,
@@ -1072,6 +1073,7 @@ impl Store {
             Some(&mut tar_split),
             &ApplyOptions {
                 max_size: opts.max_layer_size,
+                xattrs: self.driver.xattr_mode(),
             },
         )
         .map_err(layer_err)?;

@@ -35,6 +35,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         "shared": cfg.shared,
         "refresh_interval_ms": cfg.refresh_interval_ms,
         "full_rescan_secs": cfg.full_rescan_secs,
+        "overlay_xattrs": cfg.overlay_xattrs,
         "generation": generation,
         "images": {"local": images.0, "shared": images.1},
         "layers": {"local": layers.0, "shared": layers.1},
@@ -46,6 +47,14 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     }
     out(format!("root:              {}", store.root().display()));
     out(format!("role:              {}", cfg.role));
+    out(format!(
+        "overlay xattrs:    {}{}",
+        cfg.overlay_xattrs,
+        match cfg.overlay_xattrs {
+            storectl_storage::XattrMode::Trusted => "",
+            storectl_storage::XattrMode::User => " (user.overlay.*, userxattr mounts)",
+        }
+    ));
     if let Some(share) = &cfg.shared {
         out(format!("shared:            {}", share.display()));
         out(format!("refresh interval:  {} ms", cfg.refresh_interval_ms));
