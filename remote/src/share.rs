@@ -249,28 +249,19 @@ mod tests {
     fn old_shares_stay_trusted_and_mixed_roots_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let layer = "a".repeat(64);
+        let init_as = |name: &str, share: &Path, role| {
+            init(&dir.path().join(name), share, role, RootConfig::default())
+        };
         // A share made before storectl-share.json (its layers, if any, and
         // its readers use trusted xattrs): no file.
         let old = dir.path().join("old");
         for d in SHARE_DIRS {
             fs::create_dir_all(old.join(d)).unwrap();
         }
-        let reader = init(
-            &dir.path().join("r"),
-            &old,
-            Role::Reader,
-            RootConfig::default(),
-        )
-        .unwrap();
+        let reader = init_as("r", &old, Role::Reader).unwrap();
         assert_eq!(reader.overlay_xattrs, XattrMode::Trusted);
         assert!(!old.join(SHARE_FILE).exists(), "a reader never writes");
-        let writer = init(
-            &dir.path().join("w"),
-            &old,
-            Role::Writer,
-            RootConfig::default(),
-        )
-        .unwrap();
+        let writer = init_as("w", &old, Role::Writer).unwrap();
         assert_eq!(writer.overlay_xattrs, XattrMode::Trusted);
         assert_eq!(
             ShareConfig::load(&old).unwrap().overlay_xattrs,
@@ -293,23 +284,12 @@ mod tests {
             );
         }
         // An empty root can.
-        let fresh = init(
-            &dir.path().join("fresh"),
-            &new,
-            Role::Writer,
-            RootConfig::default(),
-        )
-        .unwrap();
+        let fresh = init_as("fresh", &new, Role::Writer).unwrap();
         assert_eq!(fresh.overlay_xattrs, XattrMode::User);
 
         fs::write(new.join(SHARE_FILE), b"{not json").unwrap();
         assert!(matches!(
-            init(
-                &dir.path().join("bad"),
-                &new,
-                Role::Reader,
-                RootConfig::default()
-            ),
+            init_as("bad", &new, Role::Reader),
             Err(Error::NotAShare { .. })
         ));
     }
