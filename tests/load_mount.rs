@@ -1,6 +1,7 @@
-//! Every valid fixture, as an OCI layout and as a docker archive: load it,
-//! check what `ls`/`inspect` report, mount it, compare the merged view with
-//! the tree the fixture predicts, check hardlinks, unmount.
+//! Every valid fixture, as an OCI layout and as a docker archive (plain,
+//! gzip- and zstd-compressed): load it, check what `ls`/`inspect` report,
+//! mount it, compare the merged view with the tree the fixture predicts,
+//! check hardlinks, unmount.
 
 #![allow(clippy::print_stderr)]
 
@@ -9,13 +10,15 @@ mod common;
 use common::Env;
 use storectl_fixtures::{
     assert_trees_eq, expected_merged, snapshot, valid, write_docker_archive, write_oci_layout,
-    Fixture,
+    Compression, Fixture,
 };
 
 #[derive(Debug, Clone, Copy)]
 enum Form {
     Oci,
     DockerArchive,
+    /// `docker save | gzip` (or zstd): the whole archive compressed.
+    Compressed(Compression),
 }
 
 fn check(f: &Fixture, form: Form) {
@@ -31,6 +34,14 @@ fn check(f: &Fixture, form: Form) {
         Form::DockerArchive => {
             let p = env.path("image.tar");
             let b = write_docker_archive(&p, images).unwrap();
+            (p, b)
+        }
+        Form::Compressed(c) => {
+            let plain = env.path("image.tar");
+            let b = write_docker_archive(&plain, images).unwrap();
+            let p = env.path("image.tar.z");
+            std::fs::write(&p, c.compress(&std::fs::read(&plain).unwrap())).unwrap();
+            std::fs::remove_file(&plain).unwrap();
             (p, b)
         }
     };
@@ -131,6 +142,48 @@ fn layered_oci() {
 #[test]
 fn layered_docker_archive() {
     check(&valid()[0], Form::DockerArchive);
+}
+
+#[test]
+fn layered_compressed_docker_archives() {
+    for c in [Compression::Gzip, Compression::Zstd] {
+        check(&valid()[0], Form::Compressed(c));
+    }
+}
+
+/// A compressed archive cut short is a clear error that leaves nothing in the
+/// store (the decompressed copy is an unnamed temporary file).
+#[test]
+fn truncated_compressed_archive_leaves_nothing() {
+    let env = Env::new();
+    let plain = env.path("image.tar");
+    write_docker_archive(&plain, std::slice::from_ref(&valid()[0].image)).unwrap();
+    let gz = Compression::Gzip.compress(&std::fs::read(&plain).unwrap());
+    let cut = env.path("cut.tar.gz");
+    std::fs::write(&cut, &gz[..gz.len() / 2]).unwrap();
+    let err = env.run(&["load", cut.to_str().unwrap()]).err();
+    assert!(
+        err.contains("cut.tar.gz") && err.contains("gzip"),
+        "the error names the file and the compression: {err}"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&env.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            ![
+                "overlay",
+                "overlay-layers",
+                "overlay-images",
+                "storage.lock",
+                "generation",
+            ]
+            .contains(&n.as_str())
+        })
+        .collect();
+    left.sort();
+    assert!(left.is_empty(), "left in the root: {left:?}");
+    assert!(env.layer_records().is_empty() && env.layer_dirs().is_empty());
+    assert!(env.image_records().is_empty());
 }
 
 #[test]

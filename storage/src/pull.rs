@@ -120,6 +120,7 @@ impl Store {
             } else {
                 Vec::new()
             },
+            spill: None,
         };
         let image = self.import(src, &opts.load, reporter)?;
         reporter.report(&ProgressEvent {

@@ -787,7 +787,7 @@ impl Store {
             total: 0,
         };
         reporter.report(&op(EventKind::Resolving, source));
-        let src = import::open_source(source, opts.name.as_deref())?;
+        let src = import::open_source(source, opts.name.as_deref(), &self.root)?;
         let image = self.import(src, opts, reporter)?;
         reporter.report(&op(EventKind::Done, &image.id));
         Ok(image)

@@ -9,8 +9,8 @@ use crate::util::{open_store_scanned, out};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// An OCI image layout directory or a docker-archive / OCI-archive tarball;
-    /// `PATH:TAG` picks one image of several.
+    /// An OCI image layout directory or a docker-archive / OCI-archive tarball
+    /// (plain, gzip or zstd); `PATH:TAG` picks one image of several.
     path: String,
     /// Also name the image NAME[:TAG] (picks the image in a multi-image archive).
     #[arg(long)]

@@ -33,7 +33,10 @@ impl BlobLocation {
 pub(super) enum Blobs {
     Dir(PathBuf),
     Tar {
+        /// Where the tarball is read.
         path: PathBuf,
+        /// What messages call it (the user's file, when `path` is a spill).
+        shown: PathBuf,
         members: HashMap<String, (u64, u64)>,
     },
 }
@@ -62,13 +65,29 @@ impl Blobs {
     /// Index the regular-file members of the tarball at `path`. Symlink
     /// members (docker save links identical layers) resolve to their target.
     pub fn tar(path: &Path) -> Result<Blobs> {
+        Blobs::tar_at(path, path)
+    }
+
+    /// [`Blobs::tar`] of the tarball read at `path` (a decompressed copy)
+    /// whose messages name `shown` (the file the user gave).
+    pub fn tar_at(path: &Path, shown: &Path) -> Result<Blobs> {
         let file = File::open(path).at(path)?;
         let mut archive = tar::Archive::new(file);
         let mut members = HashMap::new();
         let mut links = Vec::new();
-        let bad = |e: std::io::Error| Error::archive(path, format!("unreadable tar: {e}"));
-        for entry in archive.entries_with_seek().map_err(bad)? {
-            let entry = entry.map_err(bad)?;
+        let bad = |e: std::io::Error| Error::archive(shown, format!("unreadable tar: {e}"));
+        for (i, entry) in archive.entries_with_seek().map_err(bad)?.enumerate() {
+            let entry = entry.map_err(|e| {
+                if i == 0 {
+                    Error::archive(
+                        shown,
+                        "not a tar archive (an OCI layout directory, or a docker-archive or \
+                         oci-archive tarball, plain, gzip or zstd, is expected)",
+                    )
+                } else {
+                    bad(e)
+                }
+            })?;
             let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             let Some(name) = clean_name(&raw) else {
                 continue;
@@ -95,10 +114,11 @@ impl Blobs {
         // An archive whose last member is cut short fails here, not mid-import.
         let len = std::fs::metadata(path).at(path)?.len();
         if let Some((name, _)) = members.iter().find(|(_, (off, size))| off + size > len) {
-            return Err(Error::archive(path, format!("member {name} is truncated")));
+            return Err(Error::archive(shown, format!("member {name} is truncated")));
         }
         Ok(Blobs::Tar {
             path: path.to_path_buf(),
+            shown: shown.to_path_buf(),
             members,
         })
     }
@@ -107,7 +127,7 @@ impl Blobs {
     pub fn path(&self) -> &Path {
         match self {
             Blobs::Dir(p) => p,
-            Blobs::Tar { path, .. } => path,
+            Blobs::Tar { shown, .. } => shown,
         }
     }
 
@@ -133,7 +153,7 @@ impl Blobs {
                     len: meta.len(),
                 })
             }
-            Blobs::Tar { path, members } => {
+            Blobs::Tar { path, members, .. } => {
                 let (offset, len) = *members.get(&clean).ok_or_else(missing)?;
                 Ok(BlobLocation {
                     path: path.clone(),

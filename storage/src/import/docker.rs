@@ -85,5 +85,6 @@ pub(super) fn open(blobs: &Blobs, want: Option<&str>) -> Result<SourceImage> {
         config_digest,
         layers,
         names: tags(entry),
+        spill: None,
     })
 }

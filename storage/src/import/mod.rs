@@ -103,6 +103,9 @@ pub struct SourceImage {
     pub layers: Vec<SourceLayer>,
     /// Names the source gives the image (normalized references).
     pub names: Vec<String>,
+    /// The unnamed temporary file a compressed tarball was decompressed to,
+    /// kept open while the blobs are read from it (`/proc/self/fd/N`).
+    pub spill: Option<std::sync::Arc<std::fs::File>>,
 }
 
 /// Open `spec` — `PATH` or `PATH:TAG` — and pick one image from it.
@@ -110,15 +113,27 @@ pub struct SourceImage {
 /// A directory is an OCI image layout; a file is a tarball holding either a
 /// docker-archive (`manifest.json`) or an OCI layout (`index.json`). `TAG`
 /// (or, for a source with several images, `want_name`) selects the image.
-pub fn open_source(spec: &str, want_name: Option<&str>) -> Result<SourceImage> {
+///
+/// A gzip- or zstd-compressed tarball (`docker save … | gzip`) is first
+/// decompressed to an unnamed temporary file in `spill_dir` (`O_TMPFILE`:
+/// nothing is left behind, even by a crash), which lives as long as the
+/// returned image.
+pub fn open_source(spec: &str, want_name: Option<&str>, spill_dir: &Path) -> Result<SourceImage> {
     let (path, tag) = split_source_spec(spec);
     let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+    let mut spill = None;
     let blobs = if meta.is_dir() {
         Blobs::dir(&path)
     } else {
-        Blobs::tar(&path)?
+        match spill_compressed(&path, spill_dir)? {
+            Some((file, fd_path)) => {
+                spill = Some(std::sync::Arc::new(file));
+                Blobs::tar_at(&fd_path, &path)?
+            }
+            None => Blobs::tar(&path)?,
+        }
     };
-    if blobs.exists("manifest.json") {
+    let mut src = if blobs.exists("manifest.json") {
         docker::open(&blobs, tag.as_deref().or(want_name))
     } else if blobs.exists("index.json") {
         oci::open(&blobs, tag.as_deref())
@@ -127,7 +142,37 @@ pub fn open_source(spec: &str, want_name: Option<&str>) -> Result<SourceImage> {
             &path,
             "neither an OCI image layout (index.json) nor a docker-archive (manifest.json)",
         ))
-    }
+    }?;
+    src.spill = spill;
+    Ok(src)
+}
+
+/// When the file at `path` is gzip or zstd, decompress it into an unnamed
+/// temporary file in `dir`: the file and a path that opens it again.
+fn spill_compressed(path: &Path, dir: &Path) -> Result<Option<(std::fs::File, PathBuf)>> {
+    use std::io::{Read, Seek};
+    use std::os::fd::AsRawFd;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut magic = Vec::with_capacity(4);
+    (&mut file)
+        .take(4)
+        .read_to_end(&mut magic)
+        .map_err(|e| Error::io(path, e))?;
+    let Some(compression) = Compression::detect(&magic) else {
+        return Ok(None);
+    };
+    file.rewind().map_err(|e| Error::io(path, e))?;
+    let (_, mut stream) =
+        storectl_overlay::compression::decompress(Box::new(file), Some(compression))?;
+    let mut out = tempfile::tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    std::io::copy(&mut stream, &mut out).map_err(|e| {
+        Error::archive(
+            path,
+            format!("decompressing the {} archive: {e}", compression.name()),
+        )
+    })?;
+    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", out.as_raw_fd()));
+    Ok(Some((out, fd_path)))
 }
 
 /// `PATH:TAG` → (PATH, Some(TAG)) when `PATH:TAG` does not exist but PATH

@@ -148,6 +148,7 @@ pub(super) fn open(blobs: &Blobs, tag: Option<&str>) -> Result<SourceImage> {
         config,
         layers,
         names,
+        spill: None,
     })
 }
 
