@@ -102,6 +102,19 @@ fn takes_user_xattrs(dir: &Path) -> bool {
 ///
 /// Running it again with the same arguments changes nothing.
 pub fn init(root: &Path, share: &Path, role: Role, mut config: RootConfig) -> Result<RootConfig> {
+    // Compared before anything is created: canonical where the path exists.
+    let resolved = |p: &Path| p.canonicalize().or_else(|_| std::path::absolute(p)).at(p);
+    let (root_abs, share_abs) = (resolved(root)?, resolved(share)?);
+    if share_abs.starts_with(&root_abs) || root_abs.starts_with(&share_abs) {
+        return Err(Error::Incompatible {
+            path: root.to_path_buf(),
+            reason: format!(
+                "the share {} and the store root must be separate directories, \
+                 neither inside the other",
+                share_abs.display()
+            ),
+        });
+    }
     if role == Role::Writer {
         fs::create_dir_all(share).at(share)?;
     }
@@ -283,6 +296,19 @@ mod tests {
                 "{role}: {r:?}"
             );
         }
+        // Neither inside the other.
+        for (r, sh) in [
+            (new.clone(), new.clone()),
+            (new.join("root"), new.clone()),
+            (dir.path().to_path_buf(), new.clone()),
+        ] {
+            let res = init(&r, &sh, Role::Writer, RootConfig::default());
+            assert!(
+                matches!(res, Err(Error::Incompatible { .. })),
+                "{r:?} {sh:?}: {res:?}"
+            );
+        }
+        assert!(!new.join("overlay/RO").exists());
         // An empty root can.
         let fresh = init_as("fresh", &new, Role::Writer).unwrap();
         assert_eq!(fresh.overlay_xattrs, XattrMode::User);
