@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use common::{Env, Run, STORECTL};
 use serde_json::{json, Value};
 use storectl_fixtures::gen::{build_parallel, Prng, TextGen};
-use storectl_fixtures::registry::{missing, skopeo, skopeo_copy, Registry};
+use storectl_fixtures::registry::{missing, skopeo, skopeo_copy, stdout_of, Registry};
 use storectl_fixtures::write::write_oci_layout_built;
 use storectl_fixtures::{
     assert_trees_eq, diff_trees, expected_tree, sha256_digest, snapshot, write_oci_layout,
@@ -872,18 +872,11 @@ impl Tmux {
     }
 
     fn cmd(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.socket, "-f", "/dev/null"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("tmux runs");
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of(
+            Command::new("tmux")
+                .args(["-L", &self.socket, "-f", "/dev/null"])
+                .args(args),
+        )
     }
 
     /// Run `script` in a detached `width`×50 session. Returns the pane when
