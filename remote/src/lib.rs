@@ -14,9 +14,11 @@
 //!   overlay-images/<id>/ images.json manifest config
 //!   generation                       replaced by the writer after every change
 //!   writer.lock                      the single-writer lock (flock)
+//!   storectl-share.json              {"overlay_xattrs": "user"|"trusted"}, fixed by the first writer
 //!
 //! <root>/ (each host's own)
-//!   storectl.json                    {"role": "writer"|"reader", "shared": …, intervals}
+//!   storectl.json                    {"role": "writer"|"reader", "shared": …, intervals,
+//!                                     "overlay_xattrs": copied from the share}
 //!   overlay/RO        -> <share>/overlay
 //!   overlay-layers/RO -> <share>/overlay-layers
 //!   overlay-images/RO -> <share>/overlay-images

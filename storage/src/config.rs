@@ -9,8 +9,9 @@
 //! ```
 //!
 //! The share holds `overlay/`, `overlay-layers/`, `overlay-images/` (each is the
-//! `RO` subdirectory of the local dir of the same name), `generation` and
-//! `writer.lock`.
+//! `RO` subdirectory of the local dir of the same name), `generation`,
+//! `writer.lock` and `storectl-share.json` (the share's [`XattrMode`], which
+//! every root wired to it copies into its own config).
 
 use std::path::{Path, PathBuf};
 
