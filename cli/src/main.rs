@@ -4,6 +4,10 @@
 //! `storectl-remote`, in its own file under `commands/`. Errors print as one
 //! line on stderr (`storectl: error: …`) with exit code 1.
 
+// Doc comments on the clap arguments are the `--help` text, written for a
+// terminal (`NAME[:TAG]`), not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

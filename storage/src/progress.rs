@@ -92,7 +92,7 @@ impl<F: Fn(&ProgressEvent) + Send + Sync> Reporter for F {
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Counts bytes read through it and reports them as `event` at most once per
-/// `interval`. [`ProgressReader::finish`] reports the final count.
+/// `interval`. [`ProgressReader::flush_report`] reports the final count.
 pub struct ProgressReader<'a, R> {
     inner: R,
     reporter: &'a dyn Reporter,
