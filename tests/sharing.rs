@@ -2230,3 +2230,102 @@ fn second_writer_is_refused_naming_the_holder() {
     );
     run(&second, &["verify"]).ok();
 }
+
+/// A fixture image written as an OCI layout under `dir`, and its layer
+/// blobs' digests.
+fn fixture_image(dir: &Path, fixture: &str) -> (TestImage, Vec<String>) {
+    let image = storectl_fixtures::valid()
+        .into_iter()
+        .find(|f| f.name == fixture)
+        .expect("a fixture of that name")
+        .image;
+    let dir = dir.join(fixture);
+    let built = write_oci_layout(&dir, std::slice::from_ref(&image)).expect("write OCI layout");
+    let blobs = built[0]
+        .layers
+        .iter()
+        .map(|l| l.blob_digest.clone())
+        .collect();
+    let img = TestImage {
+        id: built[0].id(),
+        chain: built[0].chain_ids(),
+        name: image.name.clone().expect("a named fixture"),
+        image,
+        dir,
+    };
+    (img, blobs)
+}
+
+/// A reader's local image on top of a shared layer outlives the writer's
+/// removal of that layer: it is skipped (never deleted) with a warning that
+/// says how to restore it, and loading it again brings back only what is
+/// missing.
+#[test]
+fn local_image_on_a_removed_shared_layer_is_restored_by_loading_it_again() {
+    require_root!();
+    let w = World::new();
+    let writer = w.writer("writer");
+    let reader = w.reader("reader", &w.share, &[]);
+    let (a, _) = fixture_image(&w.path("images"), "shared-a");
+    let (b, b_blobs) = fixture_image(&w.path("images"), "shared-b");
+    assert_eq!(
+        a.chain[0], b.chain[0],
+        "the fixtures share their base layer"
+    );
+    load(&writer, &a);
+    run(&reader, &["refresh"]).ok();
+    let load_b = || {
+        let r = run(&reader, &["load", &b.dir.display().to_string()]);
+        let progress = r.stderr.clone();
+        (r.ok(), progress)
+    };
+    let (_, progress) = load_b();
+    assert!(
+        progress.contains("already exists"),
+        "the base comes from the share: {progress}"
+    );
+    assert!(!ls(&reader)[&b.id].2, "b is local");
+
+    run(&writer, &["rmi", &a.id]).ok();
+    run(&reader, &["refresh"]).ok();
+    let listed = run(&reader, &["ls", "--json"]);
+    let stderr = plain(&listed.stderr);
+    listed.ok();
+    assert!(
+        stderr.contains(&format!("skipping image {}", b.id)) && stderr.contains("load or pull"),
+        "{stderr}"
+    );
+    assert!(!ls(&reader).contains_key(&b.id));
+    let b_top = b.chain.last().expect("a layer");
+    assert!(
+        w.path("reader")
+            .join("overlay")
+            .join(b_top)
+            .join("diff")
+            .is_dir(),
+        "the local layer is kept"
+    );
+
+    let (out, progress) = load_b();
+    let line_of = |layer: usize| {
+        let blob = &b_blobs[layer]["sha256:".len()..][..12];
+        progress
+            .lines()
+            .find(|l| l.contains(blob))
+            .unwrap_or_else(|| panic!("no line for layer {layer}: {progress}"))
+            .to_string()
+    };
+    assert!(
+        line_of(0).contains("complete"),
+        "the base is imported again: {progress}"
+    );
+    assert!(
+        line_of(1).contains("already exists"),
+        "the local layer is reused: {progress}"
+    );
+    assert_eq!(out.lines().last().map(str::trim), Some(b.id.as_str()));
+    let listed = ls(&reader);
+    assert_eq!(listed[&b.id].1, b.chain);
+    check_mounted(&reader, &b);
+    run(&reader, &["verify"]).ok();
+}

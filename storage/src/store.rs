@@ -320,6 +320,18 @@ impl Store {
         }
     }
 
+    /// For a layer `id` that is not loaded: are its local record and diff on
+    /// disk all the same (an ancestor is missing)?
+    fn is_stranded_layer(&self, id: &str) -> bool {
+        let record = self.layers_dir().join(id).join(LAYER_JSON);
+        let diff = self.layout.overlay().join(id).join("diff");
+        let local = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| !m.is_symlink());
+        local(&self.layers_dir().join(id))
+            && local(&self.layout.overlay().join(id))
+            && record.is_file()
+            && diff.is_dir()
+    }
+
     /// Where a layer's record dir is (`overlay-layers/RO/<id>` when shared).
     pub fn layer_record_dir(&self, layer: &Layer) -> PathBuf {
         self.layer_dir_of(&layer.id, layer.shared)
@@ -443,9 +455,17 @@ impl Store {
             .filter(|id| state.chain(id).is_none() && !waits_for_share(&state, id))
             .cloned()
             .collect();
-        for id in broken {
-            tracing::warn!("skipping layer {id}: its parent chain is incomplete");
-            state.layers.remove(&id);
+        for id in &broken {
+            match state.missing_ancestor(id) {
+                Some(missing) => tracing::warn!(
+                    "skipping layer {id}: its ancestor {missing} is missing \
+                     (load or pull an image with it again to restore it)"
+                ),
+                None => tracing::warn!("skipping layer {id}: its parent chain loops"),
+            }
+        }
+        for id in &broken {
+            state.layers.remove(id);
         }
         let image_ids = self.entry_ids(&self.images_dir(), &self.layout.images_ro(), writer)?;
         for (id, shared) in image_ids {
@@ -459,7 +479,10 @@ impl Store {
                     if state.chain(i.layer.as_deref().unwrap_or("")).is_none()
                         && !waits_for_share(&state, i.layer.as_deref().unwrap_or("")) =>
                 {
-                    tracing::warn!("skipping image {id}: a layer of its chain is missing")
+                    tracing::warn!(
+                        "skipping image {id}: a layer of its chain is missing \
+                         (load or pull it again to restore it)"
+                    )
                 }
                 Ok(mut i) => {
                     i.shared = shared;
@@ -862,11 +885,18 @@ impl Store {
             }
             return self.add_names(&image.id, &names);
         }
+        // A local layer can be on disk but not loaded: its chain broke when
+        // the writer removed a shared ancestor. It is whole (incomplete ones
+        // went in `begin_write`) and named by its content, so it is kept and
+        // rejoins once this import brings the ancestor back.
+        let mut stranded = false;
         let todo: Vec<usize> = {
             let state = self.state.read();
             (0..chain.len())
                 .filter(|&i| {
-                    let have = state.layers.contains_key(&chain[i]);
+                    let loaded = state.layers.contains_key(&chain[i]);
+                    let have = loaded || self.is_stranded_layer(&chain[i]);
+                    stranded |= !loaded && have;
                     let ev = if have {
                         EventKind::AlreadyExists
                     } else {
@@ -933,6 +963,14 @@ impl Store {
             return Err(e); // `prepared` drops, removing every staging dir
         }
         for p in prepared {
+            if let Some(parent) = &p.layer.parent {
+                if stranded && !self.state.read().layers.contains_key(parent) {
+                    self.reload()?; // a stranded parent rejoins now
+                }
+                if self.state.read().chain(parent).is_none() {
+                    return Err(Error::LayerUnknown { id: parent.clone() });
+                }
+            }
             let parents: Vec<String> = match &p.layer.parent {
                 Some(parent) => self
                     .state
@@ -946,6 +984,13 @@ impl Store {
             self.publish_layer(p, &parents)?;
         }
 
+        if stranded {
+            self.reload()?;
+            let restored = self.state.read().images.get(&image_id).cloned();
+            if let Some(image) = restored {
+                return self.add_names(&image.id, &names);
+            }
+        }
         let manifest = match (&src.manifest, &src.manifest_digest) {
             (Some(m), Some(d)) => (m.clone(), d.clone()),
             _ => {
