@@ -65,6 +65,8 @@ pub mod driver;
 mod error;
 mod fsutil;
 pub mod mount;
+#[cfg(test)]
+mod proptests;
 pub mod tarsplit;
 #[cfg(test)]
 mod testutil;

@@ -61,6 +61,8 @@ pub mod meta;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod progress;
+#[cfg(test)]
+mod proptests;
 mod pull;
 pub mod reference;
 pub mod registry;
