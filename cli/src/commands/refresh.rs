@@ -54,12 +54,14 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         )
     })?;
     if args.watch {
-        let events = refresher.subscribe();
-        let _running = refresher.spawn();
+        // The handler first: once the refresher thread runs, a SIGTERM must
+        // already mean "stop cleanly".
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
             .context("installing the interrupt handler")?;
+        let events = refresher.subscribe();
+        let _running = refresher.spawn();
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             match events.recv_timeout(Duration::from_millis(200)) {
                 Ok(e) => print_event(&e, args.json)?,
