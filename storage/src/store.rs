@@ -963,21 +963,17 @@ impl Store {
             return Err(e); // `prepared` drops, removing every staging dir
         }
         for p in prepared {
-            if let Some(parent) = &p.layer.parent {
-                if stranded && !self.state.read().layers.contains_key(parent) {
-                    self.reload()?; // a stranded parent rejoins now
-                }
-                if self.state.read().chain(parent).is_none() {
-                    return Err(Error::LayerUnknown { id: parent.clone() });
-                }
-            }
             let parents: Vec<String> = match &p.layer.parent {
-                Some(parent) => self
-                    .state
-                    .read()
-                    .chain(parent)
-                    .map(|c| c.iter().map(|l| l.id.clone()).collect())
-                    .unwrap_or_default(),
+                Some(parent) => {
+                    if stranded && !self.state.read().layers.contains_key(parent) {
+                        self.reload()?; // a stranded parent rejoins now
+                    }
+                    self.state
+                        .read()
+                        .chain(parent)
+                        .map(|c| c.iter().map(|l| l.id.clone()).collect())
+                        .ok_or_else(|| Error::LayerUnknown { id: parent.clone() })?
+                }
                 None => Vec::new(),
             };
             let parents: Vec<&str> = parents.iter().map(String::as_str).collect();
