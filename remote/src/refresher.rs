@@ -87,6 +87,33 @@ impl std::fmt::Debug for Refresher {
     }
 }
 
+/// A reader must mount the share's layers the way the writer wrote them: when
+/// the share names its [`storectl_storage::XattrMode`] (a share made again
+/// under the reader, say) and this root was set up for the other, refuse.
+/// An unreadable or absent file is left to the scans to report.
+fn check_xattr_mode(layout: &storectl_storage::Layout) -> Result<()> {
+    let Some(share) = &layout.config.shared else {
+        return Ok(());
+    };
+    let path = share.join(crate::share::SHARE_FILE);
+    let Ok(bytes) = storectl_storage::fsutil::read_small_file(&path, 64 << 10) else {
+        return Ok(());
+    };
+    match crate::share::ShareConfig::parse(&bytes) {
+        Ok(cfg) if cfg.overlay_xattrs != layout.config.overlay_xattrs => Err(Error::Incompatible {
+            path: layout.root.clone(),
+            reason: format!(
+                "the share marks opaque directories with {} xattrs, this root mounts for {}; \
+                 run `storectl init --shared {} --role reader` on an empty root",
+                cfg.overlay_xattrs,
+                layout.config.overlay_xattrs,
+                share.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl Refresher {
     /// A refresher for a reader store (`storectl init --role reader`).
     pub fn new(store: Arc<Store>, opts: RefreshOptions) -> Result<Refresher> {
@@ -95,6 +122,7 @@ impl Refresher {
                 root: store.root().to_path_buf(),
             });
         }
+        check_xattr_mode(store.layout())?;
         let scanner = Scanner::new(store.layout().clone());
         Ok(Refresher {
             store,
@@ -310,5 +338,36 @@ mod tests {
             None,
             "a directory is not a generation"
         );
+    }
+
+    #[test]
+    fn a_reader_refuses_a_share_of_the_other_xattr_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = dir.path().join("share");
+        let root = dir.path().join("reader");
+        crate::share::init(
+            &dir.path().join("w"),
+            &share,
+            Role::Writer,
+            Default::default(),
+        )
+        .unwrap();
+        let cfg = crate::share::init(&root, &share, Role::Reader, Default::default()).unwrap();
+        let open = || {
+            let store = Store::open(storectl_storage::StoreOptions::new(&root)).unwrap();
+            Refresher::new(Arc::new(store), RefreshOptions::from_config(&cfg))
+        };
+        open().expect("the reader matches its share");
+        // The share made again by a writer of the other mode.
+        let other = match cfg.overlay_xattrs {
+            storectl_storage::XattrMode::User => "trusted",
+            storectl_storage::XattrMode::Trusted => "user",
+        };
+        let file = share.join(crate::share::SHARE_FILE);
+        std::fs::write(&file, format!(r#"{{"overlay_xattrs":"{other}"}}"#)).unwrap();
+        assert!(matches!(open(), Err(Error::Incompatible { .. })));
+        // An absent or unreadable file is not this check's business.
+        std::fs::remove_file(&file).unwrap();
+        open().expect("no share file: nothing to compare");
     }
 }
