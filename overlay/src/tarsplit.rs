@@ -2,7 +2,8 @@
 //! the extracted `diff/`.
 //!
 //! The format is containers/storage's (vbatts/tar-split) JSON lines, one
-//! object per line:
+//! object per line (`tests/tarsplit_interop.rs` checks both directions
+//! against the reference `tar-split` tool):
 //!
 //! ```text
 //! {"type":2,"payload":"<base64 raw bytes>","position":0}          segment: headers, padding
