@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::Env;
 use storectl_fixtures::{
     assert_trees_eq, expected_merged, snapshot, valid, write_docker_archive, write_oci_layout,
@@ -149,6 +151,33 @@ fn layered_compressed_docker_archives() {
     for c in [Compression::Gzip, Compression::Zstd] {
         check(&valid()[0], Form::Compressed(c));
     }
+}
+
+/// `docker save IMAGE | storectl load -`, plain and gzip-compressed.
+#[test]
+fn archive_on_standard_input() {
+    let f = &valid()[0];
+    for c in [None, Some(Compression::Gzip)] {
+        let env = Env::new();
+        let plain = env.path("image.tar");
+        let built = write_docker_archive(&plain, std::slice::from_ref(&f.image))
+            .unwrap()
+            .remove(0);
+        let input = match c {
+            None => plain,
+            Some(c) => {
+                let p = env.path("image.tar.z");
+                std::fs::write(&p, c.compress(&std::fs::read(&plain).unwrap())).unwrap();
+                p
+            }
+        };
+        let out = env.run_stdin(&["load", "-q", "-"], &input).ok();
+        assert_eq!(out.trim(), built.id(), "{c:?}");
+        assert_eq!(env.layer_records().len(), built.layers.len(), "{c:?}");
+    }
+    let env = Env::new();
+    let err = env.run_stdin(&["load", "-"], Path::new("/dev/null")).err();
+    assert!(err.contains("<stdin>"), "{err}");
 }
 
 /// A compressed archive cut short is a clear error that leaves nothing in the

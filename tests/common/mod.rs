@@ -149,12 +149,23 @@ impl Env {
 
     /// Run `storectl --root root args…`.
     pub fn run_root(&self, root: &Path, args: &[&str]) -> Run {
+        self.run_with(root, args, std::process::Stdio::null())
+    }
+
+    /// Run `storectl --root ROOT args… < input`.
+    pub fn run_stdin(&self, args: &[&str], input: &Path) -> Run {
+        let file = std::fs::File::open(input).expect("the input file");
+        self.run_with(&self.root, args, file.into())
+    }
+
+    fn run_with(&self, root: &Path, args: &[&str], stdin: std::process::Stdio) -> Run {
         let mut all = vec!["--root".to_string(), root.display().to_string()];
         all.extend(args.iter().map(|s| s.to_string()));
         let out = Command::new(STORECTL)
             .args(&all)
             .env_remove("STORECTL_ROOT")
             .env_remove("STORECTL_LOG")
+            .stdin(stdin)
             .output()
             .expect("run storectl");
         Run::from(all, out)

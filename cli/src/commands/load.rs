@@ -10,7 +10,8 @@ use crate::util::{open_store_scanned, out};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// An OCI image layout directory or a docker-archive / OCI-archive tarball
-    /// (plain, gzip or zstd); `PATH:TAG` picks one image of several.
+    /// (plain, gzip or zstd), or `-` for a tarball on standard input
+    /// (`docker save IMAGE | storectl load -`); `PATH:TAG` picks one image of several.
     path: String,
     /// Also name the image NAME[:TAG] (picks the image in a multi-image archive).
     #[arg(long)]

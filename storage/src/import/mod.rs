@@ -114,14 +114,23 @@ pub struct SourceImage {
 /// docker-archive (`manifest.json`) or an OCI layout (`index.json`). `TAG`
 /// (or, for a source with several images, `want_name`) selects the image.
 ///
-/// A gzip- or zstd-compressed tarball (`docker save … | gzip`) is first
-/// decompressed to an unnamed temporary file in `spill_dir` (`O_TMPFILE`:
+/// A gzip- or zstd-compressed tarball (`docker save … | gzip`), and a
+/// tarball on standard input (`spec` is `-`), are first copied (and
+/// decompressed) to an unnamed temporary file in `spill_dir` (`O_TMPFILE`:
 /// nothing is left behind, even by a crash), which lives as long as the
 /// returned image.
 pub fn open_source(spec: &str, want_name: Option<&str>, spill_dir: &Path) -> Result<SourceImage> {
+    let mut spill = None;
+    if spec == "-" {
+        let stdin = Path::new("<stdin>");
+        let (file, fd_path) = spill_to(Box::new(std::io::stdin()), stdin, spill_dir)?;
+        spill = Some(std::sync::Arc::new(file));
+        let mut src = open_blobs(Blobs::tar_at(&fd_path, stdin)?, stdin, None, want_name)?;
+        src.spill = spill;
+        return Ok(src);
+    }
     let (path, tag) = split_source_spec(spec);
     let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
-    let mut spill = None;
     let blobs = if meta.is_dir() {
         Blobs::dir(&path)
     } else {
@@ -133,46 +142,66 @@ pub fn open_source(spec: &str, want_name: Option<&str>, spill_dir: &Path) -> Res
             None => Blobs::tar(&path)?,
         }
     };
-    let mut src = if blobs.exists("manifest.json") {
-        docker::open(&blobs, tag.as_deref().or(want_name))
-    } else if blobs.exists("index.json") {
-        oci::open(&blobs, tag.as_deref())
-    } else {
-        Err(Error::archive(
-            &path,
-            "neither an OCI image layout (index.json) nor a docker-archive (manifest.json)",
-        ))
-    }?;
+    let mut src = open_blobs(blobs, &path, tag.as_deref(), want_name)?;
     src.spill = spill;
     Ok(src)
+}
+
+/// The image in `blobs`: a docker-archive or an OCI layout.
+fn open_blobs(
+    blobs: Blobs,
+    path: &Path,
+    tag: Option<&str>,
+    want_name: Option<&str>,
+) -> Result<SourceImage> {
+    if blobs.exists("manifest.json") {
+        docker::open(&blobs, tag.or(want_name))
+    } else if blobs.exists("index.json") {
+        oci::open(&blobs, tag)
+    } else {
+        Err(Error::archive(
+            path,
+            "neither an OCI image layout (index.json) nor a docker-archive (manifest.json)",
+        ))
+    }
 }
 
 /// When the file at `path` is gzip or zstd, decompress it into an unnamed
 /// temporary file in `dir`: the file and a path that opens it again.
 fn spill_compressed(path: &Path, dir: &Path) -> Result<Option<(std::fs::File, PathBuf)>> {
     use std::io::{Read, Seek};
-    use std::os::fd::AsRawFd;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut magic = Vec::with_capacity(4);
     (&mut file)
         .take(4)
         .read_to_end(&mut magic)
         .map_err(|e| Error::io(path, e))?;
-    let Some(compression) = Compression::detect(&magic) else {
+    if Compression::detect(&magic).is_none() {
         return Ok(None);
-    };
+    }
     file.rewind().map_err(|e| Error::io(path, e))?;
-    let (_, mut stream) =
-        storectl_overlay::compression::decompress(Box::new(file), Some(compression))?;
+    spill_to(Box::new(file), path, dir).map(Some)
+}
+
+/// Copy `reader` (decompressed when gzip or zstd) into an unnamed temporary
+/// file in `dir`: the file and a path that opens it again.
+fn spill_to(
+    reader: Box<dyn std::io::Read + Send>,
+    shown: &Path,
+    dir: &Path,
+) -> Result<(std::fs::File, PathBuf)> {
+    use std::os::fd::AsRawFd;
+    let (compression, mut stream) = storectl_overlay::compression::decompress(reader, None)?;
     let mut out = tempfile::tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
     std::io::copy(&mut stream, &mut out).map_err(|e| {
-        Error::archive(
-            path,
-            format!("decompressing the {} archive: {e}", compression.name()),
-        )
+        let what = match compression {
+            Compression::None => "reading the archive".to_string(),
+            c => format!("decompressing the {} archive", c.name()),
+        };
+        Error::archive(shown, format!("{what}: {e}"))
     })?;
     let fd_path = PathBuf::from(format!("/proc/self/fd/{}", out.as_raw_fd()));
-    Ok(Some((out, fd_path)))
+    Ok((out, fd_path))
 }
 
 /// `PATH:TAG` → (PATH, Some(TAG)) when `PATH:TAG` does not exist but PATH
