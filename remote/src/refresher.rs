@@ -95,21 +95,19 @@ fn check_xattr_mode(layout: &storectl_storage::Layout) -> Result<()> {
     let Some(share) = &layout.config.shared else {
         return Ok(());
     };
-    let path = share.join(crate::share::SHARE_FILE);
-    let Ok(bytes) = storectl_storage::fsutil::read_small_file(&path, 64 << 10) else {
-        return Ok(());
-    };
-    match crate::share::ShareConfig::parse(&bytes) {
-        Ok(cfg) if cfg.overlay_xattrs != layout.config.overlay_xattrs => Err(Error::Incompatible {
-            path: layout.root.clone(),
-            reason: format!(
-                "the share marks opaque directories with {} xattrs, this root mounts for {}; \
+    match crate::share::ShareConfig::recorded(share) {
+        Some(cfg) if cfg.overlay_xattrs != layout.config.overlay_xattrs => {
+            Err(Error::Incompatible {
+                path: layout.root.clone(),
+                reason: format!(
+                    "the share marks opaque directories with {} xattrs, this root mounts for {}; \
                  run `storectl init --shared {} --role reader` on an empty root",
-                cfg.overlay_xattrs,
-                layout.config.overlay_xattrs,
-                share.display()
-            ),
-        }),
+                    cfg.overlay_xattrs,
+                    layout.config.overlay_xattrs,
+                    share.display()
+                ),
+            })
+        }
         _ => Ok(()),
     }
 }

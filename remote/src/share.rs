@@ -31,23 +31,38 @@ impl ShareConfig {
         serde_json::from_slice(bytes).map_err(|e| e.to_string())
     }
 
+    /// The bytes of `<share>/storectl-share.json`.
+    fn read(share: &Path) -> std::io::Result<Vec<u8>> {
+        storectl_storage::fsutil::read_small_file(&share.join(SHARE_FILE), 64 << 10)
+    }
+
     /// Read the share's settings; an absent file is a share made before the
     /// file existed (`trusted`).
     pub fn load(share: &Path) -> Result<ShareConfig> {
-        let path = share.join(SHARE_FILE);
-        let bytes = match storectl_storage::fsutil::read_small_file(&path, 64 << 10) {
+        let bytes = match ShareConfig::read(share) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(ShareConfig {
                     overlay_xattrs: XattrMode::Trusted,
                 })
             }
-            Err(e) => return Err(Error::Io { path, source: e }),
+            Err(source) => {
+                return Err(Error::Io {
+                    path: share.join(SHARE_FILE),
+                    source,
+                })
+            }
         };
         ShareConfig::parse(&bytes).map_err(|reason| Error::NotAShare {
             path: share.to_path_buf(),
             reason: format!("{SHARE_FILE}: {reason}"),
         })
+    }
+
+    /// The settings the share's file states, if it is there and parses
+    /// (nothing is inferred for an absent or unreadable file).
+    pub fn recorded(share: &Path) -> Option<ShareConfig> {
+        ShareConfig::parse(&ShareConfig::read(share).ok()?).ok()
     }
 }
 
@@ -67,16 +82,7 @@ fn new_share_config(share: &Path, creating: bool) -> ShareConfig {
 
 /// Does the driver dir `overlay` (absent = no) hold a layer?
 fn has_layers(overlay: &Path) -> Result<bool> {
-    match fs::read_dir(overlay) {
-        Ok(entries) => Ok(entries
-            .flatten()
-            .any(|e| storectl_storage::digest::is_hex64(&e.file_name().to_string_lossy()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::Io {
-            path: overlay.to_path_buf(),
-            source: e,
-        }),
-    }
+    Ok(!storectl_storage::list_ids(overlay)?.is_empty())
 }
 
 /// Can `dir` carry `user.*` xattrs? (Set and removed again: probed.)

@@ -323,13 +323,13 @@ impl Store {
     /// For a layer `id` that is not loaded: are its local record and diff on
     /// disk all the same (an ancestor is missing)?
     fn is_stranded_layer(&self, id: &str) -> bool {
-        let record = self.layers_dir().join(id).join(LAYER_JSON);
-        let diff = self.layout.overlay().join(id).join("diff");
+        let (record_dir, overlay_dir) =
+            (self.layers_dir().join(id), self.layout.overlay().join(id));
         let local = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| !m.is_symlink());
-        local(&self.layers_dir().join(id))
-            && local(&self.layout.overlay().join(id))
-            && record.is_file()
-            && diff.is_dir()
+        local(&record_dir)
+            && local(&overlay_dir)
+            && record_dir.join(LAYER_JSON).is_file()
+            && overlay_dir.join("diff").is_dir()
     }
 
     /// Where a layer's record dir is (`overlay-layers/RO/<id>` when shared).
