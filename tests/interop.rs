@@ -85,11 +85,9 @@ fn build_image(dir: &Path, busybox: &Path) -> (PathBuf, PathBuf) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn umoci_and_skopeo_images_load_mount_and_run() {
-    if !common::is_root() {
-        eprintln!("skipping: needs root (mount, chroot)");
-        return;
-    }
+    require_root!();
     let Some(bb) = busybox() else {
         eprintln!("skipping: busybox-static is not installed");
         return;

@@ -24,6 +24,7 @@ enum Form {
 }
 
 fn check(f: &Fixture, form: Form) {
+    require_root!();
     let env = Env::new();
     let what = format!("{} ({form:?})", f.name);
     let images = std::slice::from_ref(&f.image);
@@ -111,10 +112,6 @@ fn check(f: &Fixture, form: Form) {
         "{what}: ls table lacks the short id:\n{table}"
     );
 
-    if !common::is_root() {
-        eprintln!("skipping the mount part of {what}: needs root");
-        return;
-    }
     let (expected, links) = expected_merged(&f.image);
     let m = env.mount(&id);
     let actual = snapshot(&m.path).unwrap();
@@ -137,16 +134,19 @@ fn check(f: &Fixture, form: Form) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn layered_oci() {
     check(&valid()[0], Form::Oci);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn layered_docker_archive() {
     check(&valid()[0], Form::DockerArchive);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn layered_compressed_docker_archives() {
     for c in [Compression::Gzip, Compression::Zstd] {
         check(&valid()[0], Form::Compressed(c));
@@ -155,7 +155,9 @@ fn layered_compressed_docker_archives() {
 
 /// `docker save IMAGE | storectl load -`, plain and gzip-compressed.
 #[test]
+#[ignore = "needs root"]
 fn archive_on_standard_input() {
+    require_root!();
     let f = &valid()[0];
     for c in [None, Some(Compression::Gzip)] {
         let env = Env::new();
@@ -216,6 +218,7 @@ fn truncated_compressed_archive_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn shared_images_each_alone() {
     for f in valid().iter().filter(|f| f.name != "layered") {
         check(f, Form::Oci);

@@ -428,22 +428,13 @@ fn make_image(dir: &Path, seed: u64) -> (Image, BuiltImage) {
     (image, built)
 }
 
-fn is_root() -> bool {
-    if common::is_root() {
-        return true;
-    }
-    eprintln!("skipping: needs root (layer ownership)");
-    false
-}
-
 // ---------------------------------------------------------------------------
 // Tests
 
 #[test]
+#[ignore = "needs root"]
 fn local_store_metrics_images_and_errors() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let env = Env::new();
     let (_, built) = make_image(&env.path("layout"), 1);
     let id = env.load(&env.path("layout"), &["-q"]);
@@ -521,10 +512,9 @@ fn local_store_metrics_images_and_errors() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn reader_sees_the_writers_image_and_refresh_metrics() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let env = Env::new();
     let base = env.dir().canonicalize().unwrap();
     let share = base.join("share");
@@ -609,10 +599,9 @@ fn reader_sees_the_writers_image_and_refresh_metrics() {
 // With a registry
 
 #[test]
+#[ignore = "needs root"]
 fn pull_through_serve_records_transfer_metrics() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     if let Some(tool) = missing(&["docker-registry", "skopeo"]) {
         eprintln!("skipping: {tool} is not installed (apt-get install docker-registry skopeo)");
         return;

@@ -52,10 +52,7 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Root and every tool in `tools`, or `false` with the reason printed.
 fn ready(tools: &[&str]) -> bool {
-    if !common::is_root() {
-        eprintln!("skipping: needs root (layer ownership, overlay mounts)");
-        return false;
-    }
+    require_root!();
     if let Some(t) = missing(tools) {
         eprintln!(
             "skipping: {t} is not installed \
@@ -359,6 +356,7 @@ fn gzip3(name: &str, tag: &str) -> Image {
 // 1. Anonymous pull
 
 #[test]
+#[ignore = "needs root"]
 fn anonymous_pull_mount_verify_and_pull_again() {
     if !ready(&["docker-registry", "skopeo"]) {
         return;
@@ -419,6 +417,7 @@ fn anonymous_pull_mount_verify_and_pull_again() {
 // zstd and uncompressed layers
 
 #[test]
+#[ignore = "needs root"]
 fn zstd_and_uncompressed_layers() {
     if !ready(&["docker-registry", "skopeo"]) {
         return;
@@ -506,6 +505,7 @@ fn base64(data: &[u8]) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn basic_auth() {
     if !ready(&["docker-registry", "skopeo", "htpasswd"]) {
         return;
@@ -613,6 +613,7 @@ fn put_blob(layout: &Path, data: &[u8]) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn multi_platform_index() {
     if !ready(&["docker-registry", "skopeo"]) {
         return;
@@ -723,6 +724,7 @@ fn multi_platform_index() {
 // 4. Registry killed mid-pull
 
 #[test]
+#[ignore = "needs root"]
 fn registry_killed_mid_pull() {
     if !ready(&["docker-registry", "skopeo"]) {
         return;
@@ -979,6 +981,7 @@ fn check_summary(text: &str, layers: usize) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn rendering_in_a_terminal_and_piped() {
     if !ready(&["docker-registry", "skopeo", "tmux"]) {
         return;
@@ -1101,6 +1104,7 @@ fn rendering_in_a_terminal_and_piped() {
 // 6. A reader pulls over the share's layers
 
 #[test]
+#[ignore = "needs root"]
 fn reader_pull_reuses_the_shares_layers() {
     if !ready(&["docker-registry", "skopeo"]) {
         return;

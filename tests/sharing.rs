@@ -43,12 +43,13 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Root-only tests are `#[ignore = "needs root"]` and fail without root.
 macro_rules! require_root {
     () => {
-        if !is_root() {
-            eprintln!("skipping: needs root (overlay and bind mounts)");
-            return;
-        }
+        assert!(
+            is_root(),
+            "needs root (overlay and bind mounts): run as root"
+        );
     };
 }
 
@@ -566,6 +567,7 @@ impl Drop for Watch {
 // 1. Latency with default settings
 
 #[test]
+#[ignore = "needs root"]
 fn watch_sees_load_and_rmi_within_two_seconds() {
     require_root!();
     let w = World::new();
@@ -619,6 +621,7 @@ fn watch_sees_load_and_rmi_within_two_seconds() {
 /// A name added or removed on the writer reaches a watching reader as
 /// `~ image ID NAMES`, and a one-shot `refresh` and `ls` agree.
 #[test]
+#[ignore = "needs root"]
 fn tags_on_the_writer_reach_a_watching_reader() {
     require_root!();
     let w = World::new();
@@ -661,6 +664,7 @@ fn tags_on_the_writer_reach_a_watching_reader() {
 // 2. Readers never change the share
 
 #[test]
+#[ignore = "needs root"]
 fn readers_never_change_the_share() {
     require_root!();
     let w = World::new();
@@ -791,6 +795,7 @@ fn readers_never_change_the_share() {
 /// why (the image is on the read-only share), not that the image is unknown
 /// — `ls` on the same root lists it.
 #[test]
+#[ignore = "needs root"]
 fn reader_refuses_shared_changes_clearly() {
     require_root!();
     let w = World::new();
@@ -1072,6 +1077,7 @@ fn assert_writer_clean(share: &Path, writer: &Path, images: &[&TestImage]) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn writer_killed_at_random_points() {
     use std::os::unix::process::ExitStatusExt;
     require_root!();
@@ -1209,6 +1215,7 @@ type KillPoint = (&'static str, bool, fn(&Path, &TestImage) -> bool);
 /// the image loads and verifies, and `rmi` leaves an empty share. One more
 /// case is a crash state no timing can hit reliably (between two syscalls).
 #[test]
+#[ignore = "needs root"]
 fn writer_killed_at_protocol_steps() {
     require_root!();
     let images = tempfile::tempdir().expect("temp dir");
@@ -1342,6 +1349,7 @@ fn writer_killed_at_protocol_steps() {
 /// publishing it (stopped right after the image dir's rename) must report
 /// it with its names: it never reads a known image's record again.
 #[test]
+#[ignore = "needs root"]
 fn watching_reader_gets_the_names_of_a_new_image() {
     require_root!();
     let w = World::new();
@@ -1523,6 +1531,7 @@ fn age_atime(path: &Path) -> SystemTime {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn junk_on_the_share_is_skipped_once() {
     require_root!();
     let w = World::new();
@@ -1949,6 +1958,7 @@ fn run_limited(root: &Path, args: &[&str], limit: Duration) -> Option<Run> {
 /// The share's `generation` replaced by a FIFO (or a huge file): readers
 /// must neither hang on it nor stop seeing images.
 #[test]
+#[ignore = "needs root"]
 fn junk_generation_file_does_not_hang_readers() {
     require_root!();
     let w = World::new();
@@ -1990,6 +2000,7 @@ fn junk_generation_file_does_not_hang_readers() {
 /// FIFOs where records belong on the share must not hang the writer either
 /// (it reads the shared records when it starts a change).
 #[test]
+#[ignore = "needs root"]
 fn junk_fifo_records_do_not_hang_the_writer() {
     require_root!();
     let w = World::new();
@@ -2025,6 +2036,7 @@ fn junk_fifo_records_do_not_hang_the_writer() {
 // 5. A read-only bind mount of the share
 
 #[test]
+#[ignore = "needs root"]
 fn read_only_bind_mounted_share() {
     require_root!();
     let w = World::new();
@@ -2090,6 +2102,7 @@ fn read_only_bind_mounted_share() {
 /// images instead of reporting every one removed, one-shot verbs say the
 /// share is missing, and all is as before once it is back.
 #[test]
+#[ignore = "needs root"]
 fn share_going_away_is_not_an_empty_share() {
     require_root!();
     let w = World::new();
@@ -2133,6 +2146,7 @@ fn share_going_away_is_not_an_empty_share() {
 /// The writer removes an image a reader has mounted: the reader can still
 /// unmount it with `storectl umount`.
 #[test]
+#[ignore = "needs root"]
 fn reader_unmounts_an_image_the_writer_removed() {
     require_root!();
     let w = World::new();
@@ -2157,6 +2171,7 @@ fn reader_unmounts_an_image_the_writer_removed() {
 // 6. One writer per share
 
 #[test]
+#[ignore = "needs root"]
 fn second_writer_is_refused_naming_the_holder() {
     use std::os::unix::process::ExitStatusExt;
     require_root!();
@@ -2268,6 +2283,7 @@ fn fixture_image(dir: &Path, fixture: &str) -> (TestImage, Vec<String>) {
 /// says how to restore it, and loading it again brings back only what is
 /// missing.
 #[test]
+#[ignore = "needs root"]
 fn local_image_on_a_removed_shared_layer_is_restored_by_loading_it_again() {
     require_root!();
     let w = World::new();

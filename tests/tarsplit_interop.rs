@@ -33,11 +33,9 @@ fn tar_split(args: &[&str]) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn reference_tar_split_reads_and_writes_our_metadata() {
-    if !common::is_root() {
-        eprintln!("skipping: needs root (layer ownership, devices)");
-        return;
-    }
+    require_root!();
     if !have("tar-split") {
         eprintln!("skipping: tar-split is not installed (apt-get install tar-split)");
         return;

@@ -27,7 +27,9 @@ fn some_file(dir: &Path) -> Option<std::path::PathBuf> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn verify_passes_then_names_a_corrupted_layer() {
+    require_root!();
     let env = Env::new();
     let oci = env.path("oci");
     let images = [layered(), shared_a()];
@@ -90,7 +92,9 @@ type Corruption<'a> = (
 );
 
 #[test]
+#[ignore = "needs root"]
 fn digest_mismatch_leaves_nothing_behind() {
+    require_root!();
     let img = layered();
     // layer 3 is uncompressed: a flipped content byte keeps the tar valid,
     // so only the digest check can catch it.
@@ -154,11 +158,9 @@ fn root_that_is_a_file_is_a_clear_error() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn read_only_root_is_a_clear_error() {
-    if !common::is_root() {
-        eprintln!("skipping: a read-only bind mount needs root");
-        return;
-    }
+    require_root!();
     let env = Env::new();
     let oci = env.path("oci");
     write_oci_layout(&oci, &[shared_a()]).unwrap();

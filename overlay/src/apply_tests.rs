@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use super::*;
-use crate::testutil::{is_root, skip, tree, RawTar, Scratch};
+use crate::testutil::{require_root, skip, tree, RawTar, Scratch};
 use crate::Error;
 
 fn apply(diff: &Path, tar: &[u8]) -> Result<ApplyStats> {
@@ -41,7 +41,9 @@ fn assert_hostile(r: Result<ApplyStats>, entry: &str) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn regular_files_dirs_links_and_metadata() {
+    require_root("ownership, devices and trusted.* xattrs");
     let s = Scratch::new();
     let mut t = RawTar::new();
     t.entry_with(b"./", EntryType::Directory, None, b"", |h| {
@@ -122,21 +124,16 @@ fn regular_files_dirs_links_and_metadata() {
     let l = fs::symlink_metadata(d.join("etc/link")).unwrap();
     assert!(l.file_type().is_symlink());
     assert_eq!(l.mtime(), 2_000_000, "symlink's own mtime");
-    if is_root() {
-        assert_eq!((p.uid(), p.gid()), (1000, 1001));
-        assert_eq!((etc.uid(), etc.gid()), (7, 8));
-        assert_eq!((l.uid(), l.gid()), (5, 6), "lchown, not the target");
-        assert_eq!((implicit.uid(), implicit.gid()), (0, 0));
-    } else {
-        skip("ownership checks");
-    }
+    assert_eq!((p.uid(), p.gid()), (1000, 1001));
+    assert_eq!((etc.uid(), etc.gid()), (7, 8));
+    assert_eq!((l.uid(), l.gid()), (5, 6), "lchown, not the target");
+    assert_eq!((implicit.uid(), implicit.gid()), (0, 0));
 }
 
 #[test]
+#[ignore = "needs root"]
 fn xattrs_from_pax_headers() {
-    if !is_root() {
-        return skip("trusted.* / security.* xattrs");
-    }
+    require_root("trusted.* / security.* xattrs");
     let s = Scratch::new();
     let mut t = RawTar::new();
     // A valid VFS_CAP_REVISION_2 capability (cap_net_raw), which chown drops:
@@ -182,10 +179,9 @@ fn xattrs_from_pax_headers() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn devices_and_fifos() {
-    if !is_root() {
-        return skip("mknod");
-    }
+    require_root("mknod");
     let s = Scratch::new();
     let mut t = RawTar::new();
     t.entry_with(b"dev/null", EntryType::Char, None, b"", |h| {
@@ -218,10 +214,9 @@ fn devices_and_fifos() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn whiteouts_become_overlay_form() {
-    if !is_root() {
-        return skip("whiteout devices and trusted.overlay.opaque");
-    }
+    require_root("whiteout devices and trusted.overlay.opaque");
     let s = Scratch::new();
     let mut t = RawTar::new();
     t.file("etc/.wh.removed", b"");
@@ -256,7 +251,9 @@ fn whiteouts_become_overlay_form() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn repeated_directory_updates_metadata() {
+    require_root("layer entries owned by root");
     let s = Scratch::new();
     let mut t = RawTar::new();
     t.entry_with(b"a/", EntryType::Directory, None, b"", |h| {
@@ -275,7 +272,9 @@ fn repeated_directory_updates_metadata() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn v7_trailing_slash_regular_is_a_directory() {
+    require_root("layer entries owned by root");
     let s = Scratch::new();
     let mut t = RawTar::new();
     t.entry(b"old/", EntryType::Regular, None, b"");
@@ -309,7 +308,9 @@ fn absolute_path_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn write_through_planted_symlink_is_refused() {
+    require_root("layer entries owned by root");
     // Relative and absolute symlinks to the sentinel, then entries of every
     // kind through them, one and two levels deep.
     for absolute in [false, true] {
@@ -357,7 +358,9 @@ fn write_through_planted_symlink_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hardlink_out_of_the_layer_is_refused() {
+    require_root("layer entries owned by root");
     let cases: Vec<(String, String)> = vec![
         ("h1".into(), "../sentinel/secret".into()),
         ("h2".into(), "/etc/passwd".into()),
@@ -396,7 +399,9 @@ fn hardlink_out_of_the_layer_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn whiteout_naming_dot_or_dotdot_is_refused() {
+    require_root("layer entries owned by root");
     for name in ["a/.wh..", "a/.wh...", ".wh.", ".wh..."] {
         let s = Scratch::new();
         let mut t = RawTar::new();
@@ -408,7 +413,9 @@ fn whiteout_naming_dot_or_dotdot_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn duplicate_entries_are_refused() {
+    require_root("ownership, devices and trusted.* xattrs");
     type Build = Box<dyn Fn(&mut RawTar)>;
     let cases: Vec<(&str, Build)> = vec![
         (
@@ -462,25 +469,23 @@ fn duplicate_entries_are_refused() {
         assert_hostile(apply(&s.diff(), &t.finish()), entry);
         s.assert_contained();
     }
-    if is_root() {
-        // Whiteout of a name this layer already created, and the reverse.
-        let s = Scratch::new();
-        let mut t = RawTar::new();
-        t.file("a", b"1");
-        t.file(".wh.a", b"");
-        assert_hostile(apply(&s.diff(), &t.finish()), ".wh.a");
-        let s = Scratch::new();
-        let mut t = RawTar::new();
-        t.file(".wh.a", b"");
-        t.file("a", b"1");
-        assert_hostile(apply(&s.diff(), &t.finish()), "a");
-    } else {
-        skip("whiteout duplicates");
-    }
+    // Whiteout of a name this layer already created, and the reverse.
+    let s = Scratch::new();
+    let mut t = RawTar::new();
+    t.file("a", b"1");
+    t.file(".wh.a", b"");
+    assert_hostile(apply(&s.diff(), &t.finish()), ".wh.a");
+    let s = Scratch::new();
+    let mut t = RawTar::new();
+    t.file(".wh.a", b"");
+    t.file("a", b"1");
+    assert_hostile(apply(&s.diff(), &t.finish()), "a");
 }
 
 #[test]
+#[ignore = "needs root"]
 fn non_directory_root_entry_is_refused() {
+    require_root("layer entries owned by root");
     let s = Scratch::new();
     let mut t = RawTar::new();
     t.file("./", b"x");
@@ -497,7 +502,9 @@ fn non_directory_root_entry_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn truncated_tar_is_malformed() {
+    require_root("layer entries owned by root");
     let mut t = RawTar::new();
     t.file("a", &[1u8; 3000]);
     t.file("b", b"bbb");
@@ -544,7 +551,9 @@ impl Read for Bomb {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn size_limit_stops_early() {
+    require_root("layer entries owned by root");
     let mut h = tar::Header::new_gnu();
     h.set_path("zeros").unwrap();
     h.set_size(1 << 40);
@@ -652,7 +661,9 @@ fn stream_errors_keep_their_kind() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn reads_to_eof_past_the_end_blocks() {
+    require_root("layer entries owned by root");
     let mut t = RawTar::new();
     t.file("a", b"hello");
     let mut tar = t.finish();
@@ -696,7 +707,9 @@ fn roundtrip(tar: &[u8]) -> Vec<crate::tarsplit::SplitEntry> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn tar_split_exact_segments() {
+    require_root("layer entries owned by root");
     // Shows the tar crate reads no byte ahead: the first segment is exactly
     // the 512-byte header, then the content, then padding + end blocks.
     let mut t = RawTar::new();
@@ -731,7 +744,9 @@ fn tar_split_exact_segments() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn tar_split_roundtrips() {
+    require_root("ownership, devices and trusted.* xattrs");
     // 1. tar::Builder output (ustar/GNU, long names), with extra zero padding.
     let mut b = tar::Builder::new(Vec::new());
     let mut add = |path: &str, data: &[u8], kind: EntryType| {
@@ -785,17 +800,13 @@ fn tar_split_roundtrips() {
         .any(|e| e.name.as_deref() == Some(pax_name.as_str())));
 
     // 3. Whiteouts (need root for the devices / trusted xattrs).
-    if is_root() {
-        let mut t = RawTar::new();
-        t.dir("a");
-        t.file("a/.wh..wh..opq", b"");
-        t.file("a/.wh.gone", b"");
-        t.file("a/new", b"n");
-        t.file(".wh..wh.plnk", b"");
-        roundtrip(&t.finish());
-    } else {
-        skip("whiteout tar-split round trip");
-    }
+    let mut t = RawTar::new();
+    t.dir("a");
+    t.file("a/.wh..wh..opq", b"");
+    t.file("a/.wh.gone", b"");
+    t.file("a/new", b"n");
+    t.file(".wh..wh.plnk", b"");
+    roundtrip(&t.finish());
 
     // 4. A PAX global header, and data after a symlink header (kept as segment).
     let mut t = RawTar::new();
@@ -813,7 +824,9 @@ fn tar_split_roundtrips() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn reassemble_detects_changed_files() {
+    require_root("layer entries owned by root");
     let mut t = RawTar::new();
     t.file("f", b"original");
     let tar = t.finish();
@@ -860,7 +873,9 @@ fn reassemble_refuses_hostile_names() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn diff_fixture_perms_do_not_block_non_root() {
+    require_root("layer entries owned by root");
     // A read-only directory with children is filled before its mode is set.
     let s = Scratch::new();
     let mut t = RawTar::new();

@@ -7,7 +7,7 @@ use std::io::Cursor;
 use proptest::prelude::*;
 use tar::EntryType;
 
-use crate::testutil::{is_root, RawTar, Scratch};
+use crate::testutil::{require_root, RawTar, Scratch};
 use crate::{apply_tar, tarsplit, ApplyOptions};
 
 /// One generated entry of a layer tree.
@@ -101,10 +101,9 @@ proptest! {
 
     /// apply → tar-split → reassemble gives back the very same bytes.
     #[test]
+    #[ignore = "needs root"]
     fn apply_then_reassemble_is_the_identity(es in entries(), zeros in 0usize..3) {
-        if !is_root() {
-            return Ok(()); // entries owned by root (the unit tests say so once)
-        }
+        require_root("entries owned by root");
         let tar = build(&es, zeros);
         let s = Scratch::new();
         let mut split = Vec::new();
@@ -121,13 +120,12 @@ proptest! {
     /// A valid layer with bytes overwritten: an error or a layer, never a
     /// panic, and never a write outside `diff/`.
     #[test]
+    #[ignore = "needs root"]
     fn damaged_layers_never_escape(
         es in entries(),
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..16),
     ) {
-        if !is_root() {
-            return Ok(()); // entries owned by root (the unit tests say so once)
-        }
+        require_root("entries owned by root");
         let mut tar = build(&es, 0);
         for (at, byte) in flips {
             let i = at % tar.len();
@@ -141,10 +139,9 @@ proptest! {
 
     /// Random bytes are not a layer: an error, never a panic.
     #[test]
+    #[ignore = "needs root"]
     fn random_bytes_are_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
-        if !is_root() {
-            return Ok(()); // entries owned by root (the unit tests say so once)
-        }
+        require_root("entries owned by root");
         let s = Scratch::new();
         let r = apply_tar(&s.diff(), &mut Cursor::new(&bytes), None, &ApplyOptions::default());
         prop_assert!(r.is_err() || bytes.iter().all(|&b| b == 0));

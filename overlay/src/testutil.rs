@@ -166,10 +166,17 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Say why a root-only test is skipped.
+/// Fail a root-only test run without root. Such tests are marked
+/// `#[ignore = "needs root"]`, so a plain `cargo test` lists them as ignored;
+/// the README's test command runs them as root (`-- --include-ignored`).
+pub fn require_root(why: &str) {
+    assert!(is_root(), "needs root: {why}");
+}
+
+/// Say why a test is skipped (a tool it compares with is not installed).
 #[allow(clippy::print_stderr)]
 pub fn skip(why: &str) {
-    eprintln!("skipped: {why} (needs root)");
+    eprintln!("skipped: {why}");
 }
 
 /// A scratch dir with an empty `diff/` and a `sentinel/` sibling that must

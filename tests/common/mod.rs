@@ -18,14 +18,16 @@ pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// Return early from a test (with a printed reason) when not root.
+/// Fail a root-only test that runs without root. Such tests are marked
+/// `#[ignore = "needs root"]`, so a plain `cargo test` shows them as ignored;
+/// the README's test command runs them as root (`-- --include-ignored`).
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !$crate::common::is_root() {
-            eprintln!("skipping {}: needs root (overlay mounts)", module_path!());
-            return;
-        }
+        assert!(
+            $crate::common::is_root(),
+            "needs root (overlay mounts, devices, ownership): run as root"
+        );
     };
 }
 
