@@ -1,8 +1,11 @@
 //! `storectl`: the command-line front end of the storectl image store.
 //!
 //! Rendering only: every verb is a thin layer over `storectl-storage` /
-//! `storectl-remote`, in its own file under `commands/`. Errors print as one
-//! line on stderr (`storectl: error: …`) with exit code 1.
+//! `storectl-remote`, in its own file under `commands/`. Argument errors are
+//! clap's (usage on stderr, exit code 2); every other error prints as one
+//! line on stderr (`storectl: error: …`, control characters escaped) with
+//! exit code 1. Standard output goes through one buffered writer
+//! ([`output`]); a closed pipe ends the program quietly with exit code 0.
 
 // Doc comments on the clap arguments are the `--help` text, written for a
 // terminal (`NAME[:TAG]`), not rustdoc links.
@@ -14,6 +17,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod commands;
+mod output;
 mod progress;
 mod util;
 
@@ -44,7 +48,7 @@ fn default_root() -> PathBuf {
 
 /// The error and its causes on one line, `a: b: c`, leaving out a cause whose
 /// text the line already holds (library errors often include their source).
-fn one_line(e: &anyhow::Error) -> String {
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
@@ -71,13 +75,21 @@ fn main() -> ExitCode {
         )
         .init();
     let root = cli.root.clone().unwrap_or_else(default_root);
-    match cli.command.run(&root) {
+    let result = cli
+        .command
+        .run(&root)
+        .and_then(|()| output::flush().map_err(anyhow::Error::from));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `storectl ls | head -1`: the reader has what it wanted.
+        Err(e) if output::is_closed(&e) => ExitCode::SUCCESS,
+        // Each failure was reported as it happened (`rmi a b c`).
+        Err(e) if e.is::<output::Reported>() => {
+            let _ = output::flush();
+            ExitCode::from(1)
+        }
         Err(e) => {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("storectl: error: {}", one_line(&e));
-            }
+            output::error_line(&one_line(&e));
             ExitCode::from(1)
         }
     }

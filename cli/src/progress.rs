@@ -105,10 +105,10 @@ fn stderr_width() -> Option<u16> {
         .filter(|c| *c > 0)
 }
 
-/// `sha256:abcdef…` → `abcdef012345`.
-pub fn short_id(name: &str) -> &str {
+/// `sha256:abcdef…` → `abcdef012345` (control characters escaped).
+pub fn short_id(name: &str) -> String {
     let hex = name.strip_prefix("sha256:").unwrap_or(name);
-    &hex[..hex.len().min(12)]
+    crate::output::escape_controls(crate::util::prefix(hex, 12)).into_owned()
 }
 
 /// One row in the wide form (pure).
@@ -180,7 +180,7 @@ impl Renderer {
             m => m,
         };
         let out: Box<dyn Write + Send> = match mode {
-            ProgressMode::Json => Box::new(std::io::stdout()),
+            ProgressMode::Json => Box::new(crate::output::Sink),
             _ => Box::new(std::io::stderr()),
         };
         Renderer::with_output(mode, out, Box::new(stderr_width))
@@ -261,9 +261,8 @@ impl Reporter for Renderer {
         match self.mode {
             ProgressMode::None | ProgressMode::Auto => return,
             ProgressMode::Json => {
-                if let Ok(line) = serde_json::to_string(e) {
-                    self.write(&format!("{line}\n"));
-                }
+                let line = crate::output::json_string(e, false);
+                self.write(&format!("{line}\n"));
                 return;
             }
             _ => {}

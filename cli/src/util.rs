@@ -47,19 +47,101 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
-/// `2026-11-22T07:40:01.123Z` → `2026-11-22 07:40:01`.
-pub fn short_time(rfc3339: Option<&str>) -> String {
-    match rfc3339 {
-        Some(t) if t.len() >= 19 => format!("{} {}", &t[..10], &t[11..19]),
-        Some(t) => t.to_string(),
-        None => "-".into(),
+/// The first `n` characters of `s` (never splits a character).
+pub fn prefix(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
     }
 }
 
-/// Print one line on stdout.
-#[allow(clippy::print_stdout)]
-pub fn out(line: impl std::fmt::Display) {
-    println!("{line}");
+/// An RFC 3339 time (`2026-11-22T07:40:01.123Z`, `…+02:00`) as seconds since
+/// the epoch; `None` when it is not one.
+pub fn parse_rfc3339(t: &str) -> Option<i64> {
+    let b = t.as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let digits = b.get(from..from + len)?;
+        digits.iter().all(u8::is_ascii_digit).then(|| {
+            digits
+                .iter()
+                .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'))
+        })
+    };
+    let sep = |at: usize, ok: &[u8]| b.get(at).is_some_and(|c| ok.contains(c));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (y, mo, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (h, mi, s) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+    }
+    let offset = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        c @ (b'+' | b'-') if i + 6 == b.len() && sep(i + 3, b":") => {
+            let off = num(i + 1, 2)? * 3600 + num(i + 4, 2)? * 60;
+            if *c == b'+' {
+                off
+            } else {
+                -off
+            }
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + s - offset)
+}
+
+/// A duration as podman (go-units' `HumanDuration`) says it: `Less than a
+/// second`, `About a minute`, `2 hours`, `3 days`, `2 weeks`, `5 months`, `2 years`.
+pub fn human_duration(secs: i64) -> String {
+    let hours = (secs as f64 / 3600.0 + 0.5) as i64;
+    match secs {
+        s if s < 1 => "Less than a second".into(),
+        1 => "1 second".into(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s / 60 == 1 => "About a minute".into(),
+        s if s / 60 < 60 => format!("{} minutes", s / 60),
+        _ if hours == 1 => "About an hour".into(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 7 * 2 => format!("{} days", hours / 24),
+        _ if hours < 24 * 30 * 2 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 365 * 2 => format!("{} months", hours / 24 / 30),
+        s => format!("{} years", s / 3600 / 24 / 365),
+    }
+}
+
+/// Seconds since the epoch now.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// An image's `created` as podman's CREATED column: `2 hours ago`; the text
+/// itself (escaped by the writer) when it is not an RFC 3339 time, `-` when absent.
+pub fn created_ago(created: Option<&str>, now: i64) -> String {
+    match created {
+        None => "-".into(),
+        Some(t) => match parse_rfc3339(t) {
+            Some(then) => format!("{} ago", human_duration(now - then)),
+            None => t.to_string(),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -75,11 +157,56 @@ mod tests {
     }
 
     #[test]
-    fn times_shorten() {
+    fn times_parse() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20Z"), Some(1_700_000_000));
         assert_eq!(
-            short_time(Some("2026-11-22T07:40:01.123Z")),
-            "2026-11-22 07:40:01"
+            parse_rfc3339("2023-11-14T22:13:20.123456789Z"),
+            Some(1_700_000_000)
         );
-        assert_eq!(short_time(None), "-");
+        assert_eq!(
+            parse_rfc3339("2023-11-15T00:13:20+02:00"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400));
+        for bad in [
+            "",
+            "2023-11-14",
+            "2023-11-14T22:13:20",
+            "2023-13-14T22:13:20Z",
+            "２０２３-11-14T22:13:20Z",
+            "2023-11-14T22:13:20Zjunk",
+            "2023-11-14T22:13:20é",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_read_like_podman() {
+        assert_eq!(human_duration(0), "Less than a second");
+        assert_eq!(human_duration(-5), "Less than a second");
+        assert_eq!(human_duration(30), "30 seconds");
+        assert_eq!(human_duration(90), "About a minute");
+        assert_eq!(human_duration(600), "10 minutes");
+        assert_eq!(human_duration(3600), "About an hour");
+        assert_eq!(human_duration(2 * 3600 + 60), "2 hours");
+        assert_eq!(human_duration(3 * 86_400), "3 days");
+        assert_eq!(human_duration(20 * 86_400), "2 weeks");
+        assert_eq!(human_duration(100 * 86_400), "3 months");
+        assert_eq!(human_duration(1000 * 86_400), "2 years");
+        assert_eq!(
+            created_ago(Some("1970-01-01T02:00:00Z"), 4 * 3600),
+            "2 hours ago"
+        );
+        assert_eq!(created_ago(Some("yesterday é"), 0), "yesterday é");
+        assert_eq!(created_ago(None, 0), "-");
+    }
+
+    #[test]
+    fn prefixes_never_split_a_character() {
+        assert_eq!(prefix("abcdef", 3), "abc");
+        assert_eq!(prefix("ab", 3), "ab");
+        assert_eq!(prefix("ééé", 2), "éé");
     }
 }

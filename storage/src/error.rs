@@ -40,6 +40,10 @@ pub enum Error {
     InvalidName { name: String, reason: String },
     #[error("image {id} is mounted at {path}; unmount it first")]
     ImageMounted { id: String, path: PathBuf },
+    /// `rmi ID` of an image with several names, without `force` (as podman:
+    /// remove a name with `rmi NAME`, or all of them with `--force`).
+    #[error("unable to delete image {id} (must force) - image is referenced in multiple repositories: {}", names.join(", "))]
+    MustForce { id: String, names: Vec<String> },
     #[error("layer {layer}: {source}")]
     Layer {
         layer: String,

@@ -31,7 +31,9 @@ use crate::Store;
 pub enum SaveFormat {
     /// An OCI image layout directory (uncompressed layers).
     Oci,
-    /// A `docker save` style tarball.
+    /// An OCI image layout in a tarball (`oci-archive`).
+    OciArchive,
+    /// A `docker save` style tarball (what `podman save` writes by default).
     DockerArchive,
 }
 
@@ -117,13 +119,38 @@ fn blob_event(event: EventKind, layer: &Layer, parent: &str, progress: u64) -> P
     }
 }
 
-/// `docker.io/library/busybox:1` → `1`; a name without a tag → `latest`.
-fn tag_of(name: &str) -> &str {
-    let name = name.split('@').next().unwrap_or(name);
-    match name.rsplit_once(':') {
-        Some((_, tag)) if !tag.contains('/') => tag,
-        _ => "latest",
+/// Where `save` puts the parts of an OCI layout: files of a directory, or
+/// members of a tarball.
+enum LayoutSink<'a, W: Write> {
+    Dir(&'a Path),
+    Tar {
+        tar: &'a mut tar::Builder<W>,
+        path: &'a Path,
+    },
+}
+
+impl<W: Write> LayoutSink<'_, W> {
+    /// Add the document `name` (a path inside the layout).
+    fn put(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        match self {
+            LayoutSink::Dir(dir) => crate::fsutil::write_synced(&dir.join(name), data),
+            LayoutSink::Tar { tar, path } => append_member(tar, path, name, data),
+        }
     }
+}
+
+/// Append a regular file member to a tarball being written at `path`.
+fn append_member<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &Path,
+    name: &str,
+    data: &[u8],
+) -> Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut header, name, data).at(path)
 }
 
 impl Store {
@@ -161,15 +188,30 @@ impl Store {
         Ok(w.count)
     }
 
-    /// Save `image` to `dest` (which must not exist, or be an empty directory).
-    /// Written beside `dest` first and renamed into place when complete.
+    /// Save `image` to `dest` (which must not exist, or be an empty directory;
+    /// its parent directory must exist), carrying `name` (a normalized
+    /// reference: the docker-archive's `RepoTags`, the OCI index entry's
+    /// `org.opencontainers.image.ref.name` and `io.containerd.image.name`), or
+    /// no name (as `podman save ID`). Written beside `dest` first and renamed
+    /// into place when complete.
     pub fn save(
         &self,
         image: &Image,
         dest: &Path,
         format: SaveFormat,
+        name: Option<&str>,
         reporter: &dyn Reporter,
     ) -> Result<()> {
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !fs::metadata(&parent).at(&parent)?.is_dir() {
+            return Err(Error::io(
+                &parent,
+                std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+            ));
+        }
         match fs::symlink_metadata(dest) {
             Err(_) => {}
             Ok(m) if m.is_dir() && fs::read_dir(dest).at(dest)?.next().is_none() => {
@@ -185,18 +227,19 @@ impl Store {
                 ))
             }
         }
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = dest
+        let file_name = dest
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "image".into());
-        let tmp = parent.join(format!(".{name}.tmp-{}", unique_suffix()));
+        let tmp = parent.join(format!(".{file_name}.tmp-{}", unique_suffix()));
         let result = match format {
-            SaveFormat::Oci => self.save_oci(image, &tmp, reporter),
-            SaveFormat::DockerArchive => self.save_docker_archive(image, &tmp, reporter),
+            SaveFormat::Oci => self.save_oci_dir(image, &tmp, name, reporter),
+            SaveFormat::OciArchive => self.save_tar(&tmp, |tar| {
+                self.save_oci(image, LayoutSink::Tar { tar, path: &tmp }, name, reporter)
+            }),
+            SaveFormat::DockerArchive => self.save_tar(&tmp, |tar| {
+                self.save_docker_archive(image, tar, &tmp, name, reporter)
+            }),
         };
         let result = result.and_then(|()| {
             fs::rename(&tmp, dest).at(dest)?;
@@ -210,31 +253,104 @@ impl Store {
         Ok(())
     }
 
-    fn save_oci(&self, image: &Image, dir: &Path, reporter: &dyn Reporter) -> Result<()> {
+    /// Write a tarball at `path` with `fill`, then flush and fsync it.
+    fn save_tar(
+        &self,
+        path: &Path,
+        fill: impl FnOnce(&mut tar::Builder<BufWriter<File>>) -> Result<()>,
+    ) -> Result<()> {
+        let file = File::create(path).at(path)?;
+        let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
+        fill(&mut tar)?;
+        let out = tar.into_inner().at(path)?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(path, e.into_error()))?;
+        file.sync_all().at(path)
+    }
+
+    /// Append layer `layer`'s tar as member `member`, rebuilt and checked.
+    fn append_layer<W: Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        path: &Path,
+        member: &str,
+        layer: &Layer,
+    ) -> Result<u64> {
+        let size = layer.diff_size.unwrap_or(0);
+        let mut header = tar::Header::new_gnu();
+        header.set_path(member).at(path)?;
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        let out = tar.get_mut();
+        out.write_all(header.as_bytes()).at(path)?;
+        let written = self.write_layer_tar(layer, out)?;
+        if written != size {
+            return Err(Error::DigestMismatch {
+                what: format!("size of layer {}", layer.id),
+                expected: size.to_string(),
+                found: written.to_string(),
+            });
+        }
+        let pad = (512 - size % 512) % 512;
+        out.write_all(&vec![0u8; pad as usize]).at(path)?;
+        Ok(size)
+    }
+
+    fn save_oci_dir(
+        &self,
+        image: &Image,
+        dir: &Path,
+        name: Option<&str>,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
         let blobs = dir.join("blobs/sha256");
+        // `dir` is new, beside the destination: its parent exists.
+        fs::create_dir(dir).at(dir)?;
         fs::create_dir_all(&blobs).at(&blobs)?;
+        self.save_oci::<std::io::Sink>(image, LayoutSink::Dir(dir), name, reporter)?;
+        sync_dir(&blobs)?;
+        sync_dir(dir)
+    }
+
+    /// Write an OCI image layout (layers as uncompressed tars) into `sink`.
+    fn save_oci<W: Write>(
+        &self,
+        image: &Image,
+        mut sink: LayoutSink<'_, W>,
+        name: Option<&str>,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
         let layers = self.image_layers(image)?;
         let mut descs = Vec::new();
         for layer in &layers {
             reporter.report(&blob_event(EventKind::Waiting, layer, &image.id, 0));
         }
         for layer in &layers {
-            let tmp = blobs.join(format!(".tmp-{}", unique_suffix()));
-            let mut f = BufWriter::with_capacity(1 << 20, File::create(&tmp).at(&tmp)?);
-            let size = self.write_layer_tar(layer, &mut f)?;
-            let f = f
-                .into_inner()
-                .map_err(|e| Error::io(&tmp, e.into_error()))?;
-            f.sync_all().at(&tmp)?;
             let digest = layer.diff_digest.clone().unwrap_or_default();
-            let hex = digest.trim_start_matches("sha256:");
-            fs::rename(&tmp, blobs.join(hex)).at(blobs.join(hex))?;
+            let member = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+            let size = match &mut sink {
+                LayoutSink::Dir(dir) => {
+                    let blobs = dir.join("blobs/sha256");
+                    let tmp = blobs.join(format!(".tmp-{}", unique_suffix()));
+                    let mut f = BufWriter::with_capacity(1 << 20, File::create(&tmp).at(&tmp)?);
+                    let size = self.write_layer_tar(layer, &mut f)?;
+                    let f = f
+                        .into_inner()
+                        .map_err(|e| Error::io(&tmp, e.into_error()))?;
+                    f.sync_all().at(&tmp)?;
+                    fs::rename(&tmp, dir.join(&member)).at(dir.join(&member))?;
+                    size
+                }
+                LayoutSink::Tar { tar, path } => self.append_layer(tar, path, &member, layer)?,
+            };
             descs.push(json!({"mediaType": spec::OCI_LAYER_TAR, "digest": digest, "size": size}));
             reporter.report(&blob_event(EventKind::Complete, layer, &image.id, size));
         }
         let config = self.image_big_data(image, CONFIG)?;
-        let config_path = blobs.join(&image.id);
-        crate::fsutil::write_synced(&config_path, &config)?;
+        sink.put(&format!("blobs/sha256/{}", image.id), &config)?;
         let manifest = serde_json::to_vec(&json!({
             "schemaVersion": 2,
             "mediaType": spec::OCI_MANIFEST,
@@ -243,43 +359,44 @@ impl Store {
         }))
         .expect("a manifest serializes");
         let manifest_digest = crate::digest::sha256_digest(&manifest);
-        let mpath = blobs.join(manifest_digest.trim_start_matches("sha256:"));
-        crate::fsutil::write_synced(&mpath, &manifest)?;
-        let mut annotations = serde_json::Map::new();
-        if let Some(n) = image.names.first() {
-            annotations.insert(spec::ANNOTATION_REF_NAME.into(), json!(tag_of(n)));
+        sink.put(
+            &format!(
+                "blobs/sha256/{}",
+                manifest_digest.trim_start_matches("sha256:")
+            ),
+            &manifest,
+        )?;
+        let mut entry = json!({
+            "mediaType": spec::OCI_MANIFEST,
+            "digest": manifest_digest,
+            "size": manifest.len(),
+        });
+        if let Some(n) = name {
+            let mut annotations = serde_json::Map::new();
+            annotations.insert(spec::ANNOTATION_REF_NAME.into(), json!(n));
             annotations.insert(spec::ANNOTATION_CONTAINERD_NAME.into(), json!(n));
+            entry["annotations"] = annotations.into();
         }
         let index = json!({
             "schemaVersion": 2,
             "mediaType": spec::OCI_INDEX,
-            "manifests": [{
-                "mediaType": spec::OCI_MANIFEST,
-                "digest": manifest_digest,
-                "size": manifest.len(),
-                "annotations": annotations,
-            }],
+            "manifests": [entry],
         });
-        crate::fsutil::write_synced(
-            &dir.join("index.json"),
+        sink.put("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        sink.put(
+            "index.json",
             &serde_json::to_vec(&index).expect("an index serializes"),
-        )?;
-        crate::fsutil::write_synced(
-            &dir.join("oci-layout"),
-            br#"{"imageLayoutVersion":"1.0.0"}"#,
-        )?;
-        sync_dir(&blobs)?;
-        sync_dir(dir)
+        )
     }
 
-    fn save_docker_archive(
+    fn save_docker_archive<W: Write>(
         &self,
         image: &Image,
+        tar: &mut tar::Builder<W>,
         path: &Path,
+        name: Option<&str>,
         reporter: &dyn Reporter,
     ) -> Result<()> {
-        let file = File::create(path).at(path)?;
-        let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
         let layers = self.image_layers(image)?;
         let mut layer_names = Vec::new();
         for layer in &layers {
@@ -293,52 +410,20 @@ impl Store {
                 .trim_start_matches("sha256:")
                 .to_string();
             let member = format!("{hex}/layer.tar");
-            let size = layer.diff_size.unwrap_or(0);
-            let mut header = tar::Header::new_gnu();
-            header.set_path(&member).at(path)?;
-            header.set_size(size);
-            header.set_mode(0o644);
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_cksum();
-            let out = tar.get_mut();
-            out.write_all(header.as_bytes()).at(path)?;
-            let written = self.write_layer_tar(layer, out)?;
-            if written != size {
-                return Err(Error::DigestMismatch {
-                    what: format!("size of layer {}", layer.id),
-                    expected: size.to_string(),
-                    found: written.to_string(),
-                });
-            }
-            let pad = (512 - size % 512) % 512;
-            out.write_all(&vec![0u8; pad as usize]).at(path)?;
+            let size = self.append_layer(tar, path, &member, layer)?;
             layer_names.push(member);
             reporter.report(&blob_event(EventKind::Complete, layer, &image.id, size));
         }
         let config = self.image_big_data(image, CONFIG)?;
         let config_name = format!("{}.json", image.id);
-        let mut header = tar::Header::new_gnu();
-        header.set_size(config.len() as u64);
-        header.set_mode(0o644);
-        tar.append_data(&mut header, &config_name, &config[..])
-            .at(path)?;
-        let tags: Vec<&String> = image.names.iter().filter(|n| !n.contains('@')).collect();
+        append_member(tar, path, &config_name, &config)?;
         let manifest = serde_json::to_vec(&json!([{
             "Config": config_name,
-            "RepoTags": tags,
+            "RepoTags": name.into_iter().collect::<Vec<_>>(),
             "Layers": layer_names,
         }]))
         .expect("manifest.json serializes");
-        let mut header = tar::Header::new_gnu();
-        header.set_size(manifest.len() as u64);
-        header.set_mode(0o644);
-        tar.append_data(&mut header, "manifest.json", &manifest[..])
-            .at(path)?;
-        let out = tar.into_inner().at(path)?;
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io(path, e.into_error()))?;
-        file.sync_all().at(path)
+        append_member(tar, path, "manifest.json", &manifest)
     }
 
     /// Push `image` to `reference` (`registry/repo[:tag]`). Blobs the registry
@@ -487,18 +572,5 @@ impl Store {
         })();
         let _ = fs::remove_file(&tmp_path);
         result
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tag_of;
-
-    #[test]
-    fn tags_of_names() {
-        assert_eq!(tag_of("docker.io/library/busybox:1.36"), "1.36");
-        assert_eq!(tag_of("localhost:5000/a"), "latest");
-        assert_eq!(tag_of("localhost:5000/a:v2"), "v2");
-        assert_eq!(tag_of("a/b@sha256:abc"), "latest");
     }
 }

@@ -45,8 +45,9 @@ impl StoreOptions {
 /// Options for [`Store::load`].
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// An extra name for the image (`NAME[:TAG]`), also used to pick an image
-    /// from a source that holds several.
+    /// An extra name for the image (`NAME[:TAG]`), whatever names the source
+    /// gives it. It never picks an image: a source with several takes
+    /// `PATH:TAG`.
     pub name: Option<String>,
     /// Refuse a layer once its uncompressed tar passes this many bytes.
     pub max_layer_size: Option<u64>,
@@ -798,7 +799,8 @@ impl Store {
     }
 
     /// Import the image at `source` (`PATH` or `PATH:TAG`; an OCI layout
-    /// directory, or a docker-archive / OCI-archive tarball). Layers already in
+    /// directory, or a docker-archive / OCI-archive tarball; `-` for a
+    /// tarball on standard input), adding `opts.name` to its names. Layers already in
     /// the store are not imported again; the others are extracted in parallel
     /// and published base first, the image last.
     pub fn load(&self, source: &str, opts: &LoadOptions, reporter: &dyn Reporter) -> Result<Image> {
@@ -810,7 +812,7 @@ impl Store {
             total: 0,
         };
         reporter.report(&op(EventKind::Resolving, source));
-        let src = import::open_source(source, opts.name.as_deref(), &self.root)?;
+        let src = import::open_source(source, &self.root)?;
         let image = self.import(src, opts, reporter)?;
         reporter.report(&op(EventKind::Done, &image.id));
         Ok(image)
@@ -1304,9 +1306,10 @@ impl Store {
     }
 
     /// Remove an image, then every layer of its chain that no other image
-    /// needs. Named by one of several names, the image only loses that name
-    /// (as `docker rmi` / `podman rmi` do).
-    pub fn remove_image(&self, name: &str) -> Result<Removed> {
+    /// needs. As `podman rmi`: named by one of several names, the image only
+    /// loses that name; named by id (or id prefix) while it has several names,
+    /// it is refused ([`Error::MustForce`]) unless `force`.
+    pub fn remove_image(&self, name: &str, force: bool) -> Result<Removed> {
         let _lock = self.begin_write()?;
         let image = self.resolve_image(name)?;
         self.check_mutable(image.shared, &format!("image {}", image.id))?;
@@ -1316,6 +1319,12 @@ impl Store {
             .iter()
             .find(|n| *n == name || Some(*n) == normalized.as_ref())
             .cloned();
+        if by_name.is_none() && image.names.len() > 1 && !force {
+            return Err(Error::MustForce {
+                id: image.id,
+                names: image.names,
+            });
+        }
         if let (Some(by_name), true) = (by_name, image.names.len() > 1) {
             let mut image = image;
             image.names.retain(|n| *n != by_name);

@@ -4,7 +4,8 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::util::{open_store_scanned, out};
+use crate::outln;
+use crate::util::open_store_scanned;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -42,42 +43,36 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         "pending_on_share": pending,
     });
     if args.json {
-        out(serde_json::to_string_pretty(&v)?);
+        crate::output::json(&v, true)?;
         return Ok(());
     }
-    out(format!("root:              {}", store.root().display()));
-    out(format!("role:              {}", cfg.role));
-    out(format!(
+    outln!("root:              {}", store.root().display());
+    outln!("role:              {}", cfg.role);
+    outln!(
         "overlay xattrs:    {}{}",
         cfg.overlay_xattrs,
         match cfg.overlay_xattrs {
             storectl_storage::XattrMode::Trusted => "",
             storectl_storage::XattrMode::User => " (user.overlay.*, userxattr mounts)",
         }
-    ));
+    );
     if let Some(share) = &cfg.shared {
-        out(format!("shared:            {}", share.display()));
-        out(format!("refresh interval:  {} ms", cfg.refresh_interval_ms));
-        out(format!("full rescan:       {} s", cfg.full_rescan_secs));
+        outln!("shared:            {}", share.display());
+        outln!("refresh interval:  {} ms", cfg.refresh_interval_ms);
+        outln!("full rescan:       {} s", cfg.full_rescan_secs);
     }
-    out(format!(
+    outln!(
         "generation:        {}",
         if generation.is_empty() {
             "-"
         } else {
             &generation
         }
-    ));
-    out(format!(
-        "images:            {} local, {} shared",
-        images.0, images.1
-    ));
-    out(format!(
-        "layers:            {} local, {} shared",
-        layers.0, layers.1
-    ));
+    );
+    outln!("images:            {} local, {} shared", images.0, images.1);
+    outln!("layers:            {} local, {} shared", layers.0, layers.1);
     if let Some(p) = pending {
-        out(format!("pending on share:  {p}"));
+        outln!("pending on share:  {p}");
     }
     Ok(())
 }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use storectl_storage::{Role, RootConfig};
 
-use crate::util::{open_store, out};
+use crate::outln;
+use crate::util::open_store;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum RoleArg {
@@ -50,17 +51,17 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
                     )
                 })?;
             open_store(root)?;
-            out(format!(
+            outln!(
                 "{} is a {} of {}",
                 root.display(),
                 config.role,
                 config.shared.as_deref().unwrap_or(&share).display()
-            ));
+            );
         }
         _ => {
             config.save(root)?;
             open_store(root)?;
-            out(format!("{} is a local store", root.display()));
+            outln!("{} is a local store", root.display());
         }
     }
     Ok(())

@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use storectl_storage::meta::{CONFIG, MANIFEST};
 
-use crate::util::{open_store_scanned, out};
+use crate::util::open_store_scanned;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -31,6 +31,6 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         "manifest": doc(MANIFEST)?,
         "config": doc(CONFIG)?,
     });
-    out(serde_json::to_string_pretty(&v)?);
+    crate::output::json(&v, true)?;
     Ok(())
 }

@@ -4,16 +4,20 @@ use std::path::Path;
 
 use storectl_storage::LoadOptions;
 
+use crate::outln;
 use crate::progress::ProgressArgs;
-use crate::util::{open_store_scanned, out};
+use crate::util::open_store_scanned;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// An OCI image layout directory or a docker-archive / OCI-archive tarball
     /// (plain, gzip or zstd), or `-` for a tarball on standard input
-    /// (`docker save IMAGE | storectl load -`); `PATH:TAG` picks one image of several.
+    /// (`docker save IMAGE | storectl load -`); `PATH:TAG` (or `-:TAG`) picks
+    /// one image of several.
+    #[arg(allow_hyphen_values = true)]
     path: String,
-    /// Also name the image NAME[:TAG] (picks the image in a multi-image archive).
+    /// Add the name NAME[:TAG] to the loaded image, whatever names the archive
+    /// gives it (it does not pick an image: use PATH:TAG for that).
     #[arg(long)]
     name: Option<String>,
     /// Refuse a layer whose uncompressed tar is larger (e.g. 64M, 2G).
@@ -61,7 +65,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     renderer.finish(image.as_ref().ok().map(|_| "Loaded"));
     let image = image?;
     if args.progress.print_result() {
-        out(image.id);
+        outln!("{}", image.id);
     }
     Ok(())
 }

@@ -5,16 +5,36 @@ use std::path::Path;
 use serde_json::json;
 use storectl_storage::{Image, Store};
 
-use crate::util::{human_size, open_store_scanned, out, short_time};
+use crate::outln;
+use crate::output::{self, escape_controls};
+use crate::util::{created_ago, human_size, now_secs, open_store_scanned, prefix};
+
+/// How `ls` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Columns sized to their content, as `podman images`.
+    Table,
+    /// A JSON array (as `--json`).
+    Json,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print a JSON array instead of a table.
+    /// Print a JSON array instead of a table (same as `--format json`).
     #[arg(long)]
     json: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
     /// Also list each image's layers.
     #[arg(long)]
     layers: bool,
+    /// Show full image and layer ids.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Print only image ids, each once.
+    #[arg(short, long, conflicts_with_all = ["json", "layers"])]
+    quiet: bool,
 }
 
 /// `docker.io/library/busybox:latest` → (`docker.io/library/busybox`, `latest`).
@@ -55,55 +75,153 @@ pub fn images_json(store: &Store, with_layers: bool) -> anyhow::Result<serde_jso
     Ok(serde_json::Value::Array(list))
 }
 
+/// One line of a table, cell by cell.
+type Row = Vec<String>;
+
+/// Rows of cells as columns sized to their content, two spaces apart (the
+/// last column unpadded). Cells are escaped first, so widths are what a
+/// terminal shows.
+pub fn table(rows: &[Vec<String>]) -> Vec<String> {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape_controls(c).into_owned()).collect())
+        .collect();
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let mut line = String::new();
+            for (i, cell) in r.iter().enumerate() {
+                if i + 1 == r.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    let pad = widths[i] - cell.chars().count() + 2;
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            line
+        })
+        .collect()
+}
+
+/// An id as `ls` shows it: 12 hex digits, or `sha256:` and all of them.
+fn show_id(id: &str, no_trunc: bool) -> String {
+    if no_trunc {
+        format!("sha256:{id}")
+    } else {
+        prefix(id, 12).to_string()
+    }
+}
+
+/// A digest (`sha256:…`) as `ls --layers` shows it.
+fn show_digest(digest: Option<&str>, no_trunc: bool) -> String {
+    match digest {
+        None => "-".into(),
+        Some(d) if no_trunc => d.to_string(),
+        Some(d) => prefix(d.strip_prefix("sha256:").unwrap_or(d), 12).to_string(),
+    }
+}
+
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     let (store, refresher) = open_store_scanned(root)?;
     let show_source = refresher.is_some();
-    if args.json {
+    if args.json || args.format == Format::Json {
         let list = images_json(&store, args.layers)?;
-        out(serde_json::to_string_pretty(&list)?);
+        output::json(&list, true)?;
         return Ok(());
     }
     let images = sorted_images(&store);
-    let source = |shared: bool| match (show_source, shared) {
-        (false, _) => String::new(),
-        (true, true) => "  shared".to_string(),
-        (true, false) => "  local".to_string(),
-    };
-    out(format!(
-        "{:<40} {:<16} {:<12} {:<19} {:>9}{}",
-        "REPOSITORY",
-        "TAG",
-        "IMAGE ID",
-        "CREATED",
-        "SIZE",
-        if show_source { "  SOURCE" } else { "" }
-    ));
+    if args.quiet {
+        let mut seen = std::collections::HashSet::new();
+        for image in &images {
+            if seen.insert(image.id.as_str()) {
+                outln!("{}", show_id(&image.id, args.no_trunc));
+            }
+        }
+        return Ok(());
+    }
+    let now = now_secs();
+    let mut header: Vec<String> = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]
+        .map(String::from)
+        .into();
+    if show_source {
+        header.push("SOURCE".into());
+    }
+    // Image rows, each followed (with --layers) by its layers' lines.
+    let mut blocks: Vec<(Vec<Row>, Vec<Row>)> = Vec::new();
     for image in &images {
         let names: Vec<(&str, &str)> = if image.names.is_empty() {
             vec![("<none>", "<none>")]
         } else {
             image.names.iter().map(|n| split_name(n)).collect()
         };
-        for (repo, tag) in names {
-            out(format!(
-                "{:<40} {:<16} {:<12} {:<19} {:>9}{}",
-                repo,
-                tag,
-                &image.id[..12],
-                short_time(image.created.as_deref()),
-                human_size(store.image_size(image)),
-                source(image.shared)
-            ));
-        }
+        let rows = names
+            .into_iter()
+            .map(|(repo, tag)| {
+                let mut row = vec![
+                    repo.to_string(),
+                    tag.to_string(),
+                    show_id(&image.id, args.no_trunc),
+                    created_ago(image.created.as_deref(), now),
+                    human_size(store.image_size(image)),
+                ];
+                if show_source {
+                    row.push(if image.shared { "shared" } else { "local" }.into());
+                }
+                row
+            })
+            .collect();
+        let mut layers = Vec::new();
         if args.layers {
             for layer in store.image_layers(image)? {
-                out(format!(
-                    "  layer {}  {:>9}  {}",
-                    &layer.id[..12],
+                let mut row = vec![
+                    "  layer".to_string(),
+                    show_digest(Some(&layer.id), args.no_trunc),
                     human_size(layer.diff_size.unwrap_or(0)),
-                    layer.compressed_diff_digest.as_deref().unwrap_or("-")
-                ));
+                    "diffID".into(),
+                    show_digest(layer.diff_digest.as_deref(), args.no_trunc),
+                ];
+                // The blob it came in, when that was not the tar itself.
+                if layer.compressed_diff_digest.is_some()
+                    && layer.compressed_diff_digest != layer.diff_digest
+                {
+                    row.push("blob".into());
+                    row.push(show_digest(
+                        layer.compressed_diff_digest.as_deref(),
+                        args.no_trunc,
+                    ));
+                    row.push(format!(
+                        "{} compressed",
+                        human_size(layer.compressed_size.unwrap_or(0))
+                    ));
+                }
+                layers.push(row);
             }
+        }
+        blocks.push((rows, layers));
+    }
+    let mut image_rows = vec![header];
+    image_rows.extend(blocks.iter().flat_map(|(r, _)| r.iter().cloned()));
+    let image_lines = table(&image_rows);
+    let layer_rows: Vec<Vec<String>> = blocks.iter().flat_map(|(_, l)| l.iter().cloned()).collect();
+    let mut layer_lines = table(&layer_rows).into_iter();
+    let mut image_lines = image_lines.into_iter();
+    outln!("{}", image_lines.next().unwrap_or_default());
+    for (rows, layers) in &blocks {
+        for _ in rows {
+            outln!("{}", image_lines.next().unwrap_or_default());
+        }
+        for _ in layers {
+            outln!("{}", layer_lines.next().unwrap_or_default());
         }
     }
     Ok(())
@@ -111,7 +229,24 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::split_name;
+    use super::{split_name, table};
+
+    #[test]
+    fn columns_fit_their_content() {
+        let rows = vec![
+            vec!["REPOSITORY".to_string(), "TAG".into(), "SIZE".into()],
+            vec!["a".to_string(), "longer-tag".into(), "1 B".into()],
+            vec!["é\x1b".to_string(), "x".into(), "2 B".into()],
+        ];
+        assert_eq!(
+            table(&rows),
+            vec![
+                "REPOSITORY  TAG         SIZE",
+                "a           longer-tag  1 B",
+                "é\\x1b       x           2 B",
+            ]
+        );
+    }
 
     #[test]
     fn names_split_at_the_tag() {

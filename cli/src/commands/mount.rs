@@ -4,7 +4,8 @@ use std::path::Path;
 
 use storectl_storage::Error as StorageError;
 
-use crate::util::{open_store_scanned, out};
+use crate::outln;
+use crate::util::open_store_scanned;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,7 +22,7 @@ pub struct UmountArgs {
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     let (store, _refresher) = open_store_scanned(root)?;
     let image = store.resolve_image(&args.image)?;
-    out(store.mount_image(&image)?.display());
+    outln!("{}", store.mount_image(&image)?.display());
     Ok(())
 }
 
@@ -43,6 +44,6 @@ pub fn run_umount(root: &Path, args: UmountArgs) -> anyhow::Result<()> {
     if !store.unmount_id(&id)? {
         anyhow::bail!("image {id} is not mounted");
     }
-    out(id);
+    outln!("{}", id);
     Ok(())
 }

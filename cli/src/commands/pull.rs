@@ -7,8 +7,9 @@ use storectl_storage::registry::Platform;
 use storectl_storage::{LoadOptions, PullOptions};
 
 use super::registry_args::RegistryArgs;
+use crate::outln;
 use crate::progress::ProgressArgs;
-use crate::util::{open_store_scanned, out};
+use crate::util::open_store_scanned;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -50,7 +51,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     renderer.finish(image.as_ref().ok().map(|_| "Pulled"));
     let image = image.with_context(|| format!("pulling {}", args.reference))?;
     if args.progress.print_result() {
-        out(image.id);
+        outln!("{}", image.id);
     }
     Ok(())
 }

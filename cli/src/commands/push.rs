@@ -6,8 +6,9 @@ use anyhow::Context;
 use storectl_storage::{PushCompression, PushOptions};
 
 use super::registry_args::RegistryArgs;
+use crate::outln;
 use crate::progress::ProgressArgs;
-use crate::util::{open_store_scanned, out};
+use crate::util::open_store_scanned;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum CompressionArg {
@@ -49,7 +50,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     renderer.finish(digest.as_ref().ok().map(|_| "Pushed"));
     let digest = digest.with_context(|| format!("pushing {} to {}", image.id, args.reference))?;
     if args.progress.print_result() {
-        out(digest);
+        outln!("{}", digest);
     }
     Ok(())
 }

@@ -15,7 +15,8 @@ use anyhow::Context;
 use storectl_remote::StoreEvent;
 use storectl_storage::fsutil::write_atomic;
 
-use crate::util::{open_store_scanned, out};
+use crate::outln;
+use crate::util::open_store_scanned;
 
 /// The reader-local file with the shared images the last `refresh` saw.
 const SEEN_FILE: &str = "refresh-seen.json";
@@ -32,13 +33,13 @@ pub struct Args {
 
 fn print_event(e: &StoreEvent, json: bool) -> anyhow::Result<()> {
     if json {
-        out(serde_json::to_string(e)?);
+        crate::output::json(e, false)?;
         return Ok(());
     }
     match e {
-        StoreEvent::ImageAdded { id, names } => out(format!("+ image {id} {}", names.join(" "))),
-        StoreEvent::ImageUpdated { id, names } => out(format!("~ image {id} {}", names.join(" "))),
-        StoreEvent::ImageRemoved { id } => out(format!("- image {id}")),
+        StoreEvent::ImageAdded { id, names } => outln!("+ image {id} {}", names.join(" ")),
+        StoreEvent::ImageUpdated { id, names } => outln!("~ image {id} {}", names.join(" ")),
+        StoreEvent::ImageRemoved { id } => outln!("- image {id}"),
         // Layers only in JSON; the text form speaks of images.
         StoreEvent::LayerAdded { .. } | StoreEvent::LayerRemoved { .. } => {}
     }
@@ -64,7 +65,10 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         let _running = refresher.spawn();
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             match events.recv_timeout(Duration::from_millis(200)) {
-                Ok(e) => print_event(&e, args.json)?,
+                Ok(e) => {
+                    print_event(&e, args.json)?;
+                    crate::output::flush()?;
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }

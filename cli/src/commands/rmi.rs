@@ -1,31 +1,49 @@
 //! `storectl rmi`: remove images and the layers no other image needs.
+//!
+//! As `podman rmi`: `rmi NAME` of an image with several names removes that
+//! name only; `rmi ID` of such an image is refused without `--force`; with
+//! several images, a failure is reported (one `storectl: error:` line on
+//! stderr) and the others are still removed, and the exit code is 1 if any failed.
 
 use std::path::Path;
 
 use storectl_storage::Removed;
 
-use crate::util::{open_store_scanned, out};
+use crate::outln;
+use crate::output::{self, Reported};
+use crate::util::open_store_scanned;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Image names, ids or unique id prefixes.
     #[arg(required = true)]
     images: Vec<String>,
+    /// Remove an image named by id even when it has several names (all go).
+    #[arg(short, long)]
+    force: bool,
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     // On a reader, scan first: a shared image is refused as read-only, not unknown.
     let (store, _refresher) = open_store_scanned(root)?;
+    let mut failed = 0;
     for name in &args.images {
-        match store.remove_image(name)? {
-            Removed::Untagged { name, .. } => out(format!("Untagged {name}")),
-            Removed::Deleted { image, layers } => {
+        match store.remove_image(name, args.force) {
+            Ok(Removed::Untagged { name, .. }) => outln!("Untagged: {name}"),
+            Ok(Removed::Deleted { image, layers }) => {
                 for layer in &layers {
-                    out(format!("Deleted layer {layer}"));
+                    outln!("Deleted layer: {layer}");
                 }
-                out(format!("Deleted {image}"));
+                outln!("Deleted: {image}");
+            }
+            Err(e) => {
+                failed += 1;
+                output::error_line(&crate::one_line(&e.into()));
             }
         }
+    }
+    if failed > 0 {
+        return Err(Reported { failed }.into());
     }
     Ok(())
 }

@@ -77,10 +77,14 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const JSON: &str = "application/json";
 
-/// One line on stderr, `storectl serve: …`.
-#[allow(clippy::print_stderr)]
+/// One line on stderr, `storectl serve: …` (control characters escaped).
 fn log(line: impl std::fmt::Display) {
-    eprintln!("storectl serve: {line}");
+    use std::io::Write;
+    let line = format!(
+        "storectl serve: {}\n",
+        crate::output::escape_controls(&line.to_string())
+    );
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// Which routes a listener answers.

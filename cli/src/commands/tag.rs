@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use crate::util::{open_store_scanned, out};
+use crate::outln;
+use crate::util::open_store_scanned;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,6 +17,6 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     // On a reader, scan first: a shared image is refused as read-only, not unknown.
     let (store, _refresher) = open_store_scanned(root)?;
     let image = store.tag(&args.image, &args.name)?;
-    out(image.id);
+    outln!("{}", image.id);
     Ok(())
 }

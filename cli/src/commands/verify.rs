@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use crate::util::{open_store_scanned, out};
+use crate::outln;
+use crate::util::open_store_scanned;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,16 +22,17 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     for layer in &layers {
         let check = store.verify_layer(&layer.id)?;
         match &check.found {
-            _ if check.ok() => out(format!("ok        {}", layer.id)),
+            _ if check.ok() => outln!("ok        {}", layer.id),
             Ok(found) => {
-                out(format!(
+                outln!(
                     "MISMATCH  {}  expected {} found {found}",
-                    layer.id, check.expected
-                ));
+                    layer.id,
+                    check.expected
+                );
                 bad.push(layer.id.clone());
             }
             Err(why) => {
-                out(format!("FAILED    {}  {why}", layer.id));
+                outln!("FAILED    {}  {why}", layer.id);
                 bad.push(layer.id.clone());
             }
         }

@@ -18,6 +18,8 @@ struct Entry {
     layers: Vec<String>,
 }
 
+/// The image of the archive named `want` (`PATH:TAG`; a `RepoTags` entry as
+/// written or normalized), or its only image.
 pub(super) fn open(blobs: &Blobs, want: Option<&str>) -> Result<SourceImage> {
     let path = blobs.path();
     let entries: Vec<Entry> = serde_json::from_slice(&blobs.read_document("manifest.json")?)
@@ -33,7 +35,14 @@ pub(super) fn open(blobs: &Blobs, want: Option<&str>) -> Result<SourceImage> {
                         || want_norm.as_ref().is_some_and(|w| tags(e).contains(w))
                 })
                 .ok_or_else(|| {
-                    Error::archive(path, format!("no image named {want:?} in the archive"))
+                    let all: Vec<String> = many.iter().flat_map(tags).collect();
+                    Error::archive(
+                        path,
+                        format!(
+                            "no image named {want:?} in the archive (names: {})",
+                            all.join(", ")
+                        ),
+                    )
                 })?
         }
         (None, [one]) => one,

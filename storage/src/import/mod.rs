@@ -112,20 +112,28 @@ pub struct SourceImage {
 ///
 /// A directory is an OCI image layout; a file is a tarball holding either a
 /// docker-archive (`manifest.json`) or an OCI layout (`index.json`). `TAG`
-/// (or, for a source with several images, `want_name`) selects the image.
+/// selects the image of a source that holds several (a docker-archive's
+/// `RepoTags` entry, an OCI index entry's `ref.name`); a source with one image
+/// needs none. `-` (or `-:TAG`) is a tarball on standard input.
 ///
 /// A gzip- or zstd-compressed tarball (`docker save … | gzip`), and a
-/// tarball on standard input (`spec` is `-`), are first copied (and
-/// decompressed) to an unnamed temporary file in `spill_dir` (`O_TMPFILE`:
-/// nothing is left behind, even by a crash), which lives as long as the
-/// returned image.
-pub fn open_source(spec: &str, want_name: Option<&str>, spill_dir: &Path) -> Result<SourceImage> {
+/// tarball on standard input, are first copied (and decompressed) to an
+/// unnamed temporary file in `spill_dir` (`O_TMPFILE`: nothing is left
+/// behind, even by a crash), which lives as long as the returned image.
+pub fn open_source(spec: &str, spill_dir: &Path) -> Result<SourceImage> {
     let mut spill = None;
-    if spec == "-" {
+    let stdin_tag = match spec {
+        "-" => Some(None),
+        s => s
+            .strip_prefix("-:")
+            .filter(|t| !t.is_empty() && !Path::new(spec).exists())
+            .map(Some),
+    };
+    if let Some(tag) = stdin_tag {
         let stdin = Path::new("<stdin>");
         let (file, fd_path) = spill_to(Box::new(std::io::stdin()), stdin, spill_dir)?;
         spill = Some(std::sync::Arc::new(file));
-        let mut src = open_blobs(Blobs::tar_at(&fd_path, stdin)?, stdin, None, want_name)?;
+        let mut src = open_blobs(Blobs::tar_at(&fd_path, stdin)?, stdin, tag)?;
         src.spill = spill;
         return Ok(src);
     }
@@ -142,20 +150,15 @@ pub fn open_source(spec: &str, want_name: Option<&str>, spill_dir: &Path) -> Res
             None => Blobs::tar(&path)?,
         }
     };
-    let mut src = open_blobs(blobs, &path, tag.as_deref(), want_name)?;
+    let mut src = open_blobs(blobs, &path, tag.as_deref())?;
     src.spill = spill;
     Ok(src)
 }
 
 /// The image in `blobs`: a docker-archive or an OCI layout.
-fn open_blobs(
-    blobs: Blobs,
-    path: &Path,
-    tag: Option<&str>,
-    want_name: Option<&str>,
-) -> Result<SourceImage> {
+fn open_blobs(blobs: Blobs, path: &Path, tag: Option<&str>) -> Result<SourceImage> {
     if blobs.exists("manifest.json") {
-        docker::open(&blobs, tag.or(want_name))
+        docker::open(&blobs, tag)
     } else if blobs.exists("index.json") {
         oci::open(&blobs, tag)
     } else {
