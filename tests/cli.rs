@@ -67,7 +67,9 @@ fn run_into_closed_pipe(env: &Env, args: &[&str]) -> (Option<i32>, String) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn closed_stdout_and_hostile_text_never_panic() {
+    require_root!();
     let env = Env::new();
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -165,7 +167,9 @@ fn closed_stdout_and_hostile_text_never_panic() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ls_columns_created_no_trunc_quiet_and_format() {
+    require_root!();
     let env = Env::new();
     let oci = env.path("oci");
     let img = plain("localhost/a-rather-long-repository-name/x:1", "a", 2);
@@ -227,7 +231,9 @@ fn ls_columns_created_no_trunc_quiet_and_format() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn load_name_adds_a_name_and_never_picks() {
+    require_root!();
     let env = Env::new();
     let img = plain("localhost/from-archive:1", "n", 2);
     let archive = env.path("one.tar");
@@ -291,7 +297,9 @@ fn tar_member(path: &Path, name: &str) -> Option<Value> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn save_formats_names_and_parent() {
+    require_root!();
     let env = Env::new();
     let oci = env.path("oci");
     let img = plain("localhost/orig:1", "s", 2);
@@ -388,7 +396,9 @@ fn save_formats_names_and_parent() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn rmi_names_ids_force_and_several() {
+    require_root!();
     let env = Env::new();
     let mut ids = Vec::new();
     for (i, name) in ["localhost/r:1", "localhost/s:1", "localhost/t:1"]
