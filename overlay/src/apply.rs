@@ -14,7 +14,7 @@
 //! children were created.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
@@ -66,10 +66,17 @@ pub struct ApplyStats {
 ///   mtimes (dirs fixed up at the end), xattrs from PAX `SCHILY.xattr.*`;
 /// * `.wh.NAME` → char device 0:0 `NAME`; `.wh..wh..opq` → opaque xattr on its dir;
 ///   other `.wh..wh.*` entries (aufs metadata) are skipped;
+/// * `.wh.NAME` and an entry `NAME` in one layer (how BuildKit and containerd
+///   write a path that changed type): the entry replaces the whiteout node,
+///   and a directory made so is opaque (it hides the lower directory); a
+///   whiteout *after* its entry hides only the lower layers (OCI), so the
+///   entry stays and, if a directory, becomes opaque; a whiteout beneath a
+///   whited-out name is ignored (the name is hidden already);
 /// * leading `./` and `/`-free relative names only: `..` components, absolute
 ///   paths, paths through a symlink, hardlinks out of the layer, whiteouts
-///   naming `.`/`..`, and duplicate non-directory entries are
-///   [`crate::Error::HostileEntry`] naming the entry;
+///   naming `.`/`..`, and duplicate non-directory entries (other than a
+///   whiteout and its replacement) are [`crate::Error::HostileEntry`] naming
+///   the entry;
 /// * the stream is read to EOF (so the caller's digest covers every byte);
 /// * if `tar_split` is given, tar-split JSON lines are written to it
 ///   (see [`crate::tarsplit`]) so [`crate::tarsplit::reassemble`] can rebuild the
@@ -111,6 +118,7 @@ pub fn apply_tar(
         limit,
         xattrs: opts.xattrs,
         file_bytes: 0,
+        whiteouts: HashSet::new(),
     };
     let mut entries = 0u64;
     let mut end_of_last = 0u64;
@@ -275,6 +283,10 @@ struct Applier<'a, 'w> {
     xattrs: XattrMode,
     /// Sizes of the regular files written so far.
     file_bytes: u64,
+    /// Whiteout nodes (`.wh.NAME` entries) this layer made, by relative
+    /// path: a later entry of the same name replaces one (see
+    /// [`Applier::take_whiteout`]).
+    whiteouts: HashSet<Vec<u8>>,
 }
 
 /// An error about the entry named `entry`.
@@ -337,6 +349,11 @@ impl Applier<'_, '_> {
         let fd = match fsutil::open_dir_beneath(&*self.root, &key) {
             Ok(fd) => fd,
             Err(e) if create && is_errno(&e, Errno::NOENT) => self.create_dirs(comps, entry)?,
+            // A whiteout this layer made sits on the path: the name became a
+            // directory (see `take_whiteout`).
+            Err(e) if create && is_errno(&e, Errno::NOTDIR) && self.under_whiteout(comps) => {
+                self.create_dirs(comps, entry)?
+            }
             Err(e) => return Err(self.resolve_err(e, &key, entry)),
         };
         let fd = Rc::new(fd);
@@ -345,30 +362,68 @@ impl Applier<'_, '_> {
     }
 
     /// Create the missing directories of `comps`, one component at a time.
-    fn create_dirs(&self, comps: &[&[u8]], entry: &str) -> Result<OwnedFd> {
-        let mut cur: Option<OwnedFd> = None;
+    /// A whiteout this layer made on the way is replaced by an opaque
+    /// directory (the entry shows the name became a directory).
+    fn create_dirs(&mut self, comps: &[&[u8]], entry: &str) -> Result<OwnedFd> {
+        let mut cur: Option<Rc<OwnedFd>> = None;
         for (i, comp) in comps.iter().enumerate() {
             let rel = join(&comps[..=i]);
-            let parent = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
+            let parent = cur.clone().unwrap_or_else(|| self.root.clone());
             let flags = OFlags::RDONLY | OFlags::DIRECTORY;
-            let next = match fsutil::open_beneath(parent, comp, flags, Mode::empty()) {
+            let next = match fsutil::open_beneath(&*parent, comp, flags, Mode::empty()) {
                 Ok(fd) => fd,
-                Err(e) if is_errno(&e, Errno::NOENT) => {
-                    match rustix::fs::mkdirat(parent, OsStr::from_bytes(comp), Mode::from(0o755)) {
+                Err(e)
+                    if is_errno(&e, Errno::NOENT)
+                        || (is_errno(&e, Errno::NOTDIR) && self.whiteouts.contains(&rel)) =>
+                {
+                    let replaced = self.take_whiteout(&parent, comp, &rel)?;
+                    match rustix::fs::mkdirat(&*parent, OsStr::from_bytes(comp), Mode::from(0o755))
+                    {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(Error::io(self.path_of(&rel), e.into())),
                     }
-                    let fd = fsutil::open_beneath(parent, comp, flags, Mode::empty())
+                    let fd = fsutil::open_beneath(&*parent, comp, flags, Mode::empty())
                         .map_err(|e| self.resolve_err(e, &rel, entry))?;
                     rustix::fs::fchmod(&fd, Mode::from(0o755))
                         .map_err(|e| Error::io(self.path_of(&rel), e.into()))?;
+                    if replaced {
+                        self.set_opaque(&fd, &rel)?;
+                    }
                     fd
                 }
                 Err(e) => return Err(self.resolve_err(e, &rel, entry)),
             };
-            cur = Some(next);
+            cur = Some(Rc::new(next));
         }
-        cur.ok_or_else(|| hostile(entry, "empty path"))
+        let fd = cur.ok_or_else(|| hostile(entry, "empty path"))?;
+        Rc::try_unwrap(fd).map_err(|_| hostile(entry, "directory still in use"))
+    }
+
+    /// Does `comps` (or a directory above it) name a whiteout this layer made?
+    fn under_whiteout(&self, comps: &[&[u8]]) -> bool {
+        !self.whiteouts.is_empty()
+            && (1..=comps.len()).any(|n| self.whiteouts.contains(&join(&comps[..n])))
+    }
+
+    /// If `name` in `parent` (relative path `rel`) is a whiteout an earlier
+    /// `.wh.` entry of this layer made, remove it and return true: the entry
+    /// that follows takes its place. (BuildKit and containerd write `.wh.a`
+    /// then `a` when a path changes type; the whiteout hides the lower
+    /// layers' `a`, and a directory made in its place is opaque.)
+    fn take_whiteout(&mut self, parent: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<bool> {
+        if !self.whiteouts.remove(rel) {
+            return Ok(false);
+        }
+        rustix::fs::unlinkat(parent, OsStr::from_bytes(name), AtFlags::empty())
+            .map_err(|e| Error::io(self.path_of(rel), e.into()))?;
+        Ok(true)
+    }
+
+    /// Mark the directory `fd` (relative path `rel`) opaque: it hides the
+    /// lower layers' contents of the same path.
+    fn set_opaque(&self, fd: impl AsFd, rel: &[u8]) -> Result<()> {
+        rustix::fs::fsetxattr(fd, self.xattrs.opaque_xattr(), b"y", XattrFlags::empty())
+            .map_err(|e| Error::io(self.path_of(rel), e.into()))
     }
 
     /// Read the rest of the entry's data without keeping it (it stays in
@@ -511,20 +566,28 @@ impl Applier<'_, '_> {
         match special {
             Special::AufsMeta => return self.no_content(&mut entry, &raw, shown),
             Special::Opaque => {
-                let dir = self.dir(&comps[..comps.len() - 1], true, shown)?;
-                let opaque = self.xattrs.opaque_xattr();
-                rustix::fs::fsetxattr(&*dir, opaque, b"y", XattrFlags::empty()).map_err(|e| {
-                    Error::io(self.path_of(&join(&comps[..comps.len() - 1])), e.into())
-                })?;
+                let parents = &comps[..comps.len() - 1];
+                // Inside a path this layer whited out: it stays hidden (as
+                // containers/storage leaves it).
+                if !self.under_whiteout(parents) {
+                    let dir = self.dir(parents, true, shown)?;
+                    self.set_opaque(&*dir, &join(parents))?;
+                }
                 return self.no_content(&mut entry, &raw, shown);
             }
             Special::Whiteout(name) => {
                 if matches!(name, b"" | b"." | b"..") {
                     return Err(hostile(shown, "whiteout names `.`, `..` or nothing"));
                 }
+                let parents = &comps[..comps.len() - 1];
+                // `.wh.foo` then `foo/.wh.bar` (some tools write both for
+                // `rm -rf foo/bar`): foo is hidden already.
+                if self.under_whiteout(parents) {
+                    return self.no_content(&mut entry, &raw, shown);
+                }
                 let meta = self.meta(&mut entry, shown)?;
-                let parent = self.dir(&comps[..comps.len() - 1], true, shown)?;
-                let target = join(&[&comps[..comps.len() - 1], &[name]].concat());
+                let parent = self.dir(parents, true, shown)?;
+                let target = join(&[parents, &[name]].concat());
                 match rustix::fs::mknodat(
                     &*parent,
                     OsStr::from_bytes(name),
@@ -532,17 +595,32 @@ impl Applier<'_, '_> {
                     Mode::empty(),
                     rustix::fs::makedev(0, 0),
                 ) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        chown_nofollow(&*parent, OsStr::from_bytes(name), &meta)
+                            .map_err(|e| Error::io(self.path_of(&target), e.into()))?;
+                        self.whiteouts.insert(target);
+                    }
+                    // The name is an entry of this layer: a whiteout hides
+                    // only the lower layers (OCI), so the entry stays; a
+                    // non-directory hides the lower path already, a
+                    // directory must become opaque to.
                     Err(Errno::EXIST) => {
-                        return Err(hostile(
-                            shown,
-                            "duplicate entry: the whited-out name already exists in this layer",
-                        ))
+                        if !self.whiteouts.contains(&target) {
+                            let st = rustix::fs::statat(
+                                &*parent,
+                                OsStr::from_bytes(name),
+                                AtFlags::SYMLINK_NOFOLLOW,
+                            )
+                            .map_err(|e| Error::io(self.path_of(&target), e.into()))?;
+                            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                                let dir = fsutil::open_dir_beneath(&*parent, name)
+                                    .map_err(|e| self.resolve_err(e, &target, shown))?;
+                                self.set_opaque(&dir, &target)?;
+                            }
+                        }
                     }
                     Err(e) => return Err(Error::io(self.path_of(&target), e.into())),
                 }
-                chown_nofollow(&*parent, OsStr::from_bytes(name), &meta)
-                    .map_err(|e| Error::io(self.path_of(&target), e.into()))?;
                 return self.no_content(&mut entry, &raw, shown);
             }
             Special::None => {}
@@ -567,6 +645,7 @@ impl Applier<'_, '_> {
         match etype {
             EntryType::Regular | EntryType::Continuous => {
                 let parent = self.dir(parents, true, shown)?;
+                self.take_whiteout(&parent, name.as_bytes(), &rel)?;
                 let fd = match rustix::fs::openat(
                     &*parent,
                     name,
@@ -625,6 +704,7 @@ impl Applier<'_, '_> {
                     return Err(hostile(shown, "symlink target contains a NUL byte"));
                 }
                 let parent = self.dir(parents, true, shown)?;
+                self.take_whiteout(&parent, name.as_bytes(), &rel)?;
                 match rustix::fs::symlinkat(OsStr::from_bytes(&target), &*parent, name) {
                     Ok(()) => {}
                     Err(Errno::EXIST) => return Err(dup()),
@@ -676,6 +756,7 @@ impl Applier<'_, '_> {
                     _ => {}
                 }
                 let parent = self.dir(parents, true, shown)?;
+                self.take_whiteout(&parent, name.as_bytes(), &rel)?;
                 match rustix::fs::linkat(&*tparent, tname, &*parent, name, AtFlags::empty()) {
                     Ok(()) => {}
                     Err(Errno::EXIST) => return Err(dup()),
@@ -700,6 +781,7 @@ impl Applier<'_, '_> {
                     _ => FileType::Fifo,
                 };
                 let parent = self.dir(parents, true, shown)?;
+                self.take_whiteout(&parent, name.as_bytes(), &rel)?;
                 match rustix::fs::mknodat(&*parent, name, ftype, Mode::from(0o600), dev) {
                     Ok(()) => {}
                     Err(Errno::EXIST) => return Err(dup()),
@@ -730,6 +812,7 @@ impl Applier<'_, '_> {
             None => self.root.clone(),
             Some((name, parents)) => {
                 let parent = self.dir(parents, true, shown)?;
+                let replaced = self.take_whiteout(&parent, name, rel)?;
                 let name = OsStr::from_bytes(name);
                 match rustix::fs::mkdirat(&*parent, name, Mode::from(0o700)) {
                     Ok(()) => {}
@@ -745,10 +828,12 @@ impl Applier<'_, '_> {
                     }
                     Err(e) => return Err(Error::io(self.path_of(rel), e.into())),
                 }
-                Rc::new(
-                    fsutil::open_dir_beneath(&*parent, name.as_bytes())
-                        .map_err(|e| self.resolve_err(e, rel, shown))?,
-                )
+                let fd = fsutil::open_dir_beneath(&*parent, name.as_bytes())
+                    .map_err(|e| self.resolve_err(e, rel, shown))?;
+                if replaced {
+                    self.set_opaque(&fd, rel)?;
+                }
+                Rc::new(fd)
             }
         };
         rustix::fs::fchown(&*fd, Some(meta.uid), Some(meta.gid))

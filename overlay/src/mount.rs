@@ -157,7 +157,7 @@ pub(crate) fn unescape_octal(s: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{require_root, RawTar};
+    use crate::testutil::{require_root, type_change_layer, RawTar};
     use std::io::Cursor;
 
     fn id(n: u32) -> String {
@@ -349,6 +349,76 @@ mod tests {
             assert_eq!(content.unwrap(), b"deleted above");
             assert!(d.dir().join(EMPTY_DIR).is_dir());
             assert!(unmount(&m1).is_err(), "not mounted any more");
+        }
+    }
+
+    /// `.wh.X` and `X` in one layer: the mount shows the new entry, and a
+    /// directory made so hides the lower directory's contents.
+    #[test]
+    #[ignore = "needs root"]
+    fn whiteout_and_entry_of_one_name_show_the_entry() {
+        require_root("overlay mounts");
+        for mode in [XattrMode::Trusted, XattrMode::User] {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = Driver::open(&tmp.path().join("overlay"), true)
+                .unwrap()
+                .with_xattr_mode(mode);
+            let mut t = RawTar::new();
+            t.file("f2d", b"old file");
+            t.file("d2f/old", b"old");
+            t.symlink("s2d", "/etc");
+            t.file("d2d/old", b"old");
+            t.file("imp/old", b"old");
+            t.file("after/old", b"old");
+            t.file("afterf", b"old");
+            t.file("gone/sub/y", b"y");
+            t.file("twice", b"t");
+            t.file("d2s/old", b"old");
+            t.file("hl/old", b"old");
+            let base = layer(&d, 1, &[], t.finish());
+            let top = layer(&d, 2, &[&base], type_change_layer());
+            let m = tmp.path().join("m");
+            d.mount_read_only(&[&top, &base], &m).unwrap();
+            let names = |p: &str| -> Vec<String> {
+                let mut v: Vec<String> = fs::read_dir(m.join(p))
+                    .map(|rd| {
+                        rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                v.sort();
+                v
+            };
+            let seen = (
+                names("f2d"),
+                fs::read(m.join("d2f")).unwrap_or_default(),
+                names("s2d"),
+                names("d2d"),
+                names("imp"),
+                names("after"),
+                fs::read(m.join("afterf")).unwrap_or_default(),
+                fs::symlink_metadata(m.join("gone")).is_ok(),
+                fs::symlink_metadata(m.join("twice")).is_ok(),
+                fs::read_link(m.join("d2s")).ok(),
+                fs::read(m.join("hl")).unwrap_or_default(),
+                names(""),
+            );
+            unmount(&m).unwrap();
+            assert_eq!(seen.0, ["new"], "{mode}: file -> dir");
+            assert_eq!(seen.1, b"now a file", "{mode}: dir -> file");
+            assert_eq!(seen.2, ["x"], "{mode}: symlink -> dir");
+            assert_eq!(seen.3, ["new"], "{mode}: dir -> dir, old contents hidden");
+            assert_eq!(seen.4, ["x"], "{mode}: implicit dir");
+            assert_eq!(seen.5, ["new"], "{mode}: whiteout after its dir");
+            assert_eq!(seen.6, b"new", "{mode}: whiteout after its file");
+            assert!(!seen.7 && !seen.8, "{mode}: whited out");
+            assert_eq!(seen.9.as_deref(), Some(Path::new("f2d")), "{mode}");
+            assert_eq!(seen.10, b"now a file", "{mode}: hardlink");
+            assert_eq!(
+                seen.11,
+                ["after", "afterf", "d2d", "d2f", "d2s", "f2d", "hl", "imp", "s2d"],
+                "{mode}"
+            );
         }
     }
 }

@@ -155,6 +155,49 @@ impl RawTar {
     }
 }
 
+/// A layer with `.wh.X` and an entry `X` in one layer, in both orders (the
+/// apply and mount tests of paths that change type).
+pub fn type_change_layer() -> Vec<u8> {
+    let mut t = RawTar::new();
+    // file -> dir
+    t.file(".wh.f2d", b"");
+    t.entry_with(b"f2d/", EntryType::Directory, None, b"", |h| {
+        h.set_mode(0o750)
+    });
+    t.file("f2d/new", b"in the new dir");
+    // dir -> file
+    t.file(".wh.d2f", b"");
+    t.file("d2f", b"now a file");
+    // symlink -> dir
+    t.file(".wh.s2d", b"");
+    t.dir("s2d/");
+    t.file("s2d/x", b"x");
+    // dir -> dir with new contents
+    t.file(".wh.d2d", b"");
+    t.dir("d2d/");
+    t.file("d2d/new", b"new");
+    // a dir made implicitly by a child entry
+    t.file(".wh.imp", b"");
+    t.file("imp/x", b"x");
+    // whiteouts after the entry: they hide only the lower layers
+    t.dir("after/");
+    t.file("after/new", b"new");
+    t.file(".wh.after", b"");
+    t.file("afterf", b"new");
+    t.file(".wh.afterf", b"");
+    // a whiteout under a whited-out dir (`rm -rf gone`), a repeated one
+    t.file(".wh.gone", b"");
+    t.file("gone/.wh.sub", b"");
+    t.file(".wh.twice", b"");
+    t.file(".wh.twice", b"");
+    // dir -> symlink, and a hardlink in place of a whiteout
+    t.file(".wh.d2s", b"");
+    t.symlink("d2s", "f2d");
+    t.file(".wh.hl", b"");
+    t.hardlink("hl", "d2f");
+    t.finish()
+}
+
 fn set_name(h: &mut Header, name: &[u8]) {
     let old = h.as_old_mut();
     old.name = [0; 100];
