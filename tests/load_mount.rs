@@ -230,6 +230,7 @@ fn shared_images_each_alone() {
 /// a path that changed type) loads, shows the new entries, and hides the old
 /// directories' contents; `verify` rebuilds its layers byte for byte.
 #[test]
+#[ignore = "needs root"]
 fn whiteout_and_entry_of_one_name() {
     let f = valid()
         .into_iter()
