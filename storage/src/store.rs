@@ -551,24 +551,31 @@ impl Store {
     /// Re-read the store from disk (after another process changed it).
     /// A reader keeps the shared entries its refresher added: they are not on
     /// its own disk.
+    ///
+    /// The shared entries are taken under the same write guard that installs
+    /// the new state: a refresher delta applied while the disk was being read
+    /// is kept (a guard released in between would lose it, or bring back an
+    /// image it removed, until the next full rescan).
     pub fn reload(&self) -> Result<()> {
         let mut state = self.read_state()?;
+        #[cfg(test)]
+        writer_tests::after_disk_read();
+        let mut current = self.state.write();
         if self.layout.role() == Role::Reader {
-            let old = self.state.read();
-            for l in old.layers.values().filter(|l| l.shared) {
+            for l in current.layers.values().filter(|l| l.shared) {
                 state
                     .layers
                     .entry(l.id.clone())
                     .or_insert_with(|| l.clone());
             }
-            for i in old.images.values().filter(|i| i.shared) {
+            for i in current.images.values().filter(|i| i.shared) {
                 state
                     .images
                     .entry(i.id.clone())
                     .or_insert_with(|| i.clone());
             }
         }
-        *self.state.write() = state;
+        *current = state;
         Ok(())
     }
 
@@ -1475,6 +1482,9 @@ impl Store {
         Ok(ids)
     }
 }
+
+#[cfg(test)]
+mod writer_tests;
 
 /// A blob stream that stops (with an error) once `cancel` is set.
 struct Cancellable<'a, R> {
