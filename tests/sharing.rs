@@ -14,7 +14,8 @@
 //!   to real images: one warning each, nothing read outside the share,
 //!   entries that become valid are taken; `junk_generation_file_does_not_hang_readers`.
 //! * `read_only_bind_mounted_share`; `share_going_away_is_not_an_empty_share`.
-//! * `second_writer_is_refused_naming_the_holder`.
+//! * `second_writer_is_refused_naming_the_holder` (with `--lock-timeout`:
+//!   without it a second writer waits, see tests/writer.rs).
 //!
 //! Needs root (overlay mounts, bind mounts). Set `SHARING_SEED` to replay the
 //! random kill points of a failed run (the seed is printed).
@@ -2210,10 +2211,22 @@ fn second_writer_is_refused_naming_the_holder() {
 
     let dir = small.dir.display().to_string();
     for (root, args) in [
-        (&second, vec!["load", dir.as_str()]),
-        (&second, vec!["rmi", big.id.as_str()]),
-        (&second, vec!["tag", big.id.as_str(), "localhost/other:v1"]),
-        (&first, vec!["load", dir.as_str()]), // the same root, another process
+        (&second, vec!["load", dir.as_str(), "--lock-timeout", "1s"]),
+        (
+            &second,
+            vec!["rmi", big.id.as_str(), "--lock-timeout", "1s"],
+        ),
+        (
+            &second,
+            vec![
+                "tag",
+                big.id.as_str(),
+                "localhost/other:v1",
+                "--lock-timeout",
+                "1s",
+            ],
+        ),
+        (&first, vec!["load", dir.as_str(), "--lock-timeout", "1s"]), // the same root, another process
     ] {
         let started = Instant::now();
         let r = run(root, &args);

@@ -29,6 +29,13 @@ struct Cli {
     #[arg(long, global = true, env = "STORECTL_ROOT")]
     root: Option<PathBuf>,
 
+    /// How long a command that changes the store (load, pull, rmi, tag, …)
+    /// waits for another writer's lock: 30s, 5m, 1h, 500ms, 0 (do not wait).
+    /// Default: as long as it takes, as podman does.
+    #[arg(long, global = true, env = "STORECTL_LOCK_TIMEOUT", value_name = "DURATION",
+          value_parser = util::parse_duration)]
+    lock_timeout: Option<std::time::Duration>,
+
     #[command(subcommand)]
     command: commands::Command,
 }
@@ -75,6 +82,7 @@ fn main() -> ExitCode {
         )
         .init();
     let root = cli.root.clone().unwrap_or_else(default_root);
+    util::set_lock_timeout(cli.lock_timeout);
     let result = cli
         .command
         .run(&root)

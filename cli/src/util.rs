@@ -2,16 +2,65 @@
 
 use std::path::Path;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use storectl_remote::{RefreshOptions, Refresher};
-use storectl_storage::{Role, Store, StoreOptions};
+use storectl_storage::{LockHolder, LockWait, Role, Store, StoreOptions};
 
-/// Open the store at `root`, with the root in the error's context.
+/// `--lock-timeout`, set once by `main`; `None` = wait forever.
+static LOCK_TIMEOUT: OnceLock<Option<Duration>> = OnceLock::new();
+
+pub fn set_lock_timeout(timeout: Option<Duration>) {
+    let _ = LOCK_TIMEOUT.set(timeout);
+}
+
+/// Open the store at `root`, with the root in the error's context. A
+/// mutation waits for another writer's lock as `--lock-timeout` says, and
+/// says on stderr whom it waits for once that takes more than a second.
 pub fn open_store(root: &Path) -> anyhow::Result<Store> {
-    Store::open(StoreOptions::new(root))
-        .with_context(|| format!("opening store {}", root.display()))
+    let mut opts = StoreOptions::new(root);
+    opts.lock_wait = LockWait {
+        timeout: LOCK_TIMEOUT.get().copied().flatten(),
+        on_wait: Some(Arc::new(|holder: &LockHolder| {
+            // The holder's host comes from a file on the share: escaped.
+            let holder = holder.to_string();
+            let _ = crate::output::flush();
+            let line = format!(
+                "storectl: waiting for the store lock held by {}…\n",
+                crate::output::escape_controls(&holder)
+            );
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        })),
+        ..LockWait::default()
+    };
+    Store::open(opts).with_context(|| format!("opening store {}", root.display()))
+}
+
+/// A duration as `--lock-timeout` takes it (pure): a number with a unit
+/// (`ms`, `s`, `m`, `h`), or a bare number of seconds; `0` = not at all.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 5m, 1h, 0)"))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (ms, s, m or h)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// Open the store and, on a reader, scan the share once so shared images are
@@ -154,6 +203,21 @@ mod tests {
         assert_eq!(human_size(4_260_000), "4.26 MB");
         assert_eq!(human_size(42_600_000), "42.6 MB");
         assert_eq!(human_size(426_000_000), "426 MB");
+    }
+
+    #[test]
+    fn lock_timeouts_parse() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3d").is_err());
+        assert!(parse_duration("-1s").is_err());
     }
 
     #[test]

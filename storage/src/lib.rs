@@ -29,10 +29,12 @@
 //!   (staged whole) — only after every layer of its chain. Removal is the
 //!   reverse: the image dir is renamed away first. Readers take no lock and
 //!   never see half a layer or image. `generation` is bumped after each step.
-//! * **One writer.** Mutations hold `storage.lock`; a second writer gets
-//!   [`Error::Locked`] naming the holder. Taking the lock sweeps the
-//!   dot-prefixed debris (`.staging-*`, `.trash-*`, `.tmp-*`) a crashed writer
-//!   left, and layers no image uses.
+//! * **One writer.** Mutations hold `storage.lock`; a second writer waits
+//!   for it, forever by default as podman's do ([`StoreOptions::lock_wait`]:
+//!   a timeout, after which it gets [`Error::Locked`] naming the holder, and
+//!   a callback told who holds it once the wait passes a second). Taking the
+//!   lock sweeps the dot-prefixed debris (`.staging-*`, `.trash-*`,
+//!   `.tmp-*`) a crashed writer left, and layers no image uses.
 //! * **Everything is checked.** Every blob's sha256 against its descriptor,
 //!   every layer's uncompressed sha256 against the config's `rootfs.diff_ids`;
 //!   a mismatch leaves nothing behind.
@@ -71,6 +73,7 @@ mod store;
 pub use config::{Layout, Role, RootConfig};
 pub use error::{Error, Result};
 pub use export::{PushCompression, PushOptions, SaveFormat};
+pub use lock::{LockHolder, LockNotice, LockWait};
 pub use meta::{Image, Layer};
 pub use progress::{EventKind, NoopReporter, ProgressEvent, Reporter};
 pub use pull::PullOptions;

@@ -20,7 +20,7 @@ use crate::digest::{chain_ids, is_hex64, sha256_digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, sync_dir, unique_suffix, write_atomic, write_synced};
 use crate::import::{self, spec, SourceImage, SourceLayer};
-use crate::lock::WriterLock;
+use crate::lock::{LockWait, WriterLock};
 use crate::meta::{self, Image, Layer, CONFIG, MANIFEST};
 use crate::progress::{EventKind, ProgressEvent, ProgressReader, Reporter, DEFAULT_INTERVAL};
 
@@ -31,6 +31,9 @@ pub struct StoreOptions {
     pub root: PathBuf,
     /// The root's sharing role; `None` = read `<root>/storectl.json`.
     pub config: Option<RootConfig>,
+    /// How a mutation waits for another writer's lock (default: forever,
+    /// as podman does; see [`LockWait`]).
+    pub lock_wait: LockWait,
 }
 
 impl StoreOptions {
@@ -38,6 +41,7 @@ impl StoreOptions {
         StoreOptions {
             root: root.into(),
             config: None,
+            lock_wait: LockWait::default(),
         }
     }
 }
@@ -187,6 +191,7 @@ pub struct Store {
     state: RwLock<State>,
     /// Why the root cannot be written, when it cannot.
     read_only: Option<String>,
+    lock_wait: LockWait,
 }
 
 const MOUNTS: &str = "mounts";
@@ -285,6 +290,7 @@ impl Store {
             driver,
             state: RwLock::new(State::default()),
             read_only,
+            lock_wait: opts.lock_wait,
         };
         let state = store.read_state()?;
         *store.state.write() = state;
@@ -588,7 +594,7 @@ impl Store {
                 reason: reason.clone(),
             });
         }
-        let lock = WriterLock::acquire(&self.layout.writer_lock())?;
+        let lock = WriterLock::acquire_waiting(&self.layout.writer_lock(), &self.lock_wait)?;
         let mut dirs = vec![self.layers_dir(), self.images_dir(), self.root.clone()];
         match self.layout.role() {
             Role::Reader => dirs.push(self.layout.overlay()),

@@ -36,16 +36,18 @@ fn reload_keeps_a_refresher_delta_applied_meanwhile() {
     let tmp = tempfile::tempdir().unwrap();
     let share = tmp.path().join("share");
     fs::create_dir_all(&share).unwrap();
-    let store = std::sync::Arc::new(Store::open(StoreOptions {
-        root: tmp.path().join("root"),
-        config: Some(RootConfig {
-            role: Role::Reader,
-            shared: Some(share),
-            ..RootConfig::default()
-        }),
-        ..StoreOptions::new("")
-    })
-    .unwrap());
+    let store = std::sync::Arc::new(
+        Store::open(StoreOptions {
+            root: tmp.path().join("root"),
+            config: Some(RootConfig {
+                role: Role::Reader,
+                shared: Some(share),
+                ..RootConfig::default()
+            }),
+            ..StoreOptions::new("")
+        })
+        .unwrap(),
+    );
     let (base, old, new) = (hex("base"), hex("old image"), hex("new image"));
     store.apply_shared(SharedDelta {
         add_layers: vec![layer(&base)],

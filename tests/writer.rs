@@ -1,0 +1,276 @@
+//! The writer side of a store, driven through the real `storectl` binary.
+//!
+//! * `a_second_writer_waits_for_the_lock` — two `storectl` processes on one
+//!   root: the second waits (saying after a second who holds the lock) and
+//!   goes on once the first is done; with `--lock-timeout` it gives up,
+//!   naming the holder.
+
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Env, STORECTL};
+use storectl_fixtures::{write_oci_layout, Compression, Entry, Image, Layer};
+
+fn host() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A one-layer image (OCI layout at `dir`) whose layer is `seed`'s files.
+fn small_image(dir: &Path, seed: &str) -> String {
+    let image = Image::new(vec![Layer::new(
+        vec![
+            Entry::dir("etc"),
+            Entry::file("etc/seed", format!("{seed}\n")),
+        ],
+        Compression::Gzip,
+    )])
+    .named(&format!("localhost/{seed}:v1"));
+    write_oci_layout(dir, &[image]).expect("OCI layout")[0].id()
+}
+
+/// A `storectl load` stopped (SIGSTOP) while it holds the writer lock;
+/// [`Held::release`] lets it go on.
+struct Held {
+    child: Child,
+    id: String,
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+    let _ = rustix::process::kill_process(pid, sig);
+}
+
+impl Held {
+    /// Start `storectl load` of a 32 MB image and stop it as soon as it
+    /// holds the lock at `lock`.
+    fn start(env: &Env, root: &Path, name: &str, lock: &Path) -> Held {
+        let dir = env.path(name);
+        let big: Vec<u8> = (0..32u64 << 20)
+            .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8)
+            .collect();
+        let image = Image::new(vec![Layer::new(
+            vec![
+                Entry::file("held", format!("{name}\n")),
+                Entry::file("big", big),
+            ],
+            Compression::None,
+        )])
+        .named(&format!("localhost/{name}:v1"));
+        let built = write_oci_layout(&dir, &[image]).expect("OCI layout");
+        let mut child = Command::new(STORECTL)
+            .arg("--root")
+            .arg(root)
+            .args(["load", &dir.display().to_string()])
+            .env_remove("STORECTL_ROOT")
+            .env_remove("STORECTL_LOCK_TIMEOUT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn load");
+        let holder = format!("host {} pid {}", host(), child.id());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if fs::read_to_string(lock)
+                .unwrap_or_default()
+                .contains(&holder)
+            {
+                signal(child.id(), rustix::process::Signal::STOP);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the first writer never took the lock"
+            );
+            thread::sleep(Duration::from_micros(200));
+        }
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the first load ended before it could be stopped"
+        );
+        Held {
+            child,
+            id: built[0].id(),
+        }
+    }
+
+    fn holder(&self) -> String {
+        format!("host {} pid {}", host(), self.child.id())
+    }
+
+    /// Let the load go on; it must succeed.
+    fn release(self) {
+        signal(self.child.id(), rustix::process::Signal::CONT);
+        let out = self.child.wait_with_output().expect("wait load");
+        assert!(
+            out.status.success(),
+            "the first load failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().last(),
+            Some(self.id.as_str())
+        );
+    }
+}
+
+/// A running `storectl` whose stderr lines arrive on a channel.
+struct Waiter {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Vec<String>,
+}
+
+impl Waiter {
+    fn start(root: &Path, args: &[&str]) -> Waiter {
+        let mut child = Command::new(STORECTL)
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .env_remove("STORECTL_ROOT")
+            .env_remove("STORECTL_LOCK_TIMEOUT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn storectl");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Waiter {
+            child,
+            lines,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Wait up to `limit` for a stderr line containing `what`.
+    fn line_containing(&mut self, what: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stderr.push(line.clone());
+                    if line.contains(what) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        None
+    }
+
+    /// Wait for the exit; (exit code, stdout, every stderr line).
+    fn finish(mut self) -> (Option<i32>, String, Vec<String>) {
+        let out = self.child.wait_with_output().expect("wait");
+        self.stderr.extend(self.lines.iter());
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            self.stderr,
+        )
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_second_writer_waits_for_the_lock() {
+    require_root!();
+    let env = Env::new();
+    let lock = env.root.join("storage.lock");
+    let b_dir = env.path("b");
+    let b = small_image(&b_dir, "second");
+
+    // The second load waits for the first, says whom it waits for (after
+    // about a second, once), and goes on when the first is done.
+    let first = Held::start(&env, &env.root, "first", &lock);
+    let started = Instant::now();
+    let mut second = Waiter::start(&env.root, &["load", &b_dir.display().to_string()]);
+    let notice = second.line_containing("waiting for the store lock", Duration::from_secs(10));
+    let waited = started.elapsed();
+    let Some(notice) = notice else {
+        panic!(
+            "no waiting notice; stderr: {:?}; the second load's exit: {:?}",
+            second.stderr,
+            second.child.try_wait()
+        );
+    };
+    assert!(
+        notice.contains(&first.holder()),
+        "the notice names the holder ({}): {notice}",
+        first.holder()
+    );
+    assert!(
+        waited >= Duration::from_millis(900),
+        "noticed after {waited:?}, not after a second"
+    );
+    thread::sleep(Duration::from_millis(1500));
+    assert!(
+        second.child.try_wait().expect("try_wait").is_none(),
+        "the second load did not wait: {:?}",
+        second.stderr
+    );
+    first.release();
+    let (code, stdout, stderr) = second.finish();
+    assert_eq!(code, Some(0), "the second load: {stderr:?}");
+    assert_eq!(stdout.lines().last(), Some(b.as_str()));
+    let notices = stderr.iter().filter(|l| l.contains("waiting")).count();
+    assert_eq!(notices, 1, "one notice: {stderr:?}");
+    assert!(!stderr.iter().any(|l| l.contains("error")), "{stderr:?}");
+    let ids: Vec<String> = env
+        .ls()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let _ = fs::remove_dir_all(env.path("first"));
+
+    // `--lock-timeout` bounds the wait: the error names the holder.
+    let held = Held::start(&env, &env.root, "third", &lock);
+    for args in [
+        vec!["--lock-timeout", "1s", "rmi", b.as_str()],
+        vec![
+            "tag",
+            "--lock-timeout",
+            "500ms",
+            b.as_str(),
+            "localhost/other:v1",
+        ],
+    ] {
+        let started = Instant::now();
+        let r = env.run(&args);
+        let waited = started.elapsed();
+        let line = r.err_containing("locked");
+        assert!(line.contains(&held.holder()), "{line}");
+        assert!(
+            waited >= Duration::from_millis(450) && waited < Duration::from_secs(5),
+            "{args:?} gave up after {waited:?}"
+        );
+    }
+    // `0`: no wait at all.
+    let started = Instant::now();
+    env.run(&["--lock-timeout", "0", "rmi", &b])
+        .err_containing(&held.holder());
+    assert!(started.elapsed() < Duration::from_millis(900));
+    held.release();
+    env.run(&["rmi", &b]).ok();
+}
