@@ -14,7 +14,7 @@
 //! children were created.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
@@ -64,6 +64,10 @@ pub struct ApplyStats {
 ///   must be an earlier entry of this layer), char/block devices, fifos;
 /// * uid/gid (lchown), modes incl. setuid/setgid/sticky (set after chown),
 ///   mtimes (dirs fixed up at the end), xattrs from PAX `SCHILY.xattr.*`;
+/// * PAX records as POSIX reads them: the last record of a keyword applies,
+///   and an empty value deletes it (the ustar field applies; no xattr);
+///   a `size`, `uid` or `gid` the `tar` crate read differently is
+///   [`crate::Error::MalformedTar`];
 /// * `.wh.NAME` → char device 0:0 `NAME`; `.wh..wh..opq` → opaque xattr on its dir;
 ///   other `.wh..wh.*` entries (aufs metadata) are skipped;
 /// * `.wh.NAME` and an entry `NAME` in one layer (how BuildKit and containerd
@@ -253,6 +257,115 @@ fn classify<'a>(comps: &[&'a [u8]]) -> Special<'a> {
     } else {
         Special::None
     }
+}
+
+/// An entry's PAX extended-header records as POSIX pax and Go's
+/// `archive/tar` (so podman and umoci) read them: a later record of a
+/// keyword replaces an earlier one, and a record with an empty value deletes
+/// the keyword, so the header's own field applies (an empty
+/// `SCHILY.xattr.NAME` sets no xattr, an empty `path` keeps the ustar name).
+/// Global headers (`g`) are not applied to later entries, as in Go.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct PaxRecords {
+    /// The value of each keyword in effect.
+    values: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The first record of each keyword: what the `tar` crate takes for
+    /// `path`, `linkpath`, `size`, `uid` and `gid`, to be checked against
+    /// `values`.
+    first: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl PaxRecords {
+    /// From the records in the order they appear (pure).
+    fn new(records: Vec<(Vec<u8>, Vec<u8>)>) -> PaxRecords {
+        let mut out = PaxRecords::default();
+        for (key, value) in records {
+            out.first
+                .entry(key.clone())
+                .or_insert_with(|| value.clone());
+            if value.is_empty() {
+                out.values.remove(&key);
+            } else {
+                out.values.insert(key, value);
+            }
+        }
+        out
+    }
+
+    /// The value of `key` in effect (never empty).
+    fn get(&self, key: &str) -> Option<&[u8]> {
+        self.values.get(key.as_bytes()).map(Vec::as_slice)
+    }
+
+    fn first(&self, key: &str) -> Option<&[u8]> {
+        self.first.get(key.as_bytes()).map(Vec::as_slice)
+    }
+}
+
+/// An entry's name (`key` = `path`) or link target (`linkpath`) with empty
+/// PAX values deleting the keyword (pure). `from_crate` is what the `tar`
+/// crate reports: a GNU long name if there is one, else the *first* PAX
+/// record of `key` (even an empty one), else `header`, the ustar field.
+fn effective_field<'a>(
+    from_crate: &'a [u8],
+    header: &'a [u8],
+    pax: &'a PaxRecords,
+    key: &str,
+) -> &'a [u8] {
+    match pax.first(key) {
+        // The crate took the first PAX record: the one in effect wins.
+        Some(first) if first == from_crate => pax.get(key).unwrap_or(header),
+        // No PAX record, or a GNU long name (it takes precedence, as in Go).
+        _ if !from_crate.is_empty() => from_crate,
+        _ => pax.get(key).unwrap_or(header),
+    }
+}
+
+/// A decimal PAX number, as Go's `strconv.ParseInt` reads one (pure).
+fn pax_number(key: &str, value: &[u8]) -> Result<u64, String> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| format!("bad PAX {key} {:?}", String::from_utf8_lossy(value)))
+}
+
+/// The entry's `uid` or `gid` (`key`) given the header's value as the `tar`
+/// crate reports it (pure). The crate replaces the header's value with the
+/// first PAX record of `key` when that one is a number; a later record that
+/// deletes it leaves the ustar value unknown, so that is an error.
+fn effective_id(from_crate: u64, pax: &PaxRecords, key: &str) -> Result<u64, String> {
+    match pax.get(key) {
+        Some(v) => pax_number(key, v),
+        None if pax.first(key).is_some_and(|v| pax_number(key, v).is_ok()) => Err(format!(
+            "PAX {key} records disagree (a number, then an empty one)"
+        )),
+        None => Ok(from_crate),
+    }
+}
+
+/// Check the size the `tar` crate framed the entry with (`from_crate`: the
+/// first PAX `size` record that is a number, else the header's) against the
+/// size in effect (pure): a disagreement means tools would read different
+/// archives, so it is refused.
+fn check_size(from_crate: u64, header: u64, pax: &PaxRecords) -> Result<(), String> {
+    let want = match pax.get("size") {
+        Some(v) => pax_number("size", v)?,
+        None => header,
+    };
+    if want == from_crate {
+        Ok(())
+    } else {
+        Err(format!(
+            "PAX size records disagree ({from_crate} or {want} bytes)"
+        ))
+    }
+}
+
+/// A link entry's target, per [`effective_field`].
+fn link_target<R: Read>(entry: &tar::Entry<'_, R>, pax: &PaxRecords) -> Vec<u8> {
+    let from_crate = entry.link_name_bytes().unwrap_or_default();
+    let header = entry.header().link_name_bytes().unwrap_or_default();
+    effective_field(&from_crate, &header, pax, "linkpath").to_vec()
 }
 
 fn is_errno(e: &io::Error, errno: Errno) -> bool {
@@ -461,7 +574,29 @@ impl Applier<'_, '_> {
         self.drain(entry, shown)
     }
 
-    fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Meta> {
+    /// The entry's PAX records (see [`PaxRecords`]).
+    fn pax_records<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        shown: &str,
+    ) -> Result<PaxRecords> {
+        let bad = |e: io::Error| Error::MalformedTar(format!("{shown}: bad PAX header: {e}"));
+        let mut records = Vec::new();
+        if let Some(exts) = entry.pax_extensions().map_err(bad)? {
+            for ext in exts {
+                let ext = ext.map_err(bad)?;
+                records.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
+            }
+        }
+        Ok(PaxRecords::new(records))
+    }
+
+    fn meta<R: Read>(
+        &self,
+        entry: &tar::Entry<'_, R>,
+        pax: &PaxRecords,
+        shown: &str,
+    ) -> Result<Meta> {
         let h = entry.header();
         let bad =
             |what: &str, e: io::Error| Error::MalformedTar(format!("{shown}: bad {what}: {e}"));
@@ -474,6 +609,9 @@ impl Applier<'_, '_> {
         let old = h.as_old();
         let uid = lenient(&old.uid, h.uid()).map_err(|e| bad("uid", e))?;
         let gid = lenient(&old.gid, h.gid()).map_err(|e| bad("gid", e))?;
+        let pax_err = |why: String| Error::MalformedTar(format!("{shown}: {why}"));
+        let uid = effective_id(uid, pax, "uid").map_err(pax_err)?;
+        let gid = effective_id(gid, pax, "gid").map_err(pax_err)?;
         let uid = Uid::from_raw(id("uid", uid)?);
         let gid = Gid::from_raw(id("gid", gid)?);
         let mode = lenient(&old.mode, h.mode().map(u64::from)).map_err(|e| bad("mode", e))?;
@@ -483,26 +621,26 @@ impl Applier<'_, '_> {
             tv_sec: i64::try_from(secs).unwrap_or(i64::MAX),
             tv_nsec: 0,
         };
-        let mut atime = None;
-        let mut xattrs = Vec::new();
-        if let Some(exts) = entry.pax_extensions().map_err(|e| bad("PAX header", e))? {
-            for ext in exts {
-                let ext = ext.map_err(|e| bad("PAX header", e))?;
-                let Ok(key) = ext.key() else { continue };
-                let value = ext.value_bytes();
-                if key == "mtime" {
-                    if let Some(t) = std::str::from_utf8(value).ok().and_then(parse_pax_time) {
-                        mtime = t;
-                    }
-                } else if key == "atime" {
-                    atime = std::str::from_utf8(value).ok().and_then(parse_pax_time);
-                } else if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                    if !name.is_empty() && !XattrMode::is_overlay_xattr(name) {
-                        xattrs.push((name.to_owned(), value.to_vec()));
-                    }
-                }
-            }
+        let pax_time = |key: &str| {
+            pax.get(key)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(parse_pax_time)
+        };
+        if let Some(t) = pax_time("mtime") {
+            mtime = t;
         }
+        let atime = pax_time("atime");
+        let xattrs = pax
+            .values
+            .iter()
+            .filter_map(|(key, value)| {
+                let name = std::str::from_utf8(key)
+                    .ok()?
+                    .strip_prefix("SCHILY.xattr.")?;
+                (!name.is_empty() && !XattrMode::is_overlay_xattr(name))
+                    .then(|| (name.to_owned(), value.clone()))
+            })
+            .collect();
         Ok(Meta {
             uid,
             gid,
@@ -543,10 +681,23 @@ impl Applier<'_, '_> {
     }
 
     fn apply_entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
-        let raw = entry.path_bytes().into_owned();
+        let mut raw = entry.path_bytes().into_owned();
+        let mut etype = entry.header().entry_type();
+        let mut pax = PaxRecords::default();
+        if etype != EntryType::XGlobalHeader {
+            let shown = String::from_utf8_lossy(&raw).into_owned();
+            pax = self.pax_records(&mut entry, &shown)?;
+            let header_name = entry.header().path_bytes();
+            raw = effective_field(&raw, &header_name, &pax, "path").to_vec();
+            let header_size = entry
+                .header()
+                .entry_size()
+                .map_err(|e| Error::MalformedTar(format!("{shown}: bad size: {e}")))?;
+            check_size(entry.size(), header_size, &pax)
+                .map_err(|why| Error::MalformedTar(format!("{shown}: {why}")))?;
+        }
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let shown = shown.as_str();
-        let mut etype = entry.header().entry_type();
         // Old (V7) archives mark directories with a trailing slash only.
         if etype == EntryType::Regular && raw.ends_with(b"/") {
             etype = EntryType::Directory;
@@ -585,7 +736,7 @@ impl Applier<'_, '_> {
                 if self.under_whiteout(parents) {
                     return self.no_content(&mut entry, &raw, shown);
                 }
-                let meta = self.meta(&mut entry, shown)?;
+                let meta = self.meta(&entry, &pax, shown)?;
                 let parent = self.dir(parents, true, shown)?;
                 let target = join(&[parents, &[name]].concat());
                 match rustix::fs::mknodat(
@@ -626,7 +777,7 @@ impl Applier<'_, '_> {
             Special::None => {}
         }
 
-        let meta = self.meta(&mut entry, shown)?;
+        let meta = self.meta(&entry, &pax, shown)?;
         if etype == EntryType::Directory {
             self.apply_dir(&comps, &rel, &meta, shown)?;
             return self.no_content(&mut entry, &raw, shown);
@@ -693,10 +844,7 @@ impl Applier<'_, '_> {
                 Ok(())
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
+                let target = link_target(&entry, &pax);
                 if target.is_empty() {
                     return Err(hostile(shown, "symlink without a target"));
                 }
@@ -717,10 +865,7 @@ impl Applier<'_, '_> {
                 self.no_content(&mut entry, &raw, shown)
             }
             EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
+                let target = link_target(&entry, &pax);
                 let tcomps = normalize(&target)
                     .map_err(|r| hostile(shown, format!("hardlink target: {}", r.reason())))?;
                 let Some((tname, tparents)) = tcomps.split_last() else {
@@ -894,6 +1039,49 @@ mod tests {
         assert_eq!(lenient(b"   \0", err()).unwrap(), 0);
         assert!(lenient(b"12x\0", err()).is_err());
         assert_eq!(lenient(b"0000755\0", Ok(0o755)).unwrap(), 0o755);
+    }
+
+    #[test]
+    fn pax_records_last_wins_and_empty_deletes() {
+        let r = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let pax = PaxRecords::new(vec![
+            r("path", ""),
+            r("path", "b"),
+            r("linkpath", "t"),
+            r("linkpath", ""),
+            r("uid", "5"),
+            r("SCHILY.xattr.user.a", ""),
+        ]);
+        assert_eq!(pax.get("path"), Some(&b"b"[..]));
+        assert_eq!(pax.first("path"), Some(&b""[..]));
+        assert_eq!(pax.get("linkpath"), None);
+        assert_eq!(pax.get("SCHILY.xattr.user.a"), None);
+        // path: the crate took the first (empty) record; the last applies.
+        assert_eq!(effective_field(b"", b"ustar", &pax, "path"), b"b");
+        // A GNU long name wins over PAX records.
+        assert_eq!(effective_field(b"long", b"ustar", &pax, "path"), b"long");
+        // linkpath deleted: the ustar target.
+        assert_eq!(effective_field(b"t", b"ustar", &pax, "linkpath"), b"ustar");
+        // No record: whatever the crate reports.
+        let none = PaxRecords::default();
+        assert_eq!(effective_field(b"x", b"x", &none, "path"), b"x");
+        assert_eq!(effective_field(b"", b"", &none, "path"), b"");
+
+        assert_eq!(effective_id(7, &pax, "uid"), Ok(5));
+        assert_eq!(effective_id(7, &pax, "gid"), Ok(7));
+        let deleted = PaxRecords::new(vec![r("gid", "3"), r("gid", "")]);
+        assert!(effective_id(3, &deleted, "gid").is_err());
+        let empty = PaxRecords::new(vec![r("gid", "")]);
+        assert_eq!(effective_id(8, &empty, "gid"), Ok(8));
+        let bad = PaxRecords::new(vec![r("uid", "x1")]);
+        assert!(effective_id(8, &bad, "uid").is_err());
+
+        let size = |recs: Vec<(Vec<u8>, Vec<u8>)>| PaxRecords::new(recs);
+        assert_eq!(check_size(10, 10, &none), Ok(()));
+        assert_eq!(check_size(10, 10, &size(vec![r("size", "")])), Ok(()));
+        assert_eq!(check_size(12, 10, &size(vec![r("size", "12")])), Ok(()));
+        assert!(check_size(12, 10, &size(vec![r("size", "12"), r("size", "")])).is_err());
+        assert!(check_size(10, 10, &size(vec![r("size", "1x")])).is_err());
     }
 
     #[test]
