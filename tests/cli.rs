@@ -446,3 +446,69 @@ fn argument_errors_are_clap_and_exit_2() {
     let (code, err) = run_into_closed_pipe(&env, &["--help"]);
     assert!(!err.contains("panicked"), "{code:?} {err}");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn one_name_per_layer_across_progress_ls_and_verify() {
+    require_root!();
+    let env = Env::new();
+    let base = Layer::new(
+        vec![Entry::dir("etc"), Entry::file("etc/base", "shared base\n")],
+        Compression::Gzip,
+    );
+    let first = Image::new(vec![base.clone()]).named("localhost/first:1");
+    let second = Image::new(vec![
+        base,
+        Layer::new(vec![Entry::file("etc/two", "two\n")], Compression::Gzip),
+        Layer::new(vec![Entry::file("etc/three", "3\n")], Compression::None),
+    ])
+    .named("localhost/second:1");
+    let (oci1, oci2) = (env.path("first"), env.path("second"));
+    write_oci_layout(&oci1, &[first]).unwrap();
+    write_oci_layout(&oci2, &[second]).unwrap();
+    env.load(&oci1, &[]);
+    let run = env.run(&["load", &oci2.display().to_string(), "--progress", "plain"]);
+    let stderr = run.stderr.clone();
+    let id = run.ok().trim().to_string();
+    let layers = env.image_layers(&id);
+    assert_eq!(layers.len(), 3);
+    // Progress: one line per layer, by layer id; sizes labelled.
+    let lines: Vec<&str> = stderr.lines().collect();
+    for l in &layers {
+        assert!(
+            lines.iter().any(|line| line.starts_with(&l[..12])),
+            "no progress line for layer {l}:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains(&format!("{} already exists", &layers[0][..12])),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(" compressed\n") && stderr.contains(" uncompressed\n"),
+        "{stderr}"
+    );
+    // Only the layers written count.
+    assert!(
+        stderr.contains("Loaded: 2 layers written, 1 already present ("),
+        "{stderr}"
+    );
+    // ls --layers and verify name the same ids.
+    let table = env.run(&["ls", "--layers"]).ok();
+    let verify = env.run(&["verify", &id]).ok();
+    for l in &layers {
+        assert!(table.contains(&format!("layer  {}", &l[..12])), "{table}");
+        assert!(verify.contains(&format!("ok        {l}")), "{verify}");
+    }
+    // JSON progress events carry the layer id beside the blob digest.
+    env.run(&["rmi", &id]).ok();
+    let out = env
+        .run(&["load", &oci2.display().to_string(), "--progress", "json"])
+        .ok();
+    let named: std::collections::BTreeSet<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["layer"].as_str().map(String::from))
+        .collect();
+    assert_eq!(named, layers.iter().cloned().collect(), "{out}");
+}

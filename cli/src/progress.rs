@@ -69,7 +69,12 @@ const REDRAW: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 struct Row {
+    /// The blob's name (the key of its events).
     name: String,
+    /// The layer id, shown when known (the name `ls --layers` and `verify` use).
+    layer: Option<String>,
+    /// Whether the bytes counted are compressed, when known.
+    compressed: Option<bool>,
     event: EventKind,
     progress: u64,
     total: u64,
@@ -111,6 +116,66 @@ pub fn short_id(name: &str) -> String {
     crate::output::escape_controls(crate::util::prefix(hex, 12)).into_owned()
 }
 
+impl Row {
+    /// The row's id: the layer id when known, else the blob's name.
+    fn id(&self) -> String {
+        short_id(self.layer.as_deref().unwrap_or(&self.name))
+    }
+}
+
+/// ` compressed` / ` uncompressed` after a size, or nothing when unknown.
+fn size_label(compressed: Option<bool>) -> &'static str {
+    match compressed {
+        Some(true) => " compressed",
+        Some(false) => " uncompressed",
+        None => "",
+    }
+}
+
+/// `1 layer`, `2 layers`.
+fn layers(n: usize) -> String {
+    if n == 1 {
+        "1 layer".into()
+    } else {
+        format!("{n} layers")
+    }
+}
+
+/// The summary line: layers written (only those) and already present, and
+/// the bytes written, compressed or not (pure).
+fn summary_line(verb: &str, rows: &[Row], secs: f64) -> String {
+    let written: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.event == EventKind::Complete)
+        .collect();
+    let present = rows
+        .iter()
+        .filter(|r| r.event == EventKind::AlreadyExists)
+        .count();
+    let done = if verb == "Pushed" {
+        "uploaded"
+    } else {
+        "written"
+    };
+    let mut line = format!("{verb}: {} {done}", layers(written.len()));
+    if present > 0 {
+        line.push_str(&format!(", {present} already present"));
+    }
+    let mut sizes = Vec::new();
+    for kind in [Some(true), Some(false), None] {
+        let rows: Vec<&&Row> = written.iter().filter(|r| r.compressed == kind).collect();
+        if !rows.is_empty() {
+            let bytes: u64 = rows.iter().map(|r| r.total).sum();
+            sizes.push(format!("{}{}", human_size(bytes), size_label(kind)));
+        }
+    }
+    if !sizes.is_empty() {
+        line.push_str(&format!(" ({})", sizes.join(" + ")));
+    }
+    line.push_str(&format!(" in {secs:.1}s"));
+    line
+}
+
 /// One row in the wide form (pure).
 fn wide_line(row: &Row, width: u16) -> String {
     let status = row.event.as_str();
@@ -125,8 +190,8 @@ fn wide_line(row: &Row, width: u16) -> String {
     } else {
         String::new()
     };
-    // id(12) + 2 + status(14) + 2 + [bar] + 2 + amounts(21) + 2 + rate(11)
-    let fixed = 12 + 2 + 14 + 2 + 2 + 2 + 21 + 2 + 11;
+    // id(12) + 2 + status(14) + 2 + [bar] + 2 + amounts(21) + 2 + rate(11) + label(13)
+    let fixed = 12 + 2 + 14 + 2 + 2 + 2 + 21 + 2 + 11 + 13;
     let bar_width = (width as usize).saturating_sub(fixed + 1).clamp(10, 60);
     let filled = if row.total > 0 {
         ((row.progress.min(row.total) as f64 / row.total as f64) * bar_width as f64) as usize
@@ -142,11 +207,12 @@ fn wide_line(row: &Row, width: u16) -> String {
         bar.push_str(&" ".repeat(bar_width - filled));
     }
     format!(
-        "{:<12}  {:<14}  [{bar}]  {:>21}  {:>11}",
-        short_id(&row.name),
+        "{:<12}  {:<14}  [{bar}]  {:>21}  {:>11}{}",
+        row.id(),
         status,
         amounts,
-        rate
+        rate,
+        size_label(row.compressed)
     )
 }
 
@@ -156,18 +222,13 @@ fn compact_line(row: &Row) -> String {
     if row.total > 0 {
         format!(
             "{} {} {}/{}",
-            short_id(&row.name),
+            row.id(),
             row.event.as_str(),
             c(row.progress),
             c(row.total)
         )
     } else {
-        format!(
-            "{} {} {}",
-            short_id(&row.name),
-            row.event.as_str(),
-            c(row.progress)
-        )
+        format!("{} {} {}", row.id(), row.event.as_str(), c(row.progress))
     }
 }
 
@@ -246,12 +307,7 @@ impl Renderer {
         }
         if let (Some(s), ProgressMode::Tty | ProgressMode::Plain) = (summary, self.mode) {
             let secs = state.started.elapsed().as_secs_f64();
-            let bytes: u64 = state.rows.iter().map(|r| r.total).sum();
-            self.write(&format!(
-                "{s}: {} layers, {} in {secs:.1}s\n",
-                state.rows.len(),
-                human_size(bytes)
-            ));
+            self.write(&format!("{}\n", summary_line(s, &state.rows, secs)));
         }
     }
 }
@@ -279,6 +335,8 @@ impl Reporter for Renderer {
             None => {
                 state.rows.push(Row {
                     name: e.name.clone(),
+                    layer: None,
+                    compressed: None,
                     event: EventKind::Waiting,
                     progress: 0,
                     total: e.total,
@@ -295,6 +353,12 @@ impl Reporter for Renderer {
         let was_finished = matches!(row.event, EventKind::Complete | EventKind::AlreadyExists);
         row.event = e.event;
         row.total = e.total;
+        if e.layer.is_some() {
+            row.layer.clone_from(&e.layer);
+        }
+        if e.compressed.is_some() {
+            row.compressed = e.compressed;
+        }
         row.progress = if finished { e.total } else { e.progress };
         if matches!(e.event, EventKind::Downloading | EventKind::Extracting) {
             let started = *row.started.get_or_insert_with(Instant::now);
@@ -306,10 +370,11 @@ impl Reporter for Renderer {
         match self.mode {
             ProgressMode::Plain if finished && !was_finished => {
                 let line = format!(
-                    "{} {} {}\n",
-                    short_id(&e.name),
+                    "{} {} {}{}\n",
+                    row.id(),
                     e.event.as_str(),
-                    human_size(e.total)
+                    human_size(e.total),
+                    size_label(row.compressed)
                 );
                 drop(state);
                 self.write(&line);
@@ -349,12 +414,16 @@ mod tests {
             parents: vec![],
             progress,
             total,
+            layer: None,
+            compressed: None,
         }
     }
 
     fn row(progress: u64, total: u64) -> Row {
         Row {
             name: "sha256:0123456789abcdef".into(),
+            layer: None,
+            compressed: None,
             event: EventKind::Extracting,
             progress,
             total,
@@ -410,7 +479,7 @@ mod tests {
         assert_eq!(lines.len(), 2, "{last:?}");
         assert!(lines[0].ends_with("aaaa complete 10B/10B"), "{lines:?}");
         assert!(text.contains("["), "the wide form was drawn first");
-        assert!(last.contains("Loaded: 2 layers"), "{last:?}");
+        assert!(last.contains("Loaded: 1 layer written ("), "{last:?}");
     }
 
     #[test]
@@ -427,6 +496,60 @@ mod tests {
         r.report(&ev(EventKind::AlreadyExists, "sha256:bbbb", 0, 7));
         let text = String::from_utf8(buf.0.lock().clone()).unwrap();
         assert_eq!(text, "aaaa complete 10 B\nbbbb already exists 7 B\n");
+
+        let buf = Buf::default();
+        let r = Renderer::with_output(
+            ProgressMode::Plain,
+            Box::new(buf.clone()),
+            Box::new(|| None),
+        );
+        // Rows are named by their layer id; sizes say if they are compressed;
+        // the summary counts only the layers written.
+        let with = |event, name: &str, layer: &str, compressed, total| ProgressEvent {
+            layer: Some(layer.into()),
+            compressed,
+            ..ev(event, name, total, total)
+        };
+        r.report(&with(
+            EventKind::Waiting,
+            "sha256:blob1",
+            "layer1",
+            None,
+            10,
+        ));
+        r.report(&with(
+            EventKind::Complete,
+            "sha256:blob1",
+            "layer1",
+            Some(true),
+            10,
+        ));
+        r.report(&with(
+            EventKind::AlreadyExists,
+            "sha256:blob2",
+            "layer2",
+            None,
+            7,
+        ));
+        r.report(&with(
+            EventKind::Complete,
+            "sha256:blob3",
+            "layer3",
+            Some(false),
+            5,
+        ));
+        r.finish(Some("Loaded"));
+        let text = String::from_utf8(buf.0.lock().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "layer1 complete 10 B compressed");
+        assert_eq!(lines[1], "layer2 already exists 7 B");
+        assert_eq!(lines[2], "layer3 complete 5 B uncompressed");
+        assert!(
+            lines[3].starts_with(
+                "Loaded: 2 layers written, 1 already present (10 B compressed + 5 B uncompressed) in "
+            ),
+            "{text}"
+        );
 
         let buf = Buf::default();
         let r = Renderer::with_output(ProgressMode::Json, Box::new(buf.clone()), Box::new(|| None));

@@ -102,6 +102,8 @@ fn op_event(event: EventKind, name: &str) -> ProgressEvent {
         parents: vec![],
         progress: 0,
         total: 0,
+        layer: None,
+        compressed: None,
     }
 }
 
@@ -116,6 +118,8 @@ fn blob_event(event: EventKind, layer: &Layer, parent: &str, progress: u64) -> P
         parents: vec![parent.to_string()],
         progress: progress.min(total),
         total,
+        layer: Some(layer.id.clone()),
+        compressed: Some(false),
     }
 }
 
@@ -543,12 +547,17 @@ impl Store {
                 .into_inner()
                 .map_err(|e| Error::io(&tmp_path, e.into_error()))?;
             if known.is_none() && client.head_blob(repo, &digest)?.is_some() {
-                reporter.report(&blob_event(EventKind::AlreadyExists, layer, parent, size));
+                let mut e = blob_event(EventKind::AlreadyExists, layer, parent, size);
+                (e.total, e.progress) = (size, size);
+                e.compressed = Some(opts.compression == PushCompression::Gzip);
+                reporter.report(&e);
                 return Ok(json!({"mediaType": media_type, "digest": digest, "size": size}));
             }
             file.rewind().at(&tmp_path)?;
+            let compressed = opts.compression == PushCompression::Gzip;
             let mut event = blob_event(EventKind::Uploading, layer, parent, 0);
             event.total = size;
+            event.compressed = Some(compressed);
             let mut reader = crate::progress::ProgressReader::new(
                 std::io::BufReader::with_capacity(1 << 20, file),
                 reporter,
@@ -564,6 +573,7 @@ impl Store {
             let mut done = blob_event(EventKind::Complete, layer, parent, size);
             done.total = size;
             done.progress = size;
+            done.compressed = Some(compressed);
             if how == BlobPushed::Mounted {
                 done.event = EventKind::AlreadyExists;
             }

@@ -223,6 +223,8 @@ mod tests {
             parents: vec!["img".into()],
             progress,
             total,
+            layer: None,
+            compressed: None,
         }
     }
 

@@ -55,7 +55,8 @@ impl EventKind {
     }
 }
 
-/// One progress event: `{event, name, parents, progress, total}`.
+/// One progress event: `{event, name, parents, progress, total}`, and for a
+/// blob `layer` and `compressed` when known.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProgressEvent {
     pub event: EventKind,
@@ -67,6 +68,14 @@ pub struct ProgressEvent {
     pub progress: u64,
     /// Bytes in all (0 when unknown).
     pub total: u64,
+    /// For a blob event: the id of the layer the blob is (or becomes) in the
+    /// store — the id `ls --layers`, `verify` and `rmi` show.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<String>,
+    /// For a blob event: whether the bytes counted are compressed (`None`
+    /// until known: a blob's compression is found when it is opened).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<bool>,
 }
 
 /// Receives progress events. Called from worker threads.
@@ -159,6 +168,8 @@ mod tests {
             parents: vec![],
             progress: 0,
             total: data.len() as u64,
+            layer: None,
+            compressed: None,
         };
         let mut r = ProgressReader::new(&data[..], &rep, template, Duration::from_secs(3600));
         let mut buf = [0u8; 1000];
@@ -178,6 +189,8 @@ mod tests {
             parents: vec!["p".into()],
             progress: 1,
             total: 2,
+            layer: None,
+            compressed: None,
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["event"], "already exists");

@@ -48,6 +48,8 @@ impl Store {
             parents: vec![],
             progress: 0,
             total: 0,
+            layer: None,
+            compressed: None,
         };
         reporter.report(&op(EventKind::Resolving));
         let repo = Repository::from_reference(&r);

@@ -823,6 +823,8 @@ impl Store {
             parents: vec![],
             progress: 0,
             total: 0,
+            layer: None,
+            compressed: None,
         };
         reporter.report(&op(EventKind::Resolving, source));
         let src = import::open_source(source, &self.root)?;
@@ -885,6 +887,10 @@ impl Store {
                     progress.min(total)
                 },
                 total,
+                layer: Some(chain[i].clone()),
+                compressed: src.layers[i]
+                    .compression
+                    .map(|c| c != storectl_overlay::Compression::None),
             }
         };
 
@@ -958,7 +964,11 @@ impl Store {
                         );
                         match prepared {
                             Ok(p) => {
-                                reporter.report(&blob_event(EventKind::Complete, i, u64::MAX));
+                                let mut done = blob_event(EventKind::Complete, i, u64::MAX);
+                                // The blob was its own tar, or compressed.
+                                done.compressed =
+                                    Some(p.layer.compressed_diff_digest != p.layer.diff_digest);
+                                reporter.report(&done);
                                 Ok(p)
                             }
                             // The first failure cancels the rest; theirs follow from it.
@@ -1119,6 +1129,8 @@ impl Store {
                 src.compression,
                 None | Some(storectl_overlay::Compression::None)
             );
+        let mut event = event;
+        event.compressed = Some(!plain);
         let progress = ProgressReader::new(blob, reporter, event, opts.progress_interval);
         let mut compressed = if plain {
             HashingReader::counting(progress)

@@ -1,5 +1,6 @@
 //! `storectl verify`: rebuild each layer's tar from its files and tar-split
-//! metadata, and check it hashes to the layer's diffID.
+//! metadata, and check it hashes to the layer's diffID. Layers are named by
+//! their layer id, as in `ls --layers`, `rmi` and progress.
 
 use std::path::Path;
 
@@ -25,7 +26,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
             _ if check.ok() => outln!("ok        {}", layer.id),
             Ok(found) => {
                 outln!(
-                    "MISMATCH  {}  expected {} found {found}",
+                    "MISMATCH  {}  diffID {}, the rebuilt tar hashes to {found}",
                     layer.id,
                     check.expected
                 );
