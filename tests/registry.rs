@@ -967,13 +967,14 @@ fn lines_naming<'a>(pane: &'a str, id: &str) -> Vec<&'a str> {
     pane.lines().filter(|l| l.contains(id)).collect()
 }
 
-/// The summary line: `Pulled: N layers, <size> in <secs>s`.
+/// The summary line: `Pulled: N layers written (<size> compressed) in <secs>s`.
 fn check_summary(text: &str, layers: usize) {
     let summary: Vec<&str> = text.lines().filter(|l| l.starts_with("Pulled: ")).collect();
     assert_eq!(summary.len(), 1, "one summary line:\n{text}");
     let s = summary[0].trim_end();
     assert!(
-        s.starts_with(&format!("Pulled: {layers} layers, "))
+        s.starts_with(&format!("Pulled: {layers} layers written ("))
+            && s.contains(" compressed) in ")
             && s.ends_with('s')
             && s.contains(" in "),
         "summary line {s:?}"
@@ -1012,10 +1013,11 @@ fn rendering_in_a_terminal_and_piped() {
     .unwrap();
     push(&reg, &layout, "1", "test/render:1", &[]);
     let reference = reg.r("test/render:1");
+    // Rows are named by layer id, as `ls --layers` and `verify` name them.
     let ids: Vec<String> = built
-        .layers
+        .chain_ids()
         .iter()
-        .map(|l| short(&l.blob_digest).to_string())
+        .map(|l| short(l).to_string())
         .collect();
     let home = env.path("home");
     std::fs::create_dir_all(&home).unwrap();
