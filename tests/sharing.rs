@@ -2365,3 +2365,403 @@ fn local_image_on_a_removed_shared_layer_is_restored_by_loading_it_again() {
     check_mounted(&reader, &b);
     run(&reader, &["verify"]).ok();
 }
+
+// ---------------------------------------------------------------------------
+// Legacy links on readers, untrusted text from the share, names on a reader
+
+/// A root's legacy links of shared entries: `overlay/<id>`,
+/// `overlay-layers/<id>`, `overlay-images/<id>` symlinks, and the
+/// `overlay/l/<short>` links whose layer is not a local directory.
+fn legacy_links(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for dir in ["overlay", "overlay-layers", "overlay-images", "overlay/l"] {
+        let Ok(entries) = fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for e in entries {
+            let e = e.expect("dir entry");
+            if !e.file_type().expect("file type").is_symlink() {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "RO" {
+                continue;
+            }
+            let target = fs::read_link(e.path()).expect("readlink");
+            let target = target.display().to_string();
+            if dir == "overlay/l" {
+                let id = target.trim_start_matches("../").trim_end_matches("/diff");
+                let layer = root.join("overlay").join(id);
+                if fs::symlink_metadata(&layer).is_ok_and(|m| m.is_dir()) {
+                    continue; // a local layer's short name
+                }
+            }
+            out.insert(format!("{dir}/{name}"), target);
+        }
+    }
+    out
+}
+
+/// The legacy links a root should have for these shared images (short names
+/// as the share's `link` files say).
+fn expected_links(share: &Path, images: &[&TestImage]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for img in images {
+        out.insert(
+            format!("overlay-images/{}", img.id),
+            format!("RO/{}", img.id),
+        );
+        for id in &img.chain {
+            out.insert(format!("overlay/{id}"), format!("RO/{id}"));
+            out.insert(format!("overlay-layers/{id}"), format!("RO/{id}"));
+            let short =
+                fs::read_to_string(share.join("overlay").join(id).join("link")).expect("link file");
+            out.insert(
+                format!("overlay/l/{}", short.trim()),
+                format!("../{id}/diff"),
+            );
+        }
+    }
+    out
+}
+
+/// Wait (up to `limit`) until `root`'s legacy links are `want`.
+#[track_caller]
+fn wait_for_links(root: &Path, want: &BTreeMap<String, String>, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let have = legacy_links(root);
+        if have == *want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "legacy links after {limit:?}:\n  have {have:#?}\n  want {want:#?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A read-only bind mount of the world's share at `T/name`.
+fn read_only_share(w: &World, name: &str) -> PathBuf {
+    let ro = w.path(name);
+    fs::create_dir(&ro).expect("mount point");
+    rustix::mount::mount_bind(&w.share, &ro).expect("bind mount");
+    rustix::mount::mount_remount(
+        &ro,
+        rustix::mount::MountFlags::BIND | rustix::mount::MountFlags::RDONLY,
+        "",
+    )
+    .expect("remount read-only");
+    ro
+}
+
+/// A reader keeps the legacy layout (`overlay/<id> -> RO/<id>`, …, and the
+/// `l/` short names) of shared layers and images in its own root: made within
+/// ~2 s of the writer's load, gone within ~2 s of its rmi, repaired by any
+/// reader start (stale removed, missing made); local layers untouched;
+/// nothing written to the share (a read-only mount).
+#[test]
+#[ignore = "needs root"]
+fn readers_keep_the_legacy_links() {
+    require_root!();
+    let w = World::new();
+    let writer = w.writer("writer");
+    let ro = read_only_share(&w, "ro-share");
+    let reader = w.reader("reader", &ro, &[]); // default: 1 s ticks
+    let a = make_image(&w.path("images"), 3100, 3, 0);
+    let b = make_image(&w.path("images"), 3101, 2, 0);
+    let local = make_image(&w.path("images"), 3102, 2, 0);
+    load(&reader, &local);
+    let limit = Duration::from_secs(2);
+
+    let watch = Watch::start(&reader, &[]);
+    load(&writer, &a);
+    let took = wait_for_links(&reader, &expected_links(&w.share, &[&a]), limit);
+    eprintln!("links made {took:?} after the load");
+    // A program reading the legacy layout finds the shared layers.
+    for (i, id) in a.chain.iter().enumerate() {
+        let path = reader.join("overlay").join(id).join("diff/etc/release");
+        let out = Command::new("cat").arg(&path).output().expect("cat");
+        assert!(out.status.success(), "cat {}: {out:?}", path.display());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("image 3100 layer {i}\n")
+        );
+        let record = reader.join("overlay-layers").join(id).join("layer.json");
+        assert!(fs::read(&record).is_ok(), "{}", record.display());
+    }
+    let record = reader
+        .join("overlay-images")
+        .join(&a.id)
+        .join("images.json");
+    assert!(fs::read(&record).is_ok(), "{}", record.display());
+
+    run(&writer, &["rmi", &a.id]).ok();
+    let took = wait_for_links(&reader, &BTreeMap::new(), limit);
+    eprintln!("links removed {took:?} after the rmi");
+    let (status, _, stderr) = watch.stop();
+    assert!(
+        status.success() && stderr.trim().is_empty(),
+        "{status}: {stderr}"
+    );
+
+    // While no reader runs: b arrives, and the root gets stale and broken links.
+    load(&writer, &b);
+    let stale = hexid("a layer that left");
+    let stale_image = hexid("an image that left");
+    for dir in ["overlay", "overlay-layers"] {
+        symlink(format!("RO/{stale}"), reader.join(dir).join(&stale)).expect("plant");
+    }
+    symlink(
+        format!("RO/{stale_image}"),
+        reader.join("overlay-images").join(&stale_image),
+    )
+    .expect("plant");
+    symlink(
+        format!("../{stale}/diff"),
+        reader.join("overlay/l/STALESTALESTALESTALESTALE"),
+    )
+    .expect("plant");
+    symlink("RO/elsewhere", reader.join("overlay").join(&b.chain[0])).expect("plant");
+    let before = listing(&w.share);
+    let out = run(&reader, &["refresh"]).ok();
+    assert_eq!(out.trim(), format!("+ image {} {}", b.id, b.name));
+    let want = expected_links(&w.share, &[&b]);
+    assert_eq!(legacy_links(&reader), want, "repaired at start");
+    // Missing ones come back at the next start of any reader verb.
+    fs::remove_file(reader.join("overlay-layers").join(&b.chain[1])).expect("rm");
+    let short =
+        fs::read_to_string(w.share.join("overlay").join(&b.chain[1]).join("link")).expect("link");
+    fs::remove_file(reader.join("overlay/l").join(short.trim())).expect("rm");
+    run(&reader, &["ls"]).ok();
+    assert_eq!(legacy_links(&reader), want, "repaired by ls");
+
+    // Local layers keep their own directories; everything still mounts.
+    for id in &local.chain {
+        let m = fs::symlink_metadata(reader.join("overlay").join(id)).expect("local layer");
+        assert!(m.is_dir(), "local layer {id} is a directory");
+    }
+    check_mounted(&reader, &b);
+    check_mounted(&reader, &local);
+    let listed = ls(&reader);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed[&b.id].2 && !listed[&local.id].2);
+    // Removing the local image never deletes through a link.
+    run(&reader, &["rmi", &local.id]).ok();
+    assert_eq!(legacy_links(&reader), want);
+    check_mounted(&reader, &b);
+    assert_same_listing(&before, &listing(&w.share));
+    // Re-running init on the reader (links present) is fine.
+    let share = ro.display().to_string();
+    run(&reader, &["init", "--shared", &share, "--role", "reader"]).ok();
+}
+
+/// Text read from the share is untrusted: an image record whose name is not
+/// a reference (a newline that would forge a `+ image` line, an escape
+/// sequence) is skipped with a warning; a bogus `created` or digest is
+/// dropped; the refresh lines and `ls` show only what is valid.
+#[test]
+#[ignore = "needs root"]
+fn untrusted_text_on_the_share() {
+    require_root!();
+    let w = World::new();
+    let writer = w.writer("writer");
+    let reader = w.reader("reader", &w.share, &[]);
+    let a = make_image(&w.path("images"), 3200, 2, 0);
+    load(&writer, &a);
+    let top = a.chain.last().expect("a layer");
+    let p = Planter {
+        share: w.share.clone(),
+    };
+    let fake = hexid("a forged image");
+    let forged = hexid("forged by a newline");
+    let escaped = hexid("an escape sequence");
+    let odd = hexid("a bogus created");
+    let record = |id: &str, name: &str| {
+        let mut v: Value = serde_json::from_slice(&image_json(id, top, name)).expect("json");
+        if id == odd {
+            v["created"] = json!("\u{1b}[2J2026-01-01T00:00:00Z");
+            v["digest"] = json!("sha256:\u{1b}[31mred");
+        }
+        serde_json::to_vec(&v).expect("json")
+    };
+    p.image_record(
+        &forged,
+        &record(
+            &forged,
+            &format!("localhost/x:1\n+ image {fake} localhost/forged:1"),
+        ),
+    );
+    p.image_record(&escaped, &record(&escaped, "\u{1b}[2Jlocalhost/esc:1"));
+    p.image_record(&odd, &record(&odd, "localhost/odd:1"));
+
+    let r = run(&reader, &["refresh"]);
+    let stderr = r.stderr.clone();
+    let out = r.ok();
+    let lines: BTreeSet<&str> = out.lines().collect();
+    let a_line = format!("+ image {} {}", a.id, a.name);
+    let odd_line = format!("+ image {odd} localhost/odd:1");
+    assert_eq!(
+        lines,
+        BTreeSet::from([a_line.as_str(), odd_line.as_str()]),
+        "refresh printed:\n{out}"
+    );
+    assert!(!out.contains(&fake) && !out.contains('\u{1b}'), "{out:?}");
+    for id in [&forged, &escaped] {
+        assert!(
+            stderr.contains(&format!("skipping image {id}")) && stderr.contains("invalid name"),
+            "no warning for {id}: {stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("created"),
+        "the dropped created is said: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "warnings escape what they quote: {stderr:?}"
+    );
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("+ image")),
+        "{stderr}"
+    );
+
+    let listed = run(&reader, &["ls", "--json"]).ok();
+    let v: Value = serde_json::from_str(&listed).expect("ls --json");
+    let ids: BTreeSet<&str> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|i| i["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, BTreeSet::from([a.id.as_str(), odd.as_str()]));
+    let odd_entry = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|i| i["id"] == json!(odd))
+        .expect("odd image");
+    assert_eq!(odd_entry["created"], Value::Null, "{odd_entry}");
+    assert_eq!(odd_entry["digest"], Value::Null, "{odd_entry}");
+    let table = run(&reader, &["ls"]).ok();
+    assert!(
+        !table.contains('\u{1b}') && !table.contains(&fake),
+        "{table:?}"
+    );
+}
+
+/// A name a local and a shared image both have is the local one's on a
+/// reader: it resolves there, `ls` marks the shared row, a warning says so
+/// once. A shared image with the id of a local one stays hidden behind it
+/// (the local record and names stay) until the local one is removed.
+#[test]
+#[ignore = "needs root"]
+fn names_on_a_reader_are_local_first() {
+    require_root!();
+    let w = World::new();
+    let writer = w.writer("writer");
+    let reader = w.reader("reader", &w.share, &[]);
+    let dir = w.path("images");
+    // The shared image's id sorts first (the old code resolved to it).
+    let (shared, local) = (0..)
+        .map(|k| {
+            (
+                make_image(&dir, 3300 + k, 2, 0),
+                make_image(&dir, 3400 + k, 2, 0),
+            )
+        })
+        .find(|(s, l)| s.id < l.id)
+        .expect("a pair");
+    load(&writer, &shared);
+    load(&reader, &local);
+    let tagged = run(&reader, &["tag", &local.id, &shared.name]);
+    let tag_stderr = plain(&tagged.stderr);
+    tagged.ok();
+
+    let r = run(&reader, &["inspect", &shared.name]);
+    let stderr = plain(&r.stderr);
+    let v: Value = serde_json::from_str(&r.ok()).expect("inspect JSON");
+    assert_eq!(
+        v["id"],
+        json!(local.id),
+        "the name resolves to the local image"
+    );
+    let warnings = stderr.matches("names a local and a shared image").count();
+    assert_eq!(warnings, 1, "one warning per name: {stderr}");
+    assert!(
+        tag_stderr.contains("names a local and a shared image"),
+        "tag warns: {tag_stderr}"
+    );
+
+    let listed = run(&reader, &["ls", "--json"]).ok();
+    let v: Value = serde_json::from_str(&listed).expect("ls --json");
+    let entry = |id: &str| {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .find(|i| i["id"] == json!(id))
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not listed: {listed}"))
+    };
+    assert_eq!(entry(&shared.id)["shadowed_names"], json!([shared.name]));
+    assert_eq!(entry(&local.id)["names"], json!([local.name, shared.name]));
+    let table = run(&reader, &["ls"]).ok();
+    let (repo, tag) = shared.name.rsplit_once(':').expect("a tag");
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with(repo) && l.contains(tag))
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    for row in rows {
+        if row.contains(&shared.id[..12]) {
+            assert!(
+                row.trim_end().ends_with("shared (name shadowed by local)"),
+                "{row}"
+            );
+        } else {
+            assert!(
+                row.contains(&local.id[..12]) && row.trim_end().ends_with("local"),
+                "{row}"
+            );
+        }
+    }
+
+    // Same id: the reader's local image first, then the writer publishes it.
+    let both = make_image(&dir, 3500, 2, 0);
+    load(&reader, &both);
+    run(&reader, &["tag", &both.id, "localhost/mine:1"]).ok();
+    load(&writer, &both);
+    let out = run(&reader, &["refresh"]).ok();
+    assert!(
+        !out.contains(&both.id),
+        "the hidden copy is no event: {out}"
+    );
+    let listed = ls(&reader);
+    assert_eq!(
+        listed[&both.id],
+        (
+            vec![both.name.clone(), "localhost/mine:1".to_string()],
+            both.chain.clone(),
+            false
+        ),
+        "the local record and its names stay"
+    );
+    check_mounted(&reader, &both);
+    // The local copy goes: the shared one shows, with its links.
+    let before = listing(&w.share);
+    run(&reader, &["rmi", "localhost/mine:1"]).ok();
+    run(&reader, &["rmi", &both.name]).ok();
+    let listed = ls(&reader);
+    assert_eq!(
+        listed[&both.id],
+        (vec![both.name.clone()], both.chain.clone(), true),
+        "the shared copy shows again"
+    );
+    check_mounted(&reader, &both);
+    assert_eq!(
+        legacy_links(&reader),
+        expected_links(&w.share, &[&shared, &both])
+    );
+    assert_same_listing(&before, &listing(&w.share));
+}

@@ -209,6 +209,24 @@ fn intersect_sorted(a: Vec<String>, b: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The ids of the store's shared entries, ascending: `visible` (ascending)
+/// merged with those `hidden` by a local entry of the same id (usually none).
+fn known_ids<'a, V>(
+    visible: impl Iterator<Item = &'a String> + 'a,
+    hidden: &'a std::collections::BTreeMap<String, V>,
+) -> Box<dyn Iterator<Item = &'a str> + 'a> {
+    if hidden.is_empty() {
+        return Box::new(visible.map(String::as_str));
+    }
+    let mut ids: Vec<&'a str> = visible
+        .map(String::as_str)
+        .chain(hidden.keys().map(String::as_str))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Box::new(ids.into_iter())
+}
+
 /// Merge ascending `fs` (on the share) with ascending `known` (in the store):
 /// the ids only on the share (new) and only in the store (gone).
 fn diff_sorted<'a>(
@@ -274,34 +292,55 @@ impl Scanner {
 
         // What is new and what is gone, against the store (a brief read lock;
         // its maps iterate in id order too).
-        let (new_layers, new_images, gone_layers, gone_images) = store.with_state(|st| {
-            let (new_layers, gone_layers) = diff_sorted(
-                &fs_layers,
-                st.layers
+        // Shared entries hidden by a local one of the same id count as known.
+        let (new_layers, new_images, gone_layers, gone_images, hidden_gone) =
+            store.with_state(|st| {
+                let (new_layers, gone_layers) = diff_sorted(
+                    &fs_layers,
+                    known_ids(
+                        st.layers.iter().filter(|(_, l)| l.shared).map(|(id, _)| id),
+                        &st.hidden_layers,
+                    ),
+                );
+                let (new_images, mut gone_images) = diff_sorted(
+                    &fs_images,
+                    known_ids(
+                        st.images.iter().filter(|(_, i)| i.shared).map(|(id, _)| id),
+                        &st.hidden_images,
+                    ),
+                );
+                // Gone while hidden: nobody saw them, nobody hears they went.
+                let hidden_gone: HashSet<String> = gone_layers
                     .iter()
-                    .filter(|(_, l)| l.shared)
-                    .map(|(id, _)| id.as_str()),
-            );
-            let (new_images, mut gone_images) = diff_sorted(
-                &fs_images,
-                st.images
-                    .iter()
-                    .filter(|(_, i)| i.shared)
-                    .map(|(id, _)| id.as_str()),
-            );
-            // An image that loses a layer goes too.
-            if !gone_layers.is_empty() {
-                for image in st.images.values() {
-                    let broken = st
-                        .chain(image.layer.as_deref().unwrap_or(""))
-                        .is_none_or(|c| c.iter().any(|l| gone_layers.contains(&l.id)));
-                    if broken {
-                        gone_images.insert(image.id.clone());
+                    .filter(|id| st.hidden_layers.contains_key(*id))
+                    .chain(
+                        gone_images
+                            .iter()
+                            .filter(|id| st.hidden_images.contains_key(*id)),
+                    )
+                    .cloned()
+                    .collect();
+                // An image that loses a (visible) shared layer goes too.
+                if !gone_layers.is_empty() {
+                    for image in st.images.values() {
+                        let broken =
+                            st.chain(image.layer.as_deref().unwrap_or(""))
+                                .is_none_or(|c| {
+                                    c.iter().any(|l| l.shared && gone_layers.contains(&l.id))
+                                });
+                        if broken {
+                            gone_images.insert(image.id.clone());
+                        }
                     }
                 }
-            }
-            (new_layers, new_images, gone_layers, gone_images)
-        });
+                (
+                    new_layers,
+                    new_images,
+                    gone_layers,
+                    gone_images,
+                    hidden_gone,
+                )
+            });
 
         // Read new records without holding any store lock. A valid record
         // leaves the cache for `candidates` (moved, not copied), and goes back
@@ -313,6 +352,11 @@ impl Scanner {
                 let layer = meta::parse_layer(b, id)?;
                 if layer.incomplete {
                     return Err("layer is still incomplete".into());
+                }
+                // Text from the share is untrusted (parsed once per change).
+                let (layer, notes) = meta::check_shared_layer(layer);
+                for note in notes {
+                    tracing::warn!("share: layer {id}: {note}");
                 }
                 Ok(layer)
             });
@@ -334,6 +378,11 @@ impl Scanner {
             let image_dir = images_ro.join(id);
             refresh_cached(&mut self.images, &images_ro, id, IMAGES_JSON, |b| {
                 let image = meta::parse_image(b, id)?;
+                // Names must be references; other text is dropped if bogus.
+                let (image, notes) = meta::check_shared_image(image)?;
+                for note in notes {
+                    tracing::warn!("share: image {id}: {note}");
+                }
                 let dir = open_dir_nofollow(&image_dir).map_err(|e| e.to_string())?;
                 for name in &image.big_data_names {
                     if name.contains('/') || !has_entry(&dir, name, FileType::RegularFile) {
@@ -351,7 +400,9 @@ impl Scanner {
         store.with_state(|st| {
             let parent_ok = |p: &str, added_ids: &HashSet<String>| {
                 added_ids.contains(p)
-                    || (st.layers.get(p).is_some_and(|l| l.shared) && !gone_layers.contains(p))
+                    || ((st.layers.get(p).is_some_and(|l| l.shared)
+                        || st.hidden_layers.contains_key(p))
+                        && !gone_layers.contains(p))
             };
             loop {
                 let ready: Vec<String> = candidates
@@ -399,9 +450,13 @@ impl Scanner {
                 if let Some(p) = parents.get(id) {
                     return Some(p.map(str::to_string));
                 }
+                if gone_layers.contains(id) {
+                    return None;
+                }
                 st.layers
                     .get(id)
-                    .filter(|l| l.shared && !gone_layers.contains(id))
+                    .filter(|l| l.shared)
+                    .or_else(|| st.hidden_layers.get(id))
                     .map(|l| l.parent.clone())
             };
             for id in &new_images {
@@ -471,17 +526,30 @@ impl Scanner {
             *print = fingerprint(&stamp);
             let parsed = read_record(&images_ro, id, IMAGES_JSON, None)
                 .and_then(|r| r.ok_or_else(|| "unchanged".to_string()))
-                .and_then(|(_, bytes)| meta::parse_image(&bytes, id));
+                .and_then(|(_, bytes)| meta::parse_image(&bytes, id))
+                .and_then(meta::check_shared_image);
             match parsed {
-                Ok(image) => renamed.push((id.clone(), image.names)),
-                Err(e) => {
-                    tracing::warn!("share: image {id}: its record changed and is invalid: {e}")
-                }
+                Ok((image, _)) => renamed.push((id.clone(), image.names)),
+                Err(e) => tracing::warn!(
+                    "share: image {id}: its record changed and is invalid \
+                     (keeping its names as they were): {e}"
+                ),
             }
         }
         // Only those whose names really differ.
-        store.with_state(|st| {
-            renamed.retain(|(id, names)| st.images.get(id).is_some_and(|i| i.names != *names));
+        let renamed_hidden: HashSet<String> = store.with_state(|st| {
+            renamed.retain(|(id, names)| {
+                st.images
+                    .get(id)
+                    .filter(|i| i.shared)
+                    .or_else(|| st.hidden_images.get(id))
+                    .is_some_and(|i| i.names != *names)
+            });
+            renamed
+                .iter()
+                .filter(|(id, _)| st.hidden_images.contains_key(id))
+                .map(|(id, _)| id.clone())
+                .collect()
         });
 
         self.stats = ScanStats {
@@ -489,23 +557,45 @@ impl Scanner {
             images_on_share: fs_images.len(),
             pending,
         };
+        // What a local entry of the same id hides is no event either.
+        let (hidden_layers, hidden_images): (HashSet<String>, HashSet<String>) =
+            store.with_state(|st| {
+                (
+                    added
+                        .iter()
+                        .filter(|l| st.layers.get(&l.id).is_some_and(|x| !x.shared))
+                        .map(|l| l.id.clone())
+                        .collect(),
+                    added_images
+                        .iter()
+                        .filter(|i| st.images.get(&i.id).is_some_and(|x| !x.shared))
+                        .map(|i| i.id.clone())
+                        .collect(),
+                )
+            });
         let mut events = Vec::new();
-        for id in &gone_images {
+        for id in gone_images.iter().filter(|id| !hidden_gone.contains(*id)) {
             events.push(StoreEvent::ImageRemoved { id: id.clone() });
         }
-        for id in &gone_layers {
+        for id in gone_layers.iter().filter(|id| !hidden_gone.contains(*id)) {
             events.push(StoreEvent::LayerRemoved { id: id.clone() });
         }
-        for l in &added {
+        for l in added.iter().filter(|l| !hidden_layers.contains(&l.id)) {
             events.push(StoreEvent::LayerAdded { id: l.id.clone() });
         }
-        for i in &added_images {
+        for i in added_images
+            .iter()
+            .filter(|i| !hidden_images.contains(&i.id))
+        {
             events.push(StoreEvent::ImageAdded {
                 id: i.id.clone(),
                 names: i.names.clone(),
             });
         }
-        for (id, names) in &renamed {
+        for (id, names) in renamed
+            .iter()
+            .filter(|(id, _)| !renamed_hidden.contains(id))
+        {
             events.push(StoreEvent::ImageUpdated {
                 id: id.clone(),
                 names: names.clone(),

@@ -80,9 +80,12 @@ fn new_share_config(share: &Path, creating: bool) -> ShareConfig {
     ShareConfig { overlay_xattrs }
 }
 
-/// Does the driver dir `overlay` (absent = no) hold a layer?
+/// Does the driver dir `overlay` (absent = no) hold a layer of its own? The
+/// legacy links `<id> -> RO/<id>` of shared layers are not its layers.
 fn has_layers(overlay: &Path) -> Result<bool> {
-    Ok(!storectl_storage::list_ids(overlay)?.is_empty())
+    Ok(storectl_storage::list_id_entries(overlay)?
+        .iter()
+        .any(|(_, symlink)| !symlink))
 }
 
 /// Can `dir` carry `user.*` xattrs? (Set and removed again: probed.)

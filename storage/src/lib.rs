@@ -58,6 +58,7 @@ mod error;
 mod export;
 pub mod fsutil;
 pub mod import;
+mod links;
 pub mod lock;
 pub mod meta;
 #[cfg(feature = "metrics")]

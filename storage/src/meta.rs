@@ -116,6 +116,114 @@ pub fn parse_image(bytes: &[u8], expected_id: &str) -> Result<Image, String> {
     }
 }
 
+/// Is `s` an RFC 3339 date-time (`2026-11-22T07:40:01.123Z`,
+/// `…+02:00`), as records and image configs carry? Pure; the characters are
+/// checked, not the calendar.
+pub fn is_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let at = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+    if s.len() > 64
+        || !(digits(0..4) && at(4, b"-") && digits(5..7) && at(7, b"-") && digits(8..10))
+        || !(at(10, b"Tt ") && digits(11..13) && at(13, b":") && digits(14..16))
+        || !(at(16, b":") && digits(17..19))
+    {
+        return false;
+    }
+    let mut i = 19;
+    if at(i, b".") {
+        let start = i + 1;
+        i = start;
+        while at(i, b"0123456789") {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    match b.get(i) {
+        Some(b'Z' | b'z') => i + 1 == b.len(),
+        Some(b'+' | b'-') => {
+            i + 6 == b.len() && digits(i + 1..i + 3) && at(i + 3, b":") && digits(i + 4..i + 6)
+        }
+        _ => false,
+    }
+}
+
+/// Is `s` a name for a file beside `images.json` (a big-data key)? Pure:
+/// 1–255 bytes of `[A-Za-z0-9._:=+@-]`, not starting with `.`.
+pub fn is_big_data_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:=+@-".contains(&b))
+}
+
+/// Check the text of an image record from a share, which another host wrote
+/// and this one will print and act on. Every name must be a valid image
+/// reference (else the record is refused: `Err` says which name, escaped);
+/// `created`, `digest` and big-data digests that are not what they claim to be
+/// are dropped, each with a note. Big-data names must be plain file names.
+/// Pure.
+pub fn check_shared_image(mut image: Image) -> Result<(Image, Vec<String>), String> {
+    for name in &image.names {
+        crate::reference::parse(name).map_err(|e| format!("invalid name {name:?}: {e}"))?;
+    }
+    for name in &image.big_data_names {
+        if !is_big_data_name(name) {
+            return Err(format!("invalid big-data name {name:?}"));
+        }
+    }
+    let mut notes = Vec::new();
+    if let Some(c) = image.created.take_if(|c| !is_timestamp(c)) {
+        notes.push(format!("dropped its invalid created {c:?}"));
+    }
+    if let Some(d) = image
+        .digest
+        .take_if(|d| crate::reference::validate_digest(d).is_err())
+    {
+        notes.push(format!("dropped its invalid digest {d:?}"));
+    }
+    let names = &image.big_data_names;
+    image.big_data_sizes.retain(|k, _| names.contains(k));
+    image.big_data_digests.retain(|k, d| {
+        let ok = names.contains(k) && crate::reference::validate_digest(d).is_ok();
+        if !ok {
+            notes.push(format!("dropped its invalid big-data digest {k:?}: {d:?}"));
+        }
+        ok
+    });
+    Ok((image, notes))
+}
+
+/// Check the text of a layer record from a share (see [`check_shared_image`]):
+/// names that are not valid references, and a `created` or digest that is
+/// not one, are dropped, each with a note. Pure.
+pub fn check_shared_layer(mut layer: Layer) -> (Layer, Vec<String>) {
+    let mut notes = Vec::new();
+    layer.names.retain(|n| {
+        let ok = crate::reference::parse(n).is_ok();
+        if !ok {
+            notes.push(format!("dropped its invalid name {n:?}"));
+        }
+        ok
+    });
+    if let Some(c) = layer.created.take_if(|c| !is_timestamp(c)) {
+        notes.push(format!("dropped its invalid created {c:?}"));
+    }
+    for (what, field) in [
+        ("compressed-diff-digest", &mut layer.compressed_diff_digest),
+        ("diff-digest", &mut layer.diff_digest),
+    ] {
+        if let Some(d) = field.take_if(|d| crate::reference::validate_digest(d).is_err()) {
+            notes.push(format!("dropped its invalid {what} {d:?}"));
+        }
+    }
+    (layer, notes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +253,108 @@ mod tests {
         assert!(v.get("incomplete").is_none());
         let back = parse_layer(&serde_json::to_vec(&l).unwrap(), A).unwrap();
         assert_eq!(back, l);
+    }
+
+    #[test]
+    fn timestamps() {
+        for ok in [
+            "2026-11-22T07:40:01Z",
+            "2026-11-22T07:40:01.123456789Z",
+            "2026-11-22t07:40:01z",
+            "2026-11-22 07:40:01+02:00",
+            "1970-01-01T00:00:00.0-00:30",
+        ] {
+            assert!(is_timestamp(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "2026-11-22",
+            "2026-11-22T07:40:01",
+            "2026-11-22T07:40:01.Z",
+            "2026-11-22T07:40:01Z\n+ image x",
+            "\u{1b}[2J2026-11-22T07:40:01Z",
+            "2026-11-22T07:40:01+0200",
+            "2026-11-22T07:40:01Zé",
+            "２０２６-11-22T07:40:01Z",
+        ] {
+            assert!(!is_timestamp(bad), "{bad:?}");
+        }
+    }
+
+    fn image(names: &[&str]) -> Image {
+        Image {
+            id: A.into(),
+            digest: Some(format!("sha256:{B}")),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            layer: Some(B.into()),
+            created: Some("2026-11-22T07:40:01Z".into()),
+            big_data_names: vec![MANIFEST.into(), CONFIG.into()],
+            big_data_sizes: [(MANIFEST.to_string(), 3)].into(),
+            big_data_digests: [(CONFIG.to_string(), format!("sha256:{A}"))].into(),
+            shared: false,
+        }
+    }
+
+    #[test]
+    fn shared_image_text_is_checked() {
+        let good = image(&["docker.io/library/busybox:latest", "localhost/a:1"]);
+        assert_eq!(check_shared_image(good.clone()).unwrap(), (good, vec![]));
+        for bad in [
+            "localhost/a:1\n+ image 0000 forged",
+            "\u{1b}[2Jlocalhost/a:1",
+            "localhost/a:1 b",
+            "",
+            A,
+            "Localhost/A",
+        ] {
+            let err = check_shared_image(image(&["ok:1", bad])).unwrap_err();
+            assert!(err.contains("invalid name"), "{err}");
+            assert!(
+                !err.contains('\n') && !err.contains('\u{1b}'),
+                "escaped: {err}"
+            );
+        }
+        let mut odd = image(&["ok:1"]);
+        odd.created = Some("\u{1b}[2J".into());
+        odd.digest = Some("sha256:xyz\n".into());
+        odd.big_data_digests.insert(MANIFEST.into(), "md5:x".into());
+        odd.big_data_sizes.insert("other".into(), 1);
+        let (checked, notes) = check_shared_image(odd).unwrap();
+        assert_eq!(checked.created, None);
+        assert_eq!(checked.digest, None);
+        assert_eq!(checked.big_data_digests.len(), 1);
+        assert_eq!(checked.big_data_sizes.len(), 1);
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(notes
+            .iter()
+            .all(|n| !n.contains('\u{1b}') && !n.contains('\n')));
+        let mut file = image(&[]);
+        file.big_data_names.push("../../etc/passwd".into());
+        assert!(check_shared_image(file).is_err());
+    }
+
+    #[test]
+    fn shared_layer_text_is_checked() {
+        let layer = Layer {
+            id: A.into(),
+            names: vec!["ok:1".into(), "bad\u{1b}[2J".into()],
+            parent: None,
+            created: Some("yesterday\n".into()),
+            compressed_diff_digest: Some(format!("sha256:{A}")),
+            compressed_size: None,
+            diff_digest: Some("sha256:\u{1b}".into()),
+            diff_size: None,
+            compression: 0,
+            incomplete: false,
+            disk_size: None,
+            shared: false,
+        };
+        let (checked, notes) = check_shared_layer(layer);
+        assert_eq!(checked.names, vec!["ok:1".to_string()]);
+        assert_eq!(checked.created, None);
+        assert_eq!(checked.diff_digest, None);
+        assert!(checked.compressed_diff_digest.is_some());
+        assert_eq!(notes.len(), 3, "{notes:?}");
     }
 
     #[test]

@@ -107,6 +107,66 @@ fn insert_batch<V>(map: &mut BTreeMap<String, V>, items: Vec<(String, V)>) {
     }
 }
 
+/// The names of `names` that a local image of `state` has.
+fn local_claims(state: &State, names: Vec<String>) -> Vec<String> {
+    if names.is_empty() || state.images.values().all(|i| i.shared) {
+        return Vec::new();
+    }
+    let local: BTreeSet<&str> = state
+        .images
+        .values()
+        .filter(|i| !i.shared)
+        .flat_map(|i| i.names.iter().map(String::as_str))
+        .collect();
+    names
+        .into_iter()
+        .filter(|n| local.contains(n.as_str()))
+        .collect()
+}
+
+/// The names of `names` that a shared image of `state` has.
+fn shared_claims(state: &State, names: Vec<String>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|n| {
+            state
+                .images
+                .values()
+                .any(|i| i.shared && i.names.contains(n))
+        })
+        .collect()
+}
+
+/// Carry a reader's shared entries from `old` into `new` (read from its own
+/// disk): a shared entry whose id a local one now has is hidden by it, a
+/// hidden one whose local entry went takes its place again.
+fn keep_shared(new: &mut State, old: &State) {
+    let layers = old
+        .layers
+        .values()
+        .filter(|l| l.shared)
+        .chain(old.hidden_layers.values());
+    for l in layers {
+        if new.layers.contains_key(&l.id) {
+            new.hidden_layers.insert(l.id.clone(), l.clone());
+        } else {
+            new.layers.insert(l.id.clone(), l.clone());
+        }
+    }
+    let images = old
+        .images
+        .values()
+        .filter(|i| i.shared)
+        .chain(old.hidden_images.values());
+    for i in images {
+        if new.images.contains_key(&i.id) {
+            new.hidden_images.insert(i.id.clone(), i.clone());
+        } else {
+            new.images.insert(i.id.clone(), i.clone());
+        }
+    }
+}
+
 /// The result of re-hashing one layer ([`Store::verify_layer`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerCheck {
@@ -137,6 +197,13 @@ pub enum Removed {
 pub struct State {
     pub layers: BTreeMap<String, Layer>,
     pub images: BTreeMap<String, Image>,
+    /// On a reader: shared layers the share holds under the id of a local
+    /// layer. The local one wins (it is what `layers` has); this copy takes
+    /// its place if the local one goes.
+    pub hidden_layers: BTreeMap<String, Layer>,
+    /// On a reader: shared images with the id of a local image, hidden by it
+    /// (the local record and its names win; see docs/sharing.md).
+    pub hidden_images: BTreeMap<String, Image>,
 }
 
 impl State {
@@ -171,6 +238,28 @@ impl State {
         None // a cycle: nothing is missing, the chain just never ends
     }
 
+    /// Names that both a local and a shared image have. On a reader the local
+    /// image owns such a name ([`Store::resolve_image`]); the shared image's is
+    /// shadowed.
+    pub fn shadowed_names(&self) -> BTreeSet<String> {
+        let local: BTreeSet<&str> = self
+            .images
+            .values()
+            .filter(|i| !i.shared)
+            .flat_map(|i| i.names.iter().map(String::as_str))
+            .collect();
+        if local.is_empty() {
+            return BTreeSet::new();
+        }
+        self.images
+            .values()
+            .filter(|i| i.shared)
+            .flat_map(|i| i.names.iter())
+            .filter(|n| local.contains(n.as_str()))
+            .cloned()
+            .collect()
+    }
+
     /// Layers some image's chain uses.
     pub fn referenced_layers(&self) -> BTreeSet<String> {
         self.images
@@ -192,6 +281,22 @@ pub struct Store {
     /// Why the root cannot be written, when it cannot.
     read_only: Option<String>,
     lock_wait: LockWait,
+    /// A reader's upkeep of the legacy names of shared entries.
+    links: parking_lot::Mutex<LinkUpkeep>,
+    /// Names already warned about as claimed by a local and a shared image.
+    warned_names: parking_lot::Mutex<BTreeSet<String>>,
+}
+
+/// How far a reader's legacy links ([`crate::links`]) are kept.
+#[derive(Debug, Default)]
+struct LinkUpkeep {
+    /// A full repair ran in this process: from now on, deltas only.
+    repaired: bool,
+    /// The root turned out not writable for us (another user's root, a
+    /// read-only mount): stop trying, quietly.
+    disabled: bool,
+    /// Messages already warned about.
+    warned: BTreeSet<String>,
 }
 
 const MOUNTS: &str = "mounts";
@@ -291,6 +396,8 @@ impl Store {
             state: RwLock::new(State::default()),
             read_only,
             lock_wait: opts.lock_wait,
+            links: Default::default(),
+            warned_names: Default::default(),
         };
         let state = store.read_state()?;
         *store.state.write() = state;
@@ -505,53 +612,317 @@ impl Store {
     /// so nobody sees a layer without its parent or an image without its layers.
     /// Removals touch only shared entries; a local image on a shared layer that
     /// vanished is dropped from memory too (its chain is broken).
+    ///
+    /// Local entries win: a shared layer or image with the id of a local one
+    /// is kept aside ([`State::hidden_layers`], [`State::hidden_images`]), and
+    /// a name both a local and a shared image have belongs to the local one
+    /// (warned about once per name). On a reader, the legacy names of shared
+    /// entries in this root (`overlay/<id>`, `overlay-layers/<id>`,
+    /// `overlay-images/<id>` `-> RO/<id>`, `overlay/l/<short>`) follow: made
+    /// for what joined, removed for what left, all of them checked on the
+    /// first call in a process ([`Store::repair_shared_links`]).
     pub fn apply_shared(&self, delta: SharedDelta) {
-        let layers: Vec<(String, Layer)> = delta
-            .add_layers
-            .into_iter()
-            .map(|mut l| {
+        let mut linked_layers = Vec::new();
+        let mut linked_images = Vec::new();
+        let mut unlinked_layers = Vec::new();
+        let mut unlinked_images = Vec::new();
+        let mut named: Vec<String> = Vec::new();
+        let collisions = {
+            let mut state = self.state.write();
+            let mut layers = Vec::with_capacity(delta.add_layers.len());
+            for mut l in delta.add_layers {
                 l.shared = true;
-                (l.id.clone(), l)
-            })
-            .collect();
-        let images: Vec<(String, Image)> = delta
-            .add_images
-            .into_iter()
-            .map(|mut i| {
+                if state.layers.get(&l.id).is_some_and(|x| !x.shared) {
+                    state.hidden_layers.insert(l.id.clone(), l);
+                } else {
+                    linked_layers.push(l.id.clone());
+                    layers.push((l.id.clone(), l));
+                }
+            }
+            let mut images = Vec::with_capacity(delta.add_images.len());
+            for mut i in delta.add_images {
                 i.shared = true;
-                (i.id.clone(), i)
-            })
-            .collect();
-        let mut state = self.state.write();
-        insert_batch(&mut state.layers, layers);
-        insert_batch(&mut state.images, images);
-        for (id, names) in delta.rename_images {
-            if let Some(image) = state.images.get_mut(&id).filter(|i| i.shared) {
-                image.names = names;
+                if state.images.get(&i.id).is_some_and(|x| !x.shared) {
+                    tracing::warn!(
+                        "shared image {} has the id of a local image: the local one \
+                         (and its names) wins, the shared copy stays hidden",
+                        i.id
+                    );
+                    state.hidden_images.insert(i.id.clone(), i);
+                } else {
+                    linked_images.push(i.id.clone());
+                    named.extend(i.names.iter().cloned());
+                    images.push((i.id.clone(), i));
+                }
+            }
+            insert_batch(&mut state.layers, layers);
+            insert_batch(&mut state.images, images);
+            for (id, names) in delta.rename_images {
+                if let Some(image) = state.images.get_mut(&id).filter(|i| i.shared) {
+                    named.extend(names.iter().cloned());
+                    image.names = names;
+                } else if let Some(image) = state.hidden_images.get_mut(&id) {
+                    image.names = names;
+                }
+            }
+            for id in &delta.remove_images {
+                if state.images.get(id).is_some_and(|i| i.shared) {
+                    state.images.remove(id);
+                    unlinked_images.push(id.clone());
+                }
+                state.hidden_images.remove(id);
+            }
+            for id in &delta.remove_layers {
+                if state.layers.get(id).is_some_and(|l| l.shared) {
+                    state.layers.remove(id);
+                    unlinked_layers.push(id.clone());
+                }
+                state.hidden_layers.remove(id);
+            }
+            if !delta.remove_layers.is_empty() {
+                let broken: Vec<String> = state
+                    .images
+                    .values()
+                    .filter(|i| state.chain(i.layer.as_deref().unwrap_or("")).is_none())
+                    .map(|i| i.id.clone())
+                    .collect();
+                for id in broken {
+                    tracing::warn!("image {id} lost a shared layer; dropping it");
+                    if state.images.remove(&id).is_some_and(|i| i.shared) {
+                        unlinked_images.push(id);
+                    }
+                }
+            }
+            local_claims(&state, named)
+        };
+        self.warn_collisions(collisions);
+        if self.layout.role() == Role::Reader {
+            self.keep_links(
+                &linked_layers,
+                &linked_images,
+                &unlinked_layers,
+                &unlinked_images,
+            );
+        }
+    }
+
+    /// Warn, once per name in this process, that `names` are claimed by a
+    /// local and a shared image.
+    fn warn_collisions(&self, names: Vec<String>) {
+        if names.is_empty() {
+            return;
+        }
+        let mut warned = self.warned_names.lock();
+        for name in names {
+            if warned.insert(name.clone()) {
+                tracing::warn!(
+                    "{name:?} names a local and a shared image: it resolves to the local \
+                     one (`storectl ls` marks the shared one's name as shadowed)"
+                );
             }
         }
-        for id in &delta.remove_images {
-            if state.images.get(id).is_some_and(|i| i.shared) {
-                state.images.remove(id);
+    }
+
+    /// A reader's legacy links after a delta: a full repair the first time in
+    /// this process (cheap: directory listings, not one call per entry),
+    /// then only what changed. Failures are warned about, never fatal: the
+    /// links serve other programs, storectl itself reads through `RO/`.
+    fn keep_links(
+        &self,
+        add_layers: &[String],
+        add_images: &[String],
+        removed_layers: &[String],
+        removed_images: &[String],
+    ) {
+        let first = {
+            let mut upkeep = self.links.lock();
+            if upkeep.disabled || self.read_only.is_some() {
+                return;
+            }
+            !std::mem::replace(&mut upkeep.repaired, true)
+        };
+        if first {
+            self.report_links(self.repair_shared_links());
+            return;
+        }
+        let result = (|| -> Result<()> {
+            for id in removed_images {
+                self.unlink_entry(&self.images_dir(), id)?;
+            }
+            for id in removed_layers {
+                self.unlink_entry(&self.layers_dir(), id)?;
+                self.unlink_entry(&self.layout.overlay(), id)?;
+            }
+            if !removed_layers.is_empty() {
+                let gone: BTreeSet<&str> = removed_layers.iter().map(String::as_str).collect();
+                self.remove_short_links(|id| gone.contains(id))?;
+            }
+            for id in add_layers {
+                self.link_layer(id)?;
+            }
+            for id in add_images {
+                self.link_entry(&self.images_dir(), id)?;
+            }
+            Ok(())
+        })();
+        self.report_links(result.map(|_| ()));
+    }
+
+    /// Warn about a link failure once per message; stop trying when the root
+    /// cannot be written by this process.
+    fn report_links<T>(&self, result: Result<T>) {
+        let Err(e) = result else { return };
+        let mut upkeep = self.links.lock();
+        if let Error::Io { source, .. } = &e {
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ) {
+                tracing::debug!("not keeping legacy links: {e}");
+                upkeep.disabled = true;
+                return;
             }
         }
-        for id in &delta.remove_layers {
-            if state.layers.get(id).is_some_and(|l| l.shared) {
-                state.layers.remove(id);
+        let msg = e.to_string();
+        if upkeep.warned.insert(msg.clone()) {
+            tracing::warn!("legacy links of shared entries: {msg}");
+        }
+    }
+
+    /// `dir/<id> -> RO/<id>`, unless a local entry holds the name.
+    fn link_entry(&self, dir: &Path, id: &str) -> Result<()> {
+        let path = dir.join(id);
+        crate::links::add_link(&path, &crate::links::id_target(id), true).at(&path)?;
+        Ok(())
+    }
+
+    /// Remove `dir/<id>` if it is the link `-> RO/<id>` (never a local entry).
+    fn unlink_entry(&self, dir: &Path, id: &str) -> Result<()> {
+        let path = dir.join(id);
+        crate::links::remove_link(&path, &crate::links::id_target(id)).at(&path)?;
+        Ok(())
+    }
+
+    /// A shared layer's legacy names: `overlay/<id>`, `overlay-layers/<id>`,
+    /// and `overlay/l/<short>` with the short name of its `link` file (read
+    /// without following symlinks on the share). A short name another layer
+    /// holds is left to it.
+    fn link_layer(&self, id: &str) -> Result<()> {
+        let overlay = self.layout.overlay();
+        let path = overlay.join(id);
+        let made = crate::links::add_link(&path, &crate::links::id_target(id), true).at(&path)?;
+        self.link_entry(&self.layers_dir(), id)?;
+        if made == crate::links::Outcome::Occupied {
+            return Ok(()); // a local layer of that id: its own short name serves
+        }
+        self.link_short_name(id)
+    }
+
+    fn link_short_name(&self, id: &str) -> Result<()> {
+        let Some(short) = crate::links::read_short_name(&self.layout.overlay_ro(), id) else {
+            return Ok(()); // mounts fall back to RO/<id>/diff
+        };
+        let l_dir = self.layout.overlay().join("l");
+        create_dir(&l_dir)?;
+        let path = l_dir.join(&short);
+        let outcome =
+            crate::links::add_link(&path, &crate::links::short_target(id), false).at(&path)?;
+        if outcome == crate::links::Outcome::Occupied {
+            tracing::warn!(
+                "shared layer {id}: its short name {short} is another layer's; \
+                 not linked (it mounts through RO/{id}/diff)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Remove the `overlay/l/` links to `../<id>/diff` for the ids `gone`
+    /// says, unless a local layer of that id is there.
+    fn remove_short_links(&self, gone: impl Fn(&str) -> bool) -> Result<()> {
+        let overlay = self.layout.overlay();
+        let l_dir = overlay.join("l");
+        for (short, id) in crate::links::short_links(&l_dir).at(&l_dir)? {
+            let Some(id) = id else { continue };
+            if gone(&id) && !crate::links::is_real_dir(&overlay.join(&id)) {
+                let path = l_dir.join(&short);
+                crate::links::remove_link(&path, &crate::links::short_target(&id)).at(&path)?;
             }
         }
-        if !delta.remove_layers.is_empty() {
-            let broken: Vec<String> = state
-                .images
-                .values()
-                .filter(|i| state.chain(i.layer.as_deref().unwrap_or("")).is_none())
-                .map(|i| i.id.clone())
-                .collect();
-            for id in broken {
-                tracing::warn!("image {id} lost a shared layer; dropping it");
-                state.images.remove(&id);
+        Ok(())
+    }
+
+    /// On a reader: make the legacy names of shared entries in this root
+    /// match the in-memory store — links of shared layers and images that
+    /// vanished are removed, missing ones made (after a crash, a reader that
+    /// was not running, or a root made before readers kept them). Local
+    /// entries are never touched. Returns (links made, links removed).
+    pub fn repair_shared_links(&self) -> Result<(usize, usize)> {
+        if self.layout.role() != Role::Reader || self.read_only.is_some() {
+            return Ok((0, 0));
+        }
+        let (layers, images): (BTreeSet<String>, BTreeSet<String>) = self.with_state(|st| {
+            (
+                st.layers
+                    .values()
+                    .filter(|l| l.shared)
+                    .map(|l| l.id.clone())
+                    .collect(),
+                st.images
+                    .values()
+                    .filter(|i| i.shared)
+                    .map(|i| i.id.clone())
+                    .collect(),
+            )
+        });
+        let (mut made, mut removed) = (0, 0);
+        let overlay = self.layout.overlay();
+        for (dir, want) in [
+            (overlay.clone(), &layers),
+            (self.layers_dir(), &layers),
+            (self.images_dir(), &images),
+        ] {
+            let mut have = BTreeSet::new();
+            for (id, target) in crate::links::id_links(&dir).at(&dir)? {
+                if want.contains(&id) && target == crate::links::id_target(&id) {
+                    have.insert(id);
+                } else if !want.contains(&id) {
+                    let path = dir.join(&id);
+                    tracing::debug!("removing the stale link {}", path.display());
+                    std::fs::remove_file(&path).at(&path)?;
+                    removed += 1;
+                }
+            }
+            for id in want.iter().filter(|id| !have.contains(*id)) {
+                let path = dir.join(id);
+                let outcome =
+                    crate::links::add_link(&path, &crate::links::id_target(id), true).at(&path)?;
+                made += usize::from(outcome == crate::links::Outcome::Done);
             }
         }
+        // Short names: stale ones (their layer is neither shared nor local)
+        // go; a shared layer without one gets it.
+        let l_dir = overlay.join("l");
+        let mut short_of = BTreeSet::new();
+        for (short, id) in crate::links::short_links(&l_dir).at(&l_dir)? {
+            let Some(id) = id else { continue };
+            if layers.contains(&id) || crate::links::is_real_dir(&overlay.join(&id)) {
+                short_of.insert(id);
+            } else {
+                let path = l_dir.join(&short);
+                crate::links::remove_link(&path, &crate::links::short_target(&id)).at(&path)?;
+                removed += 1;
+            }
+        }
+        for id in layers.iter().filter(|id| !short_of.contains(*id)) {
+            if !crate::links::is_real_dir(&overlay.join(id)) {
+                self.link_short_name(id)?;
+                made += 1;
+            }
+        }
+        if made + removed > 0 {
+            tracing::info!("legacy links of shared entries: {made} made, {removed} removed");
+        }
+        Ok((made, removed))
     }
 
     /// Re-read the store from disk (after another process changed it).
@@ -568,18 +939,7 @@ impl Store {
         writer_tests::after_disk_read();
         let mut current = self.state.write();
         if self.layout.role() == Role::Reader {
-            for l in current.layers.values().filter(|l| l.shared) {
-                state
-                    .layers
-                    .entry(l.id.clone())
-                    .or_insert_with(|| l.clone());
-            }
-            for i in current.images.values().filter(|i| i.shared) {
-                state
-                    .images
-                    .entry(i.id.clone())
-                    .or_insert_with(|| i.clone());
-            }
+            keep_shared(&mut state, &current);
         }
         *current = state;
         Ok(())
@@ -749,13 +1109,22 @@ impl Store {
         if let Some(i) = state.images.get(bare) {
             return Ok(i.clone());
         }
+        // A name a local and a shared image both have is the local one's.
         let normalized = crate::reference::normalize_name(name).ok();
-        if let Some(i) = state.images.values().find(|i| {
+        let named = |i: &&Image| {
             i.names
                 .iter()
                 .any(|n| n == name || Some(n) == normalized.as_ref())
-        }) {
-            return Ok(i.clone());
+        };
+        let local = state.images.values().filter(|i| !i.shared).find(named);
+        let shared = state.images.values().filter(|i| i.shared).find(named);
+        if let Some(i) = local.or(shared) {
+            let image = i.clone();
+            if local.is_some() && shared.is_some() {
+                drop(state);
+                self.warn_collisions(vec![normalized.unwrap_or_else(|| name.to_string())]);
+            }
+            return Ok(image);
         }
         let is_prefix = !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_hexdigit());
         let matches: Vec<&Image> = if is_prefix {
@@ -895,7 +1264,16 @@ impl Store {
         };
 
         let _lock = self.begin_write()?;
-        let existing = self.state.read().images.get(&image_id).cloned();
+        // On a reader, a shared image cannot take names: a local record of
+        // it is made instead (on the shared layers), and hides the shared one.
+        let reader = self.layout.role() == Role::Reader;
+        let existing = self
+            .state
+            .read()
+            .images
+            .get(&image_id)
+            .filter(|i| !(reader && i.shared))
+            .cloned();
         if let Some(image) = existing {
             for i in 0..chain.len() {
                 reporter.report(&blob_event(
@@ -1014,7 +1392,13 @@ impl Store {
 
         if stranded {
             self.reload()?;
-            let restored = self.state.read().images.get(&image_id).cloned();
+            let restored = self
+                .state
+                .read()
+                .images
+                .get(&image_id)
+                .filter(|i| !(reader && i.shared))
+                .cloned();
             if let Some(image) = restored {
                 return self.add_names(&image.id, &names);
             }
@@ -1204,6 +1588,11 @@ impl Store {
     /// rename), then the `RO` symlink.
     fn publish_layer(&self, p: Prepared, parents: &[&str]) -> Result<()> {
         let id = p.layer.id.clone();
+        if self.layout.role() == Role::Reader {
+            // A legacy link of a shared layer of this id: the local layer takes the name.
+            self.unlink_entry(&self.layout.overlay(), &id)?;
+            self.unlink_entry(&self.layers_dir(), &id)?;
+        }
         p.staged.commit(&id, parents)?;
         let mut layer = p.layer;
         let json = serde_json::to_vec_pretty(&layer).expect("a layer record serializes");
@@ -1228,7 +1617,14 @@ impl Store {
             std::os::unix::fs::symlink(format!("{RO}/{id}"), &link).at(&link)?;
             sync_dir(&self.layers_dir())?;
         }
-        self.state.write().layers.insert(id, layer);
+        {
+            let mut state = self.state.write();
+            if let Some(old) = state.layers.insert(id.clone(), layer) {
+                if old.shared && !shared {
+                    state.hidden_layers.insert(id, old);
+                }
+            }
+        }
         self.bump_generation()
     }
 
@@ -1242,6 +1638,10 @@ impl Store {
             self.images_dir()
         };
         create_dir(&dir)?;
+        if self.layout.role() == Role::Reader {
+            // A shared image's legacy link: the local record takes the name.
+            self.unlink_entry(&dir, &image.id)?;
+        }
         let staging = dir.join(format!(".staging-{}", unique_suffix()));
         fs::create_dir(&staging).at(&staging)?;
         let json = serde_json::to_vec_pretty(image).expect("an image record serializes");
@@ -1258,7 +1658,21 @@ impl Store {
         }
         let mut image = image.clone();
         image.shared = shared;
-        self.state.write().images.insert(image.id.clone(), image);
+        let collisions = {
+            let mut state = self.state.write();
+            let names = image.names.clone();
+            if let Some(old) = state.images.insert(image.id.clone(), image) {
+                if old.shared && !shared {
+                    state.hidden_images.insert(old.id.clone(), old);
+                }
+            }
+            if shared {
+                Vec::new()
+            } else {
+                shared_claims(&state, names)
+            }
+        };
+        self.warn_collisions(collisions);
         self.bump_generation()
     }
 
@@ -1313,6 +1727,10 @@ impl Store {
         if image.names.len() != before {
             self.write_image_record(&image)?;
             self.bump_generation()?;
+            if !image.shared {
+                let collisions = shared_claims(&self.state.read(), names.to_vec());
+                self.warn_collisions(collisions);
+            }
         }
         Ok(image)
     }
@@ -1396,8 +1814,31 @@ impl Store {
                 continue; // a reader's local image on shared layers: not ours to remove
             }
             self.remove_layer_files(&id, shared)?;
-            self.state.write().layers.remove(&id);
+            let twin = {
+                let mut state = self.state.write();
+                state.layers.remove(&id);
+                let twin = state.hidden_layers.remove(&id);
+                if let Some(twin) = &twin {
+                    state.layers.insert(id.clone(), twin.clone());
+                }
+                twin
+            };
+            if twin.is_some() {
+                self.keep_links(std::slice::from_ref(&id), &[], &[], &[]);
+            }
             removed.push(id);
+        }
+        // The shared copy of a local image (same id) shows again.
+        let twin = {
+            let mut state = self.state.write();
+            let twin = state.hidden_images.remove(&image.id);
+            if let Some(twin) = &twin {
+                state.images.insert(twin.id.clone(), twin.clone());
+            }
+            twin
+        };
+        if twin.is_some() {
+            self.keep_links(&[], std::slice::from_ref(&image.id), &[], &[]);
         }
         if !removed.is_empty() {
             self.bump_generation()?;
@@ -1410,6 +1851,18 @@ impl Store {
 
     /// Remove a layer's record (and its legacy `RO` link), then its overlay dir.
     fn remove_layer_files(&self, id: &str, shared: bool) -> Result<()> {
+        if !self.publishes_shared() {
+            // Only local entries, never through a legacy link to the share:
+            // a reader's `overlay/<id> -> RO/<id>` is not its to delete through.
+            let overlay = self.layout.overlay().join(id);
+            let record = self.layers_dir().join(id);
+            if shared || fs::symlink_metadata(&overlay).is_ok_and(|m| m.is_symlink()) {
+                if crate::links::is_real_dir(&record) {
+                    fsutil::remove_dir_atomic(&record)?;
+                }
+                return Ok(());
+            }
+        }
         let record = self.layer_dir_of(id, shared);
         if record.exists() {
             fsutil::remove_dir_atomic(&record)?;

@@ -56,6 +56,7 @@ fn sorted_images(store: &Store) -> Vec<Image> {
 /// What `ls --json` prints (also `GET /images` of `storectl serve`).
 pub fn images_json(store: &Store, with_layers: bool) -> anyhow::Result<serde_json::Value> {
     let mut list = Vec::new();
+    let shadowed = store.with_state(|st| st.shadowed_names());
     for image in &sorted_images(store) {
         let layers = store.image_layers(image)?;
         let mut v = json!({
@@ -67,6 +68,15 @@ pub fn images_json(store: &Store, with_layers: bool) -> anyhow::Result<serde_jso
             "layers": layers.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
             "shared": image.shared,
         });
+        if image.shared {
+            // Names a local image of this reader also has: they resolve to it.
+            let names: Vec<&String> = image
+                .names
+                .iter()
+                .filter(|n| shadowed.contains(*n))
+                .collect();
+            v["shadowed_names"] = json!(names);
+        }
         if with_layers {
             v["layer_details"] = serde_json::to_value(&layers)?;
         }
@@ -158,15 +168,24 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     }
     // Image rows, each followed (with --layers) by its layers' lines.
     let mut blocks: Vec<(Vec<Row>, Vec<Row>)> = Vec::new();
+    // A name a local and a shared image both have is the local one's.
+    let shadowed = store.with_state(|st| st.shadowed_names());
     for image in &images {
-        let names: Vec<(&str, &str)> = if image.names.is_empty() {
-            vec![("<none>", "<none>")]
+        let names: Vec<(&str, &str, Option<&String>)> = if image.names.is_empty() {
+            vec![("<none>", "<none>", None)]
         } else {
-            image.names.iter().map(|n| split_name(n)).collect()
+            image
+                .names
+                .iter()
+                .map(|n| {
+                    let (repo, tag) = split_name(n);
+                    (repo, tag, Some(n))
+                })
+                .collect()
         };
         let rows = names
             .into_iter()
-            .map(|(repo, tag)| {
+            .map(|(repo, tag, name)| {
                 let mut row = vec![
                     repo.to_string(),
                     tag.to_string(),
@@ -175,7 +194,13 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
                     human_size(store.image_size(image)),
                 ];
                 if show_source {
-                    row.push(if image.shared { "shared" } else { "local" }.into());
+                    row.push(match image.shared {
+                        true if name.is_some_and(|n| shadowed.contains(n)) => {
+                            "shared (name shadowed by local)".into()
+                        }
+                        true => "shared".into(),
+                        false => "local".into(),
+                    });
                 }
                 row
             })

@@ -5,6 +5,7 @@
 //! With `--watch` it runs the refresher in the foreground and prints events as
 //! they happen until interrupted.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::mpsc::RecvTimeoutError;
@@ -31,17 +32,58 @@ pub struct Args {
     watch: bool,
 }
 
+/// One event as a line: `+ image ID NAME…`, `~ image ID NAME…`, `- image ID`.
+/// The fields are space-separated, so each must be one word: the library only
+/// lets valid references through as names, and a field with whitespace in it
+/// anyway has it escaped (`\u{20}`, and `\n` as every control character of
+/// every line is), so no field can start a line or a field of its own.
+fn event_line(e: &StoreEvent) -> Option<String> {
+    let words = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| one_word(n))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    match e {
+        StoreEvent::ImageAdded { id, names } => {
+            Some(format!("+ image {} {}", one_word(id), words(names)))
+        }
+        StoreEvent::ImageUpdated { id, names } => {
+            Some(format!("~ image {} {}", one_word(id), words(names)))
+        }
+        StoreEvent::ImageRemoved { id } => Some(format!("- image {}", one_word(id))),
+        // Layers only in JSON; the text form speaks of images.
+        StoreEvent::LayerAdded { .. } | StoreEvent::LayerRemoved { .. } => None,
+    }
+}
+
+/// `s` as one field of a line: control characters escaped as on every line
+/// (`\n`, `\x1b`), other whitespace as `\u{20}`.
+fn one_word(s: &str) -> Cow<'_, str> {
+    let s = crate::output::escape_controls(s);
+    if !s.chars().any(char::is_whitespace) {
+        return s;
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_whitespace() {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 fn print_event(e: &StoreEvent, json: bool) -> anyhow::Result<()> {
     if json {
         crate::output::json(e, false)?;
         return Ok(());
     }
-    match e {
-        StoreEvent::ImageAdded { id, names } => outln!("+ image {id} {}", names.join(" ")),
-        StoreEvent::ImageUpdated { id, names } => outln!("~ image {id} {}", names.join(" ")),
-        StoreEvent::ImageRemoved { id } => outln!("- image {id}"),
-        // Layers only in JSON; the text form speaks of images.
-        StoreEvent::LayerAdded { .. } | StoreEvent::LayerRemoved { .. } => {}
+    if let Some(line) = event_line(e) {
+        outln!("{line}");
     }
     Ok(())
 }
@@ -107,4 +149,44 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     }
     write_atomic(root, SEEN_FILE, &serde_json::to_vec(&now)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_cannot_forge_a_line_or_a_field() {
+        let id = "a".repeat(64);
+        let e = StoreEvent::ImageAdded {
+            id: id.clone(),
+            names: vec![
+                "localhost/a:1".into(),
+                format!("x\n+ image {} forged", "b".repeat(64)),
+                "\u{1b}[2J\\".into(),
+            ],
+        };
+        let line = event_line(&e).unwrap();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert_eq!(
+            line,
+            format!(
+                "+ image {id} localhost/a:1 x\\n+\\u{{20}}image\\u{{20}}{}\\u{{20}}forged \\x1b[2J\\",
+                "b".repeat(64)
+            )
+        );
+        assert_eq!(line.split(' ').count(), 3 + 3);
+        let plain = StoreEvent::ImageUpdated {
+            id: id.clone(),
+            names: vec!["localhost/a:1".into(), "localhost/b:2".into()],
+        };
+        assert_eq!(
+            event_line(&plain).unwrap(),
+            format!("~ image {id} localhost/a:1 localhost/b:2")
+        );
+        assert_eq!(
+            event_line(&StoreEvent::ImageRemoved { id: id.clone() }).unwrap(),
+            format!("- image {id}")
+        );
+    }
 }

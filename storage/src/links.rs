@@ -1,0 +1,250 @@
+//! The legacy names of shared entries in a root: `overlay/<id> -> RO/<id>`,
+//! `overlay-layers/<id> -> RO/<id>`, `overlay-images/<id> -> RO/<id>` and
+//! `overlay/l/<short> -> ../<id>/diff`, so that a program reading the
+//! containers/storage layout (`<root>/overlay/<id>/diff`) finds shared layers.
+//!
+//! The writer makes them as it publishes; a reader's refresher keeps them in
+//! its own root in step with the share ([`crate::Store::apply_shared`],
+//! [`crate::Store::repair_shared_links`]). Everything here writes only under
+//! the root's own directories, never under `RO/` (the share), and never
+//! follows a symlink found on the share: a layer's `link` file is read beneath
+//! its directory with `O_NOFOLLOW`.
+//!
+//! A name held by anything but one of these symlinks (a local layer's or
+//! image's directory, a local layer's short name) is never touched: local
+//! entries win.
+
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+/// The directory that holds the shared entries, as a link target: `RO/<id>`.
+pub(crate) fn id_target(id: &str) -> PathBuf {
+    Path::new("RO").join(id)
+}
+
+/// The target of a layer's short name: `../<id>/diff`.
+pub(crate) fn short_target(id: &str) -> PathBuf {
+    Path::new("..").join(id).join("diff")
+}
+
+/// The layer id a short-name link points at (`../<id>/diff`), if it has that form.
+pub(crate) fn id_of_short_target(target: &Path) -> Option<String> {
+    let s = target.to_str()?;
+    let id = s.strip_prefix("../")?.strip_suffix("/diff")?;
+    crate::digest::is_hex64(id).then(|| id.to_string())
+}
+
+/// Is `s` a short name as the layer driver makes them (`[A-Z2-7]`, ≤ 64)? Pure.
+pub(crate) fn is_short_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+}
+
+/// What a link operation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Made (or, for a removal, removed).
+    Done,
+    /// Already as wanted.
+    Unchanged,
+    /// The name is held by something else (a local entry): left alone.
+    Occupied,
+}
+
+/// The target of the symlink at `path`, `None` if it is not a symlink (or absent).
+fn link_target(path: &Path) -> Option<PathBuf> {
+    let md = std::fs::symlink_metadata(path).ok()?;
+    if !md.file_type().is_symlink() {
+        return None;
+    }
+    std::fs::read_link(path).ok()
+}
+
+/// Make `path` a symlink to `target`. A symlink with another target is
+/// replaced (atomically) only when `replace` is set; anything else there is
+/// left alone.
+pub(crate) fn add_link(path: &Path, target: &Path, replace: bool) -> io::Result<Outcome> {
+    match std::os::unix::fs::symlink(target, path) {
+        Ok(()) => return Ok(Outcome::Done),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    match link_target(path) {
+        Some(t) if t == target => Ok(Outcome::Unchanged),
+        Some(_) if replace => {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let tmp = dir.join(format!(".tmp-link-{}", crate::fsutil::unique_suffix()));
+            std::os::unix::fs::symlink(target, &tmp)?;
+            std::fs::rename(&tmp, path).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })?;
+            Ok(Outcome::Done)
+        }
+        _ => Ok(Outcome::Occupied),
+    }
+}
+
+/// Remove `path` if it is a symlink to `target` (else leave it).
+pub(crate) fn remove_link(path: &Path, target: &Path) -> io::Result<Outcome> {
+    match link_target(path) {
+        Some(t) if t == target => match std::fs::remove_file(path) {
+            Ok(()) => Ok(Outcome::Done),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Outcome::Unchanged),
+            Err(e) => Err(e),
+        },
+        Some(_) => Ok(Outcome::Occupied),
+        None if std::fs::symlink_metadata(path).is_ok() => Ok(Outcome::Occupied),
+        None => Ok(Outcome::Unchanged),
+    }
+}
+
+/// The short name in `<overlay_ro>/<id>/link`, read without following a
+/// symlink on the share (the entry and the file are opened `O_NOFOLLOW`; the
+/// file must be a regular file, at most 64 bytes are read), validated.
+pub(crate) fn read_short_name(overlay_ro: &Path, id: &str) -> Option<String> {
+    let ro = rustix::fs::open(
+        overlay_ro,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let dir = rustix::fs::openat(
+        &ro,
+        id,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let fd = rustix::fs::openat(
+        &dir,
+        "link",
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(64);
+    std::fs::File::from(fd)
+        .take(65)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let short = std::str::from_utf8(&bytes).ok()?.trim();
+    is_short_name(short).then(|| short.to_string())
+}
+
+/// The symlinks in `dir` named by a 64-hex id, with their targets.
+pub(crate) fn id_links(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for (id, symlink) in crate::store::list_id_entries(dir).map_err(io::Error::other)? {
+        if symlink {
+            if let Some(t) = link_target(&dir.join(&id)) {
+                out.push((id, t));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The symlinks in `l_dir`: (short name, the layer id its target names, if it
+/// has the `../<id>/diff` form).
+pub(crate) fn short_links(l_dir: &Path) -> io::Result<Vec<(String, Option<String>)>> {
+    let entries = match std::fs::read_dir(l_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_type().is_ok_and(|t| t.is_symlink()) {
+            continue;
+        }
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let target = rustix::fs::readlinkat(rustix::fs::CWD, entry.path(), Vec::new())
+            .ok()
+            .map(|t| PathBuf::from(OsString::from_vec(t.into_bytes())));
+        out.push((name, target.as_deref().and_then(id_of_short_target)));
+    }
+    Ok(out)
+}
+
+/// Is `path` a real directory (not a symlink)?
+pub(crate) fn is_real_dir(path: &Path) -> bool {
+    rustix::fs::statat(rustix::fs::CWD, path, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    #[test]
+    fn short_targets_and_names() {
+        assert_eq!(id_of_short_target(&short_target(A)), Some(A.to_string()));
+        assert_eq!(id_of_short_target(Path::new("../x/diff")), None);
+        assert_eq!(id_of_short_target(&id_target(A)), None);
+        assert!(is_short_name("ABCDEFGHIJKLMNOPQRSTUVWXYZ"));
+        assert!(is_short_name("A234567"));
+        assert!(!is_short_name("abc"));
+        assert!(!is_short_name("A/B"));
+        assert!(!is_short_name(""));
+        assert!(!is_short_name(&"A".repeat(65)));
+    }
+
+    #[test]
+    fn links_are_added_removed_and_never_replace_local_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join(A);
+        let target = id_target(A);
+        assert_eq!(add_link(&link, &target, true).unwrap(), Outcome::Done);
+        assert_eq!(add_link(&link, &target, true).unwrap(), Outcome::Unchanged);
+        assert_eq!(std::fs::read_link(&link).unwrap(), target);
+        // A wrong target is replaced only when asked.
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("elsewhere", &link).unwrap();
+        assert_eq!(add_link(&link, &target, false).unwrap(), Outcome::Occupied);
+        assert_eq!(remove_link(&link, &target).unwrap(), Outcome::Occupied);
+        assert_eq!(add_link(&link, &target, true).unwrap(), Outcome::Done);
+        assert_eq!(std::fs::read_link(&link).unwrap(), target);
+        assert_eq!(remove_link(&link, &target).unwrap(), Outcome::Done);
+        assert_eq!(remove_link(&link, &target).unwrap(), Outcome::Unchanged);
+        // A local directory keeps its name.
+        std::fs::create_dir(&link).unwrap();
+        assert_eq!(add_link(&link, &target, true).unwrap(), Outcome::Occupied);
+        assert_eq!(remove_link(&link, &target).unwrap(), Outcome::Occupied);
+        assert!(is_real_dir(&link));
+        assert_eq!(id_links(dir.path()).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn short_names_are_read_without_following_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let ro = dir.path();
+        std::fs::create_dir(ro.join(A)).unwrap();
+        assert_eq!(read_short_name(ro, A), None);
+        std::fs::write(ro.join(A).join("link"), "ABCDEF\n").unwrap();
+        assert_eq!(read_short_name(ro, A).as_deref(), Some("ABCDEF"));
+        std::fs::write(ro.join(A).join("link"), "../../etc").unwrap();
+        assert_eq!(read_short_name(ro, A), None);
+        std::fs::remove_file(ro.join(A).join("link")).unwrap();
+        std::fs::write(ro.join("outside"), "SECRET").unwrap();
+        std::os::unix::fs::symlink(ro.join("outside"), ro.join(A).join("link")).unwrap();
+        assert_eq!(read_short_name(ro, A), None, "a symlinked link file");
+        let b = "b".repeat(64);
+        std::os::unix::fs::symlink(ro.join(A), ro.join(&b)).unwrap();
+        assert_eq!(read_short_name(ro, &b), None, "a symlinked layer dir");
+    }
+}
