@@ -273,6 +273,15 @@ impl Driver {
         Ok(self.root.join("l").join(self.read_link(id)?))
     }
 
+    /// `<root>/overlay/l/<short>` for layer `id` when that link is the layer's
+    /// own (a symlink to `../<id>/diff`): the short name in a shared layer's
+    /// `link` file may be another layer's, by accident or on purpose.
+    pub fn own_short_link(&self, id: &str) -> Option<PathBuf> {
+        let short = self.short_link_path(id).ok()?;
+        let target = fs::read_link(&short).ok()?;
+        (target == Path::new("..").join(id).join("diff")).then_some(short)
+    }
+
     /// Remove layer `id`: rename it to `.trash-*`, remove its `l/` link and
     /// `RO` symlink, then delete the tree. Missing layer = `LayerUnknown`.
     ///

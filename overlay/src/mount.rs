@@ -35,10 +35,7 @@ impl Driver {
             if !self.exists(id) {
                 return Err(Error::LayerUnknown((*id).to_owned()));
             }
-            let short = self
-                .short_link_path(id)
-                .ok()
-                .filter(|p| fs::symlink_metadata(p).is_ok());
+            let short = self.own_short_link(id);
             if let Some(short) = short {
                 lowers.push(root.join(short.strip_prefix(self.dir()).unwrap_or(&short)));
             } else {

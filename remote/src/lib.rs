@@ -25,9 +25,11 @@
 //!   overlay/<id>, overlay-layers/<id>, overlay-images/<id>   local layers/images
 //! ```
 //!
-//! On the writer, `overlay/<id> -> RO/<id>` (and the same for layer records and
-//! images) keep the usual containers/storage names; readers resolve shared
-//! entries through `RO/` directly and so never need to write anything for them.
+//! `overlay/<id> -> RO/<id>` (and the same for layer records, images and the
+//! `overlay/l/` short names) keep the usual containers/storage names: the
+//! writer makes them as it publishes, a reader's refresher keeps them in the
+//! reader's own root in step with the share. storectl itself resolves shared
+//! entries through `RO/`; a local entry always keeps its name.
 //!
 //! ## Rules
 //!
@@ -35,7 +37,10 @@
 //!   dir, then its record, then — after the whole chain — the image dir, then
 //!   `generation`. Removal renames the image away first.
 //! * A reader never writes, deletes or locks anything on the share, and never
-//!   follows a symlink found there. Only 64-hex names count.
+//!   follows a symlink found there. Only 64-hex names count; image names must
+//!   be valid references (text from the share is untrusted).
+//! * On a reader, local first: a name or id a local and a shared image both
+//!   have is the local one's (see docs/sharing.md).
 //! * The [`Refresher`] reads `generation` each tick and scans only when it
 //!   changed (or a full rescan is due). A scan reads JSON only for new ids,
 //!   adds layers parent-first and images only when their whole chain is

@@ -828,7 +828,8 @@ impl Store {
         let outcome =
             crate::links::add_link(&path, &crate::links::short_target(id), false).at(&path)?;
         if outcome == crate::links::Outcome::Occupied {
-            tracing::warn!(
+            // Only other programs miss it; a scan warns about the layer's own faults.
+            tracing::debug!(
                 "shared layer {id}: its short name {short} is another layer's; \
                  not linked (it mounts through RO/{id}/diff)"
             );
