@@ -141,19 +141,6 @@ pub(crate) fn read_short_name(overlay_ro: &Path, id: &str) -> Option<String> {
     is_short_name(short).then(|| short.to_string())
 }
 
-/// The symlinks in `dir` named by a 64-hex id, with their targets.
-pub(crate) fn id_links(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    for (id, symlink) in crate::store::list_id_entries(dir).map_err(io::Error::other)? {
-        if symlink {
-            if let Some(t) = link_target(&dir.join(&id)) {
-                out.push((id, t));
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// The symlinks in `l_dir`: (short name, the layer id its target names, if it
 /// has the `../<id>/diff` form).
 pub(crate) fn short_links(l_dir: &Path) -> io::Result<Vec<(String, Option<String>)>> {
@@ -226,7 +213,6 @@ mod tests {
         assert_eq!(add_link(&link, &target, true).unwrap(), Outcome::Occupied);
         assert_eq!(remove_link(&link, &target).unwrap(), Outcome::Occupied);
         assert!(is_real_dir(&link));
-        assert_eq!(id_links(dir.path()).unwrap(), vec![]);
     }
 
     #[test]
