@@ -141,6 +141,13 @@ pub(crate) fn read_short_name(overlay_ro: &Path, id: &str) -> Option<String> {
     is_short_name(short).then(|| short.to_string())
 }
 
+/// The target of the symlink at `path` (one `readlink`), `None` if it is not one.
+pub(crate) fn read_target(path: &Path) -> Option<PathBuf> {
+    rustix::fs::readlinkat(rustix::fs::CWD, path, Vec::new())
+        .ok()
+        .map(|t| PathBuf::from(OsString::from_vec(t.into_bytes())))
+}
+
 /// The symlinks in `l_dir`: (short name, the layer id its target names, if it
 /// has the `../<id>/diff` form).
 pub(crate) fn short_links(l_dir: &Path) -> io::Result<Vec<(String, Option<String>)>> {
@@ -158,9 +165,7 @@ pub(crate) fn short_links(l_dir: &Path) -> io::Result<Vec<(String, Option<String
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let target = rustix::fs::readlinkat(rustix::fs::CWD, entry.path(), Vec::new())
-            .ok()
-            .map(|t| PathBuf::from(OsString::from_vec(t.into_bytes())));
+        let target = read_target(&entry.path());
         out.push((name, target.as_deref().and_then(id_of_short_target)));
     }
     Ok(out)

@@ -883,16 +883,19 @@ impl Store {
             (self.layers_dir(), &layers),
             (self.images_dir(), &images),
         ] {
-            // From readdir's d_type alone: a 64-hex symlink here is a legacy
-            // link (local entries are directories), and one call per entry
-            // would cost a reader of 30,000 layers on every start.
+            // readdir's d_type tells links (local entries are directories);
+            // one readlink each checks their target (a link elsewhere would
+            // lead the driver, which takes `overlay/<id>` first, astray).
             let mut have = BTreeSet::new();
             for (id, symlink) in list_id_entries(&dir)? {
                 if !symlink {
                     continue;
                 }
                 if want.contains(&id) {
-                    have.insert(id);
+                    let target = crate::links::read_target(&dir.join(&id));
+                    if target.is_some_and(|t| t == crate::links::id_target(&id)) {
+                        have.insert(id);
+                    }
                 } else {
                     let path = dir.join(&id);
                     tracing::debug!("removing the stale link {}", path.display());
