@@ -629,6 +629,8 @@ impl Store {
         let mut named: Vec<String> = Vec::new();
         let collisions = {
             let mut state = self.state.write();
+            // Names are compared only when there are local images to collide with.
+            let has_local = state.images.values().any(|i| !i.shared);
             let mut layers = Vec::with_capacity(delta.add_layers.len());
             for mut l in delta.add_layers {
                 l.shared = true;
@@ -651,7 +653,9 @@ impl Store {
                     state.hidden_images.insert(i.id.clone(), i);
                 } else {
                     linked_images.push(i.id.clone());
-                    named.extend(i.names.iter().cloned());
+                    if has_local {
+                        named.extend(i.names.iter().cloned());
+                    }
                     images.push((i.id.clone(), i));
                 }
             }
@@ -659,7 +663,9 @@ impl Store {
             insert_batch(&mut state.images, images);
             for (id, names) in delta.rename_images {
                 if let Some(image) = state.images.get_mut(&id).filter(|i| i.shared) {
-                    named.extend(names.iter().cloned());
+                    if has_local {
+                        named.extend(names.iter().cloned());
+                    }
                     image.names = names;
                 } else if let Some(image) = state.hidden_images.get_mut(&id) {
                     image.names = names;
@@ -724,9 +730,10 @@ impl Store {
     }
 
     /// A reader's legacy links after a delta: a full repair the first time in
-    /// this process (cheap: directory listings, not one call per entry),
-    /// then only what changed. Failures are warned about, never fatal: the
-    /// links serve other programs, storectl itself reads through `RO/`.
+    /// this process (directory listings and a `readlink` per link, not a
+    /// link attempt per entry), then only what changed. Failures are warned
+    /// about (each entry on its own), never fatal: the links serve other
+    /// programs, storectl itself reads through `RO/`.
     fn keep_links(
         &self,
         add_layers: &[String],
@@ -745,27 +752,23 @@ impl Store {
             self.report_links(self.repair_shared_links());
             return;
         }
-        let result = (|| -> Result<()> {
-            for id in removed_images {
-                self.unlink_entry(&self.images_dir(), id)?;
-            }
-            for id in removed_layers {
-                self.unlink_entry(&self.layers_dir(), id)?;
-                self.unlink_entry(&self.layout.overlay(), id)?;
-            }
-            if !removed_layers.is_empty() {
-                let gone: BTreeSet<&str> = removed_layers.iter().map(String::as_str).collect();
-                self.remove_short_links(|id| gone.contains(id))?;
-            }
-            for id in add_layers {
-                self.link_layer(id)?;
-            }
-            for id in add_images {
-                self.link_entry(&self.images_dir(), id)?;
-            }
-            Ok(())
-        })();
-        self.report_links(result.map(|_| ()));
+        for id in removed_images {
+            self.report_links(self.unlink_entry(&self.images_dir(), id));
+        }
+        for id in removed_layers {
+            self.report_links(self.unlink_entry(&self.layers_dir(), id));
+            self.report_links(self.unlink_entry(&self.layout.overlay(), id));
+        }
+        if !removed_layers.is_empty() {
+            let gone: BTreeSet<&str> = removed_layers.iter().map(String::as_str).collect();
+            self.report_links(self.remove_short_links(|id| gone.contains(id)));
+        }
+        for id in add_layers {
+            self.report_links(self.link_layer(id));
+        }
+        for id in add_images {
+            self.report_links(self.link_entry(&self.images_dir(), id));
+        }
     }
 
     /// Warn about a link failure once per message; stop trying when the root
