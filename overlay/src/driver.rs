@@ -8,6 +8,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::fsutil;
+use crate::mount::MountApi;
 use crate::{Error, Result};
 
 /// True for a valid layer id: exactly 64 lowercase hex characters (so `RO`,
@@ -64,6 +65,7 @@ impl std::fmt::Display for XattrMode {
 pub struct Driver {
     root: PathBuf,
     xattrs: XattrMode,
+    mount_api: MountApi,
 }
 
 /// A layer being built in a `.staging-*` directory. Dropping it without
@@ -164,6 +166,7 @@ impl Driver {
         Ok(Driver {
             root: overlay_dir.to_path_buf(),
             xattrs: XattrMode::default(),
+            mount_api: MountApi::default(),
         })
     }
 
@@ -177,6 +180,19 @@ impl Driver {
     /// The store's [`XattrMode`].
     pub fn xattr_mode(&self) -> XattrMode {
         self.xattrs
+    }
+
+    /// Mount chains the way `api` says ([`MountApi::Auto`] by default;
+    /// [`MountApi::Legacy`] forces the one-page option string that kernels
+    /// before 6.8 need).
+    pub fn with_mount_api(mut self, api: MountApi) -> Driver {
+        self.mount_api = api;
+        self
+    }
+
+    /// How this driver mounts chains.
+    pub fn mount_api(&self) -> MountApi {
+        self.mount_api
     }
 
     /// `<root>/overlay`.
@@ -431,6 +447,7 @@ impl StagedLayer {
         let driver = Driver {
             root: self.root.clone(),
             xattrs: XattrMode::default(),
+            mount_api: MountApi::default(),
         };
         let mut lower = Vec::with_capacity(parents.len());
         for parent in parents {

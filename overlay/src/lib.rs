@@ -17,7 +17,7 @@
 //!     lower             "l/<short>:l/<short>…" of the parent chain, top first
 //!   <id> -> RO/<id>     a read-only image layer on a shared store (relative symlink)
 //!   RO/<id>/            diff/ link [lower]        (the part that can live on a share)
-//!   l/<short> -> ../<id>/diff                     short names keep mount options small
+//!   l/<short> -> ../<id>/diff                     short names (for the legacy mount fallback)
 //!   empty/              an empty lower dir for mounting one-layer chains
 //!   .staging-*          a layer being built; renamed to <id> when complete
 //!   .trash-*            a layer being removed
@@ -43,7 +43,8 @@
 //! * [`tarsplit`]: the tar-split record written while applying, and
 //!   [`tarsplit::reassemble`] to rebuild the identical tar;
 //! * [`compression`]: gzip/zstd detection and streaming decompression;
-//! * [`mount`]: overlayfs mounts of layer chains.
+//! * [`mount`]: overlayfs mounts of layer chains (the new mount API's
+//!   `lowerdir+`, up to [`MAX_LOWERS`] layers; a one-page legacy fallback).
 //!
 //! ## Whiteouts
 //!
@@ -75,3 +76,4 @@ pub use apply::{apply_tar, ApplyOptions, ApplyStats};
 pub use compression::Compression;
 pub use driver::{is_layer_id, Driver, StagedLayer, XattrMode};
 pub use error::{Error, Result};
+pub use mount::{MountApi, MAX_LOWERS};

@@ -1,26 +1,79 @@
 //! Mounting layer chains with the kernel's overlayfs.
+//!
+//! Chains are mounted with the kernel's new mount API: `fsopen("overlay")`,
+//! one `fsconfig(FSCONFIG_SET_STRING, "lowerdir+", path)` per layer (top
+//! first; Linux 6.8+), `fsmount` and `move_mount`. Each layer is its own
+//! parameter, so there is no length limit: a chain may be as deep as
+//! overlayfs stacks, [`MAX_LOWERS`] (500) directories.
+//!
+//! On a kernel without `lowerdir+` (`fsconfig` says `EINVAL`), or when
+//! [`MountApi::Legacy`] is asked for, the chain goes into one classic
+//! `lowerdir=` option string of at most a page, with short names relative to
+//! the driver directory (`l/<short>`, or `RO/<id>/diff` for a reader's
+//! shared layer, which has no local short name), mounted by `mount(2)` from
+//! a thread that has its own working directory (`unshare(CLONE_FS)` +
+//! `fchdir`), so the process's is never changed. That fits about 140 layers
+//! with short names (about 55 on a reader); a longer chain is a clear error.
+//!
+//! Every mount is read-only, `nodev` and `nosuid`.
 
 use std::ffi::{CString, OsString};
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use rustix::mount::{MountFlags, UnmountFlags};
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
+};
 
 use crate::{Driver, Error, Result, XattrMode};
 
 /// Name of the empty directory used as a second lower layer for one-layer chains.
 const EMPTY_DIR: &str = "empty";
 
+/// The most lower directories overlayfs stacks in one mount (the kernel's
+/// `OVL_MAX_STACK`).
+pub const MAX_LOWERS: usize = 500;
+
+/// `fsconfig` copies a string value of at most this many bytes (with its
+/// NUL); a longer lower path goes through its `/proc/self/fd/N` name.
+const FSCONFIG_STRING_MAX: usize = 256;
+
+/// How [`Driver::mount_read_only`] talks to the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MountApi {
+    /// The new mount API with `lowerdir+` (no length limit), falling back
+    /// to [`MountApi::Legacy`] on a kernel without it.
+    #[default]
+    Auto,
+    /// One `lowerdir=` option string of at most a page, with short names
+    /// relative to the driver directory (what kernels before 6.8 take).
+    Legacy,
+}
+
+/// One lower directory of a chain: its absolute path (for `lowerdir+`) and
+/// its short name relative to the driver directory (for the legacy string).
+#[derive(Debug, Clone)]
+struct Lower {
+    abs: PathBuf,
+    short: PathBuf,
+}
+
+/// Why the new mount API did not mount.
+enum NewApiError {
+    /// The kernel has no `fsopen` or no `lowerdir+`: use the legacy way.
+    Unsupported(String),
+    Failed(String),
+}
+
 impl Driver {
-    /// Mount the chain `layers` (top first) read-only at `target` (created if
-    /// missing). Lower dirs are given by their `l/<short>` links, or as
-    /// `RO/<id>/diff` for a shared layer with no local name (on a reader); a one-layer
-    /// chain gets an extra empty lower (overlayfs needs two without an upper).
-    ///
-    /// The option string must fit in a page (the kernel's limit for mount
-    /// data); a longer chain is a `Mount` error.
+    /// Mount the chain `layers` (top first) read-only, `nodev`, `nosuid` at
+    /// `target` (created if missing). A one-layer chain gets an extra empty
+    /// lower (overlayfs needs two without an upper). At most [`MAX_LOWERS`]
+    /// layers; see the module documentation for how, and for the legacy
+    /// way's page limit.
     pub fn mount_read_only(&self, layers: &[&str], target: &Path) -> Result<()> {
         let mount_err = |reason: String| Error::Mount {
             target: target.to_path_buf(),
@@ -29,20 +82,29 @@ impl Driver {
         if layers.is_empty() {
             return Err(mount_err("no layers to mount".into()));
         }
+        if layers.len() > MAX_LOWERS {
+            return Err(mount_err(format!(
+                "{} layers; overlayfs stacks at most {MAX_LOWERS}",
+                layers.len()
+            )));
+        }
         let root = std::path::absolute(self.dir()).map_err(|e| Error::io(self.dir(), e))?;
-        let mut lowers: Vec<PathBuf> = Vec::with_capacity(layers.len() + 1);
+        let mut lowers: Vec<Lower> = Vec::with_capacity(layers.len() + 1);
         for id in layers {
             if !self.exists(id) {
                 return Err(Error::LayerUnknown((*id).to_owned()));
             }
-            let short = self.own_short_link(id);
-            if let Some(short) = short {
-                lowers.push(root.join(short.strip_prefix(self.dir()).unwrap_or(&short)));
-            } else {
-                // A reader's shared layer has no local `l/` name: RO/<id>/diff.
-                let diff = self.diff_path(id);
-                lowers.push(root.join(diff.strip_prefix(self.dir()).unwrap_or(&diff)));
-            }
+            let diff = self.diff_path(id);
+            let rel_diff = diff.strip_prefix(self.dir()).unwrap_or(&diff).to_path_buf();
+            // A reader's shared layer may have no local `l/` name: RO/<id>/diff.
+            let short = self
+                .own_short_link(id)
+                .and_then(|p| p.strip_prefix(self.dir()).ok().map(Path::to_path_buf))
+                .unwrap_or_else(|| rel_diff.clone());
+            lowers.push(Lower {
+                abs: root.join(&rel_diff),
+                short,
+            });
         }
         if lowers.len() == 1 {
             let empty = root.join(EMPTY_DIR);
@@ -51,30 +113,191 @@ impl Driver {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(Error::io(&empty, e)),
             }
-            lowers.push(empty);
+            lowers.push(Lower {
+                abs: empty,
+                short: PathBuf::from(EMPTY_DIR),
+            });
         }
-        let data = overlay_options(&lowers, self.xattr_mode());
-        let page = rustix::param::page_size();
-        if data.len() >= page {
-            return Err(mount_err(format!(
-                "mount options are {} bytes, more than a page ({page}); chain too long",
-                data.len()
-            )));
-        }
-        let data = CString::new(data).map_err(|_| mount_err("NUL byte in a layer path".into()))?;
-        match fs::create_dir_all(target) {
-            Ok(()) => {}
-            Err(e) => return Err(Error::io(target, e)),
-        }
-        rustix::mount::mount(
-            "overlay",
-            target,
-            "overlay",
-            MountFlags::RDONLY,
-            Some(data.as_c_str()),
-        )
-        .map_err(|e| mount_err(format!("overlay mount failed: {}", io::Error::from(e))))
+        // Check the legacy string before anything is created.
+        let legacy = if self.mount_api() == MountApi::Legacy {
+            Some(legacy_options(&lowers, self.xattr_mode()).map_err(mount_err)?)
+        } else {
+            None
+        };
+        fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
+        let data = match legacy {
+            Some(data) => data,
+            None => match mount_new_api(&lowers, self.xattr_mode(), target) {
+                Ok(()) => return Ok(()),
+                Err(NewApiError::Failed(why)) => return Err(mount_err(why)),
+                Err(NewApiError::Unsupported(why)) => legacy_options(&lowers, self.xattr_mode())
+                    .map_err(|e| mount_err(format!("{why}; {e}")))?,
+            },
+        };
+        mount_legacy(&root, &data, target).map_err(mount_err)
     }
+}
+
+/// The messages the kernel logged for the filesystem context `fs` (what
+/// `read` on an `fsopen` fd returns), for error messages.
+fn fs_log(fs: &OwnedFd) -> String {
+    let mut msgs = Vec::new();
+    let mut buf = [0u8; 1024];
+    for _ in 0..16 {
+        match rustix::io::read(fs, &mut buf) {
+            Ok(n) if n > 0 => {
+                msgs.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+            }
+            _ => break,
+        }
+    }
+    msgs.join("; ")
+}
+
+/// `what failed: errno (kernel log)`.
+fn describe(what: &str, e: rustix::io::Errno, fs: Option<&OwnedFd>) -> String {
+    let log = fs.map(fs_log).unwrap_or_default();
+    if log.is_empty() {
+        format!("{what}: {}", io::Error::from(e))
+    } else {
+        format!("{what}: {} ({log})", io::Error::from(e))
+    }
+}
+
+/// Mount `lowers` at `target` with `fsopen`/`fsconfig("lowerdir+")`/
+/// `fsmount`/`move_mount`.
+fn mount_new_api(lowers: &[Lower], mode: XattrMode, target: &Path) -> Result<(), NewApiError> {
+    use rustix::io::Errno;
+    let fs = match rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
+        Ok(fs) => fs,
+        Err(Errno::NOSYS) => {
+            return Err(NewApiError::Unsupported(describe(
+                "fsopen",
+                Errno::NOSYS,
+                None,
+            )))
+        }
+        Err(e) => return Err(NewApiError::Failed(describe("fsopen overlay", e, None))),
+    };
+    if mode == XattrMode::User {
+        rustix::mount::fsconfig_set_flag(&fs, "userxattr")
+            .map_err(|e| NewApiError::Failed(describe("fsconfig userxattr", e, Some(&fs))))?;
+    }
+    // Kept open until the superblock is made, for `/proc/self/fd/N` names.
+    let mut held: Vec<OwnedFd> = Vec::new();
+    for (i, lower) in lowers.iter().enumerate() {
+        let bytes = lower.abs.as_os_str().as_bytes();
+        let name = if bytes.len() < FSCONFIG_STRING_MAX {
+            lower.abs.as_os_str().to_owned()
+        } else {
+            let fd = rustix::fs::open(
+                &lower.abs,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| {
+                NewApiError::Failed(describe(&lower.abs.display().to_string(), e, None))
+            })?;
+            let name = OsString::from(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&fd)
+            ));
+            held.push(fd);
+            name
+        };
+        match rustix::mount::fsconfig_set_string(&fs, "lowerdir+", name.as_os_str()) {
+            Ok(()) => {}
+            // An overlayfs without `lowerdir+` (before Linux 6.8) says
+            // "Unknown parameter".
+            Err(Errno::INVAL) if i == 0 => {
+                return Err(NewApiError::Unsupported(describe(
+                    "fsconfig lowerdir+",
+                    Errno::INVAL,
+                    Some(&fs),
+                )))
+            }
+            Err(e) => {
+                return Err(NewApiError::Failed(describe(
+                    &format!("fsconfig lowerdir+={}", lower.abs.display()),
+                    e,
+                    Some(&fs),
+                )))
+            }
+        }
+    }
+    rustix::mount::fsconfig_create(&fs)
+        .map_err(|e| NewApiError::Failed(describe("overlay mount failed", e, Some(&fs))))?;
+    drop(held);
+    let mnt = rustix::mount::fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOSUID,
+    )
+    .map_err(|e| NewApiError::Failed(describe("fsmount", e, Some(&fs))))?;
+    rustix::mount::move_mount(
+        mnt.as_fd(),
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| NewApiError::Failed(describe("move_mount", e, None)))
+}
+
+/// The legacy option string for `lowers`, with their short names relative
+/// to the driver directory, if it fits in a page (pure but for the page
+/// size).
+fn legacy_options(lowers: &[Lower], mode: XattrMode) -> Result<CString, String> {
+    let shorts: Vec<PathBuf> = lowers.iter().map(|l| l.short.clone()).collect();
+    let data = overlay_options(&shorts, mode);
+    let page = rustix::param::page_size();
+    if data.len() >= page {
+        return Err(format!(
+            "{} lower directories need {} bytes of mount options, more than a page ({page}); \
+             this kernel has no overlayfs `lowerdir+` (Linux 6.8+) for longer chains",
+            lowers.len(),
+            data.len()
+        ));
+    }
+    CString::new(data).map_err(|_| "NUL byte in a layer path".to_owned())
+}
+
+/// `mount(2)` the legacy option string `data` (paths relative to `root`) at
+/// `target`, from a thread whose working directory is `root`.
+fn mount_legacy(root: &Path, data: &CString, target: &Path) -> Result<(), String> {
+    let target = std::path::absolute(target).map_err(|e| format!("{}: {e}", target.display()))?;
+    let dir = rustix::fs::open(
+        root,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("{}: {}", root.display(), io::Error::from(e)))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<(), String> {
+                // SAFETY: CLONE_FS gives this thread its own working
+                // directory, root and umask; no file descriptor table is
+                // unshared, so no fd of another thread becomes invalid here.
+                unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+                    .map_err(|e| format!("unshare(CLONE_FS): {}", io::Error::from(e)))?;
+                rustix::process::fchdir(&dir)
+                    .map_err(|e| format!("chdir {}: {}", root.display(), io::Error::from(e)))?;
+                rustix::mount::mount(
+                    "overlay",
+                    &target,
+                    "overlay",
+                    MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID,
+                    Some(data.as_c_str()),
+                )
+                .map_err(|e| format!("overlay mount failed: {}", io::Error::from(e)))
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the mount thread panicked".to_owned()))
+    })
 }
 
 /// The overlayfs option string for `lowers` (top first), escaping the
@@ -207,9 +430,13 @@ mod tests {
     }
 
     #[test]
-    fn too_long_chain_is_refused_before_mounting() {
+    fn bad_chains_are_refused_before_mounting() {
         let tmp = tempfile::tempdir().unwrap();
-        let d = Driver::open(&tmp.path().join("overlay"), true).unwrap();
+        let d = Driver::open(&tmp.path().join("overlay"), true)
+            .unwrap()
+            .with_mount_api(MountApi::Legacy);
+        // 60 shared layers with no local short name (as on a reader):
+        // `RO/<id>/diff` each, more than a page for the legacy string.
         let ids: Vec<String> = (0..60).map(id).collect();
         for i in &ids {
             fs::create_dir_all(d.dir().join("RO").join(i).join("diff")).unwrap();
@@ -218,7 +445,17 @@ mod tests {
         let target = tmp.path().join("mnt");
         let err = d.mount_read_only(&refs, &target).unwrap_err();
         assert!(
-            matches!(&err, Error::Mount { reason, .. } if reason.contains("page")),
+            matches!(&err, Error::Mount { reason, .. } if reason.contains("page") && reason.contains("lowerdir+")),
+            "{err}"
+        );
+        assert!(!target.exists(), "refused before anything is made");
+        let d = Driver::open(d.dir(), false).unwrap();
+        assert_eq!(d.mount_api(), MountApi::Auto);
+        let many: Vec<String> = (0..=MAX_LOWERS as u32).map(id).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let err = d.mount_read_only(&many, &target).unwrap_err();
+        assert!(
+            matches!(&err, Error::Mount { reason, .. } if reason.contains("at most 500")),
             "{err}"
         );
         assert!(matches!(
@@ -229,6 +466,166 @@ mod tests {
             d.mount_read_only(&[], &target),
             Err(Error::Mount { .. })
         ));
+        assert!(!target.exists());
+    }
+
+    /// A chain of `n` layers (ids 1..=n, top first in the result): layer
+    /// `i` adds `f<i>` and rewrites `top`; every third one is a shared
+    /// (`RO/`) layer; with `reader_like`, every seventh has no `l/` short
+    /// name (as a reader's shared layers).
+    fn deep_chain(d: &Driver, n: u32, reader_like: bool) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
+        for i in 1..=n {
+            let mut t = RawTar::new();
+            t.file(&format!("f{i}"), i.to_string().as_bytes());
+            t.file("top", i.to_string().as_bytes());
+            if i == n {
+                t.file(".wh.f1", b"");
+            }
+            let s = d.stage_layer(i % 3 == 0).unwrap();
+            crate::apply_tar(
+                &s.diff_path(),
+                &mut Cursor::new(t.finish()),
+                None,
+                &crate::ApplyOptions {
+                    xattrs: d.xattr_mode(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let parent: Vec<&str> = ids.last().map(String::as_str).into_iter().collect();
+            s.commit(&id(i), &parent).unwrap();
+            if reader_like && i % 7 == 0 {
+                fs::remove_file(d.short_link_path(&id(i)).unwrap()).unwrap();
+            }
+            ids.push(id(i));
+        }
+        ids.reverse();
+        ids
+    }
+
+    /// The options field and the superblock options of `target`'s line in
+    /// /proc/self/mountinfo.
+    pub(crate) fn mount_options(target: &Path) -> (String, String) {
+        let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let target = fs::canonicalize(target).unwrap();
+        let line = text
+            .lines()
+            .find(|l| {
+                l.split(' ').nth(4).map(|p| unescape_octal(p.as_bytes()))
+                    == Some(target.as_os_str().as_bytes().to_vec())
+            })
+            .unwrap_or_else(|| panic!("{} is not in mountinfo", target.display()));
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-").unwrap();
+        (
+            fields[5].to_owned(),
+            fields.get(sep + 3).copied().unwrap_or("").to_owned(),
+        )
+    }
+
+    /// What a mount of [`deep_chain`] shows: files, `top`, flags.
+    fn deep_view(target: &Path, n: u32) -> (usize, Vec<u8>, bool, String) {
+        let (opts, _) = mount_options(target);
+        let files = (1..=n)
+            .filter(|i| target.join(format!("f{i}")).exists())
+            .count();
+        let top = fs::read(target.join("top")).unwrap_or_default();
+        let f1 = target.join("f1").exists();
+        unmount(target).unwrap();
+        (files, top, f1, opts)
+    }
+
+    /// overlayfs' own maximum, 500 layers (a few shared, a few without a
+    /// short name), through `lowerdir+`; mounted read-only, nodev, nosuid.
+    #[test]
+    #[ignore = "needs root"]
+    fn five_hundred_layers_mount_with_lowerdir_plus() {
+        require_root("overlay mounts");
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Driver::open(&tmp.path().join("overlay"), true).unwrap();
+        let ids = deep_chain(&d, MAX_LOWERS as u32, true);
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let target = tmp.path().join("m");
+        d.mount_read_only(&refs, &target).unwrap();
+        let (files, top, f1, opts) = deep_view(&target, MAX_LOWERS as u32);
+        assert_eq!(
+            files,
+            MAX_LOWERS - 1,
+            "every layer's file but the whited-out f1"
+        );
+        assert_eq!(top, b"500", "the top layer wins");
+        assert!(!f1);
+        for flag in ["ro", "nodev", "nosuid"] {
+            assert!(opts.split(',').any(|o| o == flag), "{flag} in {opts}");
+        }
+        // A store root whose lower paths pass fsconfig's 256-byte string
+        // limit: they go by /proc/self/fd names.
+        let long = tmp.path().join("x".repeat(200));
+        fs::create_dir(&long).unwrap();
+        fs::rename(d.dir(), long.join("overlay")).unwrap();
+        let d = Driver::open(&long.join("overlay"), false).unwrap();
+        assert!(d.diff_path(&ids[0]).as_os_str().len() > 256);
+        d.mount_read_only(&refs[..3], &target).unwrap();
+        let (files, top, _, _) = deep_view(&target, MAX_LOWERS as u32);
+        assert_eq!((files, top), (3, b"500".to_vec()));
+    }
+
+    /// The legacy way (kernels before 6.8), forced: one page of short
+    /// relative names holds docker's 128 layers; a chain that does not fit
+    /// is a clear error before anything is mounted.
+    #[test]
+    #[ignore = "needs root"]
+    fn legacy_mount_fits_a_page_and_refuses_beyond() {
+        require_root("overlay mounts");
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Driver::open(&tmp.path().join("overlay"), true)
+            .unwrap()
+            .with_mount_api(MountApi::Legacy);
+        let ids = deep_chain(&d, 160, false);
+        // How many of the top layers fit: every layer's short name is
+        // `l/<26>` or `RO/<64>/diff`.
+        let fits = (1..=ids.len())
+            .take_while(|&k| {
+                let lowers: Vec<PathBuf> = ids[ids.len() - k..]
+                    .iter()
+                    .map(|i| {
+                        d.own_short_link(i)
+                            .map(|p| p.strip_prefix(d.dir()).unwrap().to_path_buf())
+                            .unwrap_or_else(|| Path::new("RO").join(i).join("diff"))
+                    })
+                    .collect();
+                overlay_options(&lowers, d.xattr_mode()).len() < rustix::param::page_size()
+            })
+            .count();
+        assert!((128..160).contains(&fits), "{fits} layers fit a page");
+        let base: Vec<&str> = ids[ids.len() - fits..].iter().map(String::as_str).collect();
+        let target = tmp.path().join("m");
+        let cwd = std::env::current_dir().unwrap();
+        d.mount_read_only(&base, &target).unwrap();
+        let (files, top, _, opts) = deep_view(&target, 160);
+        assert_eq!(files, fits, "f1 is hidden only by layer 160");
+        assert_eq!(top, fits.to_string().as_bytes());
+        for flag in ["ro", "nodev", "nosuid"] {
+            assert!(opts.split(',').any(|o| o == flag), "{flag} in {opts}");
+        }
+        // The process's working directory is never changed.
+        assert_eq!(std::env::current_dir().unwrap(), cwd);
+        let one_more: Vec<&str> = ids[ids.len() - fits - 1..]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let err = d.mount_read_only(&one_more, &target).unwrap_err();
+        assert!(
+            matches!(&err, Error::Mount { reason, .. } if reason.contains("more than a page")),
+            "{err}"
+        );
+        assert!(!is_mounted(&target).unwrap());
+        // The same chain mounts the new way.
+        let d = Driver::open(d.dir(), false).unwrap();
+        d.mount_read_only(&one_more, &target).unwrap();
+        let (files, _, _, _) = deep_view(&target, 160);
+        assert_eq!(files, fits + 1);
     }
 
     /// Build a committed layer from a tar, in the driver's xattr mode.
