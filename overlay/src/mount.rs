@@ -179,6 +179,9 @@ fn mount_new_api(lowers: &[Lower], mode: XattrMode, target: &Path) -> Result<(),
         }
         Err(e) => return Err(NewApiError::Failed(describe("fsopen overlay", e, None))),
     };
+    // The source mount(2) would show ("overlay", not "none").
+    rustix::mount::fsconfig_set_string(&fs, "source", "overlay")
+        .map_err(|e| NewApiError::Failed(describe("fsconfig source", e, Some(&fs))))?;
     if mode == XattrMode::User {
         rustix::mount::fsconfig_set_flag(&fs, "userxattr")
             .map_err(|e| NewApiError::Failed(describe("fsconfig userxattr", e, Some(&fs))))?;
@@ -504,8 +507,8 @@ mod tests {
         ids
     }
 
-    /// The options field and the superblock options of `target`'s line in
-    /// /proc/self/mountinfo.
+    /// The per-mount options of `target`'s line in /proc/self/mountinfo,
+    /// and its source and superblock options.
     pub(crate) fn mount_options(target: &Path) -> (String, String) {
         let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
         let target = fs::canonicalize(target).unwrap();
@@ -518,22 +521,20 @@ mod tests {
             .unwrap_or_else(|| panic!("{} is not in mountinfo", target.display()));
         let fields: Vec<&str> = line.split(' ').collect();
         let sep = fields.iter().position(|f| *f == "-").unwrap();
-        (
-            fields[5].to_owned(),
-            fields.get(sep + 3).copied().unwrap_or("").to_owned(),
-        )
+        // After "-": fstype, source, superblock options.
+        (fields[5].to_owned(), fields[sep + 2..].join(" "))
     }
 
     /// What a mount of [`deep_chain`] shows: files, `top`, flags.
-    fn deep_view(target: &Path, n: u32) -> (usize, Vec<u8>, bool, String) {
-        let (opts, _) = mount_options(target);
+    fn deep_view(target: &Path, n: u32) -> (usize, Vec<u8>, bool, String, String) {
+        let (opts, sb) = mount_options(target);
         let files = (1..=n)
             .filter(|i| target.join(format!("f{i}")).exists())
             .count();
         let top = fs::read(target.join("top")).unwrap_or_default();
         let f1 = target.join("f1").exists();
         unmount(target).unwrap();
-        (files, top, f1, opts)
+        (files, top, f1, opts, sb)
     }
 
     /// overlayfs' own maximum, 500 layers (a few shared, a few without a
@@ -548,7 +549,11 @@ mod tests {
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let target = tmp.path().join("m");
         d.mount_read_only(&refs, &target).unwrap();
-        let (files, top, f1, opts) = deep_view(&target, MAX_LOWERS as u32);
+        let (files, top, f1, opts, sb) = deep_view(&target, MAX_LOWERS as u32);
+        assert!(
+            sb.starts_with("overlay ") && sb.contains(",lowerdir+="),
+            "{sb:.200}"
+        );
         assert_eq!(
             files,
             MAX_LOWERS - 1,
@@ -567,7 +572,7 @@ mod tests {
         let d = Driver::open(&long.join("overlay"), false).unwrap();
         assert!(d.diff_path(&ids[0]).as_os_str().len() > 256);
         d.mount_read_only(&refs[..3], &target).unwrap();
-        let (files, top, _, _) = deep_view(&target, MAX_LOWERS as u32);
+        let (files, top, _, _, _) = deep_view(&target, MAX_LOWERS as u32);
         assert_eq!((files, top), (3, b"500".to_vec()));
     }
 
@@ -603,7 +608,8 @@ mod tests {
         let target = tmp.path().join("m");
         let cwd = std::env::current_dir().unwrap();
         d.mount_read_only(&base, &target).unwrap();
-        let (files, top, _, opts) = deep_view(&target, 160);
+        let (files, top, _, opts, sb) = deep_view(&target, 160);
+        assert!(sb.contains(",lowerdir=l/"), "{sb:.200}");
         assert_eq!(files, fits, "f1 is hidden only by layer 160");
         assert_eq!(top, fits.to_string().as_bytes());
         for flag in ["ro", "nodev", "nosuid"] {
@@ -624,7 +630,7 @@ mod tests {
         // The same chain mounts the new way.
         let d = Driver::open(d.dir(), false).unwrap();
         d.mount_read_only(&one_more, &target).unwrap();
-        let (files, _, _, _) = deep_view(&target, 160);
+        let (files, _, _, _, _) = deep_view(&target, 160);
         assert_eq!(files, fits + 1);
     }
 
