@@ -74,8 +74,9 @@ pub struct ApplyStats {
 ///   write a path that changed type): the entry replaces the whiteout node,
 ///   and a directory made so is opaque (it hides the lower directory); a
 ///   whiteout *after* its entry hides only the lower layers (OCI), so the
-///   entry stays and, if a directory, becomes opaque; a whiteout beneath a
-///   whited-out name is ignored (the name is hidden already);
+///   entry stays and, if a directory, becomes opaque; a whiteout or opaque
+///   marker beneath a whited-out name or a non-directory of this layer is
+///   ignored (the path is hidden already; containers/storage ignores it too);
 /// * leading `./` and `/`-free relative names only: `..` components, absolute
 ///   paths, paths through a symlink, hardlinks out of the layer, whiteouts
 ///   naming `.`/`..`, and duplicate non-directory entries (other than a
@@ -512,6 +513,24 @@ impl Applier<'_, '_> {
         Rc::try_unwrap(fd).map_err(|_| hostile(entry, "directory still in use"))
     }
 
+    /// The directory `comps` for a whiteout or opaque marker in it, created
+    /// if missing; `None` when a component is a non-directory this layer
+    /// wrote (e.g. `d` then `d/.wh.x` when a directory became a file): the
+    /// marker is moot, and containers/storage ignores it too.
+    fn marker_dir(&mut self, comps: &[&[u8]], entry: &str) -> Result<Option<Rc<OwnedFd>>> {
+        match self.dir(comps, true, entry) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e @ Error::HostileEntry { .. }) => {
+                let key = join(comps);
+                match fsutil::open_dir_beneath(&*self.root, &key) {
+                    Err(e) if is_errno(&e, Errno::NOTDIR) => Ok(None),
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Does `comps` (or a directory above it) name a whiteout this layer made?
     fn under_whiteout(&self, comps: &[&[u8]]) -> bool {
         !self.whiteouts.is_empty()
@@ -718,11 +737,13 @@ impl Applier<'_, '_> {
             Special::AufsMeta => return self.no_content(&mut entry, &raw, shown),
             Special::Opaque => {
                 let parents = &comps[..comps.len() - 1];
-                // Inside a path this layer whited out: it stays hidden (as
-                // containers/storage leaves it).
+                // Inside a path this layer whited out, or beneath a
+                // non-directory: it stays hidden (as containers/storage
+                // leaves it).
                 if !self.under_whiteout(parents) {
-                    let dir = self.dir(parents, true, shown)?;
-                    self.set_opaque(&*dir, &join(parents))?;
+                    if let Some(dir) = self.marker_dir(parents, shown)? {
+                        self.set_opaque(&*dir, &join(parents))?;
+                    }
                 }
                 return self.no_content(&mut entry, &raw, shown);
             }
@@ -737,7 +758,9 @@ impl Applier<'_, '_> {
                     return self.no_content(&mut entry, &raw, shown);
                 }
                 let meta = self.meta(&entry, &pax, shown)?;
-                let parent = self.dir(parents, true, shown)?;
+                let Some(parent) = self.marker_dir(parents, shown)? else {
+                    return self.no_content(&mut entry, &raw, shown);
+                };
                 let target = join(&[parents, &[name]].concat());
                 match rustix::fs::mknodat(
                     &*parent,

@@ -604,6 +604,7 @@ fn whiteout_and_entry_of_the_same_name() {
             "d2d",
             "d2d/new",
             "d2f",
+            "d2f2",
             "d2s",
             "f2d",
             "f2d/new",

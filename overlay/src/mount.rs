@@ -775,6 +775,7 @@ mod tests {
             t.file("twice", b"t");
             t.file("d2s/old", b"old");
             t.file("hl/old", b"old");
+            t.file("d2f2/old", b"old");
             let base = layer(&d, 1, &[], t.finish());
             let top = layer(&d, 2, &[&base], type_change_layer());
             let m = tmp.path().join("m");
@@ -802,6 +803,7 @@ mod tests {
                 fs::read_link(m.join("d2s")).ok(),
                 fs::read(m.join("hl")).unwrap_or_default(),
                 names(""),
+                fs::read(m.join("d2f2")).unwrap_or_default(),
             );
             unmount(&m).unwrap();
             assert_eq!(seen.0, ["new"], "{mode}: file -> dir");
@@ -816,8 +818,12 @@ mod tests {
             assert_eq!(seen.10, b"now a file", "{mode}: hardlink");
             assert_eq!(
                 seen.11,
-                ["after", "afterf", "d2d", "d2f", "d2s", "f2d", "hl", "imp", "s2d"],
+                ["after", "afterf", "d2d", "d2f", "d2f2", "d2s", "f2d", "hl", "imp", "s2d"],
                 "{mode}"
+            );
+            assert_eq!(
+                seen.12, b"file",
+                "{mode}: dir -> file, markers beneath ignored"
             );
         }
     }

@@ -195,6 +195,11 @@ pub fn type_change_layer() -> Vec<u8> {
     t.symlink("d2s", "f2d");
     t.file(".wh.hl", b"");
     t.hardlink("hl", "d2f");
+    // dir -> file without a whiteout, then markers beneath the file (moot,
+    // ignored as containers/storage ignores them)
+    t.file("d2f2", b"file");
+    t.file("d2f2/.wh.old", b"");
+    t.file("d2f2/.wh..wh..opq", b"");
     t.finish()
 }
 
