@@ -62,7 +62,9 @@ fn mount_flags(target: &Path) -> Vec<String> {
 /// the mount's flags, unmount.
 #[track_caller]
 fn check_mount(env: &Env, root: &Path, id: &str, image: &Image, what: &str) {
+    let started = std::time::Instant::now();
     let out = env.run_root(root, &["mount", id]).ok();
+    eprintln!("{what}: storectl mount took {:?}", started.elapsed());
     let path = PathBuf::from(out.lines().last().unwrap_or("").trim());
     let guard = Unmount(path.clone());
     assert!(common::is_mountpoint(&path), "{what}: {out}");
