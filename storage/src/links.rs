@@ -238,4 +238,124 @@ mod tests {
         std::os::unix::fs::symlink(ro.join(A), ro.join(&b)).unwrap();
         assert_eq!(read_short_name(ro, &b), None, "a symlinked layer dir");
     }
+
+    /// A reader root by hand: `<root>/{overlay,overlay-layers,overlay-images}/RO`
+    /// linked into `share`, with shared layer `A` (and its `link` file `SHORT`)
+    /// and image `I` on it.
+    fn reader_root(dir: &Path) -> (PathBuf, PathBuf) {
+        let (root, share) = (dir.join("root"), dir.join("share"));
+        for d in ["overlay", "overlay-layers", "overlay-images"] {
+            std::fs::create_dir_all(share.join(d)).unwrap();
+            std::fs::create_dir_all(root.join(d)).unwrap();
+            std::os::unix::fs::symlink(share.join(d), root.join(d).join("RO")).unwrap();
+        }
+        let layer = share.join("overlay").join(A);
+        std::fs::create_dir_all(layer.join("diff")).unwrap();
+        std::fs::write(layer.join("diff/file"), "shared").unwrap();
+        std::fs::write(layer.join("link"), "SHORTSHORT").unwrap();
+        let record = share.join("overlay-layers").join(A);
+        std::fs::create_dir_all(&record).unwrap();
+        std::fs::write(record.join("layer.json"), format!(r#"{{"id":"{A}"}}"#)).unwrap();
+        (root, share)
+    }
+
+    fn reader_store(root: &Path, share: &Path) -> crate::Store {
+        let mut opts = crate::StoreOptions::new(root);
+        opts.config = Some(crate::RootConfig {
+            role: crate::Role::Reader,
+            shared: Some(share.to_path_buf()),
+            ..Default::default()
+        });
+        crate::Store::open(opts).unwrap()
+    }
+
+    fn shared_layer() -> crate::Layer {
+        crate::meta::parse_layer(format!(r#"{{"id":"{A}"}}"#).as_bytes(), A).unwrap()
+    }
+
+    #[test]
+    fn a_reader_links_repairs_and_unlinks_shared_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, share) = reader_root(dir.path());
+        let stale = "c".repeat(64);
+        std::os::unix::fs::symlink(id_target(&stale), root.join("overlay").join(&stale)).unwrap();
+        let store = reader_store(&root, &share);
+        store.apply_shared(crate::SharedDelta {
+            add_layers: vec![shared_layer()],
+            ..Default::default()
+        });
+        let overlay = root.join("overlay");
+        assert_eq!(std::fs::read_link(overlay.join(A)).unwrap(), id_target(A));
+        assert_eq!(
+            std::fs::read_link(root.join("overlay-layers").join(A)).unwrap(),
+            id_target(A)
+        );
+        assert_eq!(
+            std::fs::read_link(overlay.join("l/SHORTSHORT")).unwrap(),
+            short_target(A)
+        );
+        assert!(
+            std::fs::symlink_metadata(overlay.join(&stale)).is_err(),
+            "stale link gone"
+        );
+        let via_link = std::fs::read_to_string(overlay.join(A).join("diff/file")).unwrap();
+        assert_eq!(via_link, "shared");
+        // Reopened, the store does not take the links for local layers.
+        drop(store);
+        let store = reader_store(&root, &share);
+        assert!(store.layers().is_empty(), "links are not local layers");
+        store.apply_shared(crate::SharedDelta {
+            add_layers: vec![shared_layer()],
+            ..Default::default()
+        });
+        store.apply_shared(crate::SharedDelta {
+            remove_layers: vec![A.to_string()],
+            ..Default::default()
+        });
+        for path in [
+            overlay.join(A),
+            root.join("overlay-layers").join(A),
+            overlay.join("l/SHORTSHORT"),
+        ] {
+            assert!(
+                std::fs::symlink_metadata(&path).is_err(),
+                "{}",
+                path.display()
+            );
+        }
+        assert!(share.join("overlay").join(A).join("diff/file").is_file());
+    }
+
+    #[test]
+    fn a_reader_never_deletes_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, share) = reader_root(dir.path());
+        // A local record left incomplete, whose overlay name is the link of the
+        // shared layer of that id: the orphan sweep removes the record only.
+        std::os::unix::fs::symlink(id_target(A), root.join("overlay").join(A)).unwrap();
+        let record = root.join("overlay-layers").join(A);
+        std::fs::create_dir(&record).unwrap();
+        std::fs::write(
+            record.join("layer.json"),
+            format!(r#"{{"id":"{A}","incomplete":true}}"#),
+        )
+        .unwrap();
+        let store = reader_store(&root, &share);
+        // Any mutation sweeps orphans first.
+        assert!(store.remove_image("nothing-by-this-name", false).is_err());
+        assert!(!record.exists(), "the local record went");
+        assert!(
+            share.join("overlay").join(A).join("diff/file").is_file(),
+            "the shared layer is untouched"
+        );
+        let listed: Vec<_> = std::fs::read_dir(share.join("overlay"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            listed,
+            vec![std::ffi::OsString::from(A)],
+            "no trash on the share"
+        );
+    }
 }
