@@ -2382,7 +2382,10 @@ fn legacy_links(root: &Path) -> BTreeMap<String, String> {
             if name == "RO" {
                 continue;
             }
-            let target = fs::read_link(e.path()).expect("readlink");
+            // Gone since the readdir: the refresher is removing links.
+            let Ok(target) = fs::read_link(e.path()) else {
+                continue;
+            };
             let target = target.display().to_string();
             if dir == "overlay/l" {
                 let id = target.trim_start_matches("../").trim_end_matches("/diff");
