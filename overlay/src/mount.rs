@@ -6,7 +6,8 @@
 //! parameter, so there is no length limit: a chain may be as deep as
 //! overlayfs stacks, [`MAX_LOWERS`] (500) directories.
 //!
-//! On a kernel without `lowerdir+` (`fsconfig` says `EINVAL`), or when
+//! On a kernel without `lowerdir+` (`fsconfig` says `EINVAL`; before 6.5,
+//! whose overlayfs takes no parameter one by one, it is not tried), or when
 //! [`MountApi::Legacy`] is asked for, the chain goes into one classic
 //! `lowerdir=` option string of at most a page, with short names relative to
 //! the driver directory (`l/<short>`, or `RO/<id>/diff` for a reader's
@@ -119,7 +120,7 @@ impl Driver {
             });
         }
         // Check the legacy string before anything is created.
-        let legacy = if self.mount_api() == MountApi::Legacy {
+        let legacy = if self.mount_api() == MountApi::Legacy || !overlay_takes_fsconfig() {
             Some(legacy_options(&lowers, self.xattr_mode()).map_err(mount_err)?)
         } else {
             None
@@ -136,6 +137,24 @@ impl Driver {
         };
         mount_legacy(&root, &data, target).map_err(mount_err)
     }
+}
+
+/// Can overlayfs take its parameters one by one through `fsconfig`? Only
+/// since Linux 6.5: before, `fsconfig` strings are joined into one legacy
+/// option page, so `lowerdir+` would fail only at `FSCONFIG_CMD_CREATE`,
+/// and unclearly. 6.5 to 6.7 refuse `lowerdir+` itself (`EINVAL`), which
+/// [`mount_new_api`] takes as the sign to fall back.
+fn overlay_takes_fsconfig() -> bool {
+    let uname = rustix::system::uname();
+    kernel_version(&uname.release().to_string_lossy()).is_none_or(|v| v >= (6, 5))
+}
+
+/// `(major, minor)` of a kernel release like `6.18.0-1-amd64` (pure).
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// The messages the kernel logged for the filesystem context `fs` (what
@@ -398,6 +417,19 @@ mod tests {
             overlay_options(&lowers[..1], XattrMode::User),
             b"userxattr,lowerdir=/s/l/AB".to_vec()
         );
+    }
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("6.18.0-1-amd64"), Some((6, 18)));
+        assert_eq!(
+            kernel_version("5.15.167.4-microsoft-standard-WSL2"),
+            Some((5, 15))
+        );
+        assert_eq!(kernel_version("6.8"), Some((6, 8)));
+        assert_eq!(kernel_version("6"), None);
+        assert_eq!(kernel_version("x"), None);
+        assert!(overlay_takes_fsconfig(), "this kernel is 6.5 or newer");
     }
 
     #[test]
