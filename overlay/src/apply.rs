@@ -479,24 +479,24 @@ impl Applier<'_, '_> {
     /// A whiteout this layer made on the way is replaced by an opaque
     /// directory (the entry shows the name became a directory).
     fn create_dirs(&mut self, comps: &[&[u8]], entry: &str) -> Result<OwnedFd> {
-        let mut cur: Option<Rc<OwnedFd>> = None;
+        let root = self.root.clone();
+        let mut cur: Option<OwnedFd> = None;
         for (i, comp) in comps.iter().enumerate() {
             let rel = join(&comps[..=i]);
-            let parent = cur.clone().unwrap_or_else(|| self.root.clone());
+            let parent = cur.as_ref().map_or(root.as_fd(), |f| f.as_fd());
             let flags = OFlags::RDONLY | OFlags::DIRECTORY;
-            let next = match fsutil::open_beneath(&*parent, comp, flags, Mode::empty()) {
+            let next = match fsutil::open_beneath(parent, comp, flags, Mode::empty()) {
                 Ok(fd) => fd,
                 Err(e)
                     if is_errno(&e, Errno::NOENT)
                         || (is_errno(&e, Errno::NOTDIR) && self.whiteouts.contains(&rel)) =>
                 {
-                    let replaced = self.take_whiteout(&parent, comp, &rel)?;
-                    match rustix::fs::mkdirat(&*parent, OsStr::from_bytes(comp), Mode::from(0o755))
-                    {
+                    let replaced = self.take_whiteout(parent, comp, &rel)?;
+                    match rustix::fs::mkdirat(parent, OsStr::from_bytes(comp), Mode::from(0o755)) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(Error::io(self.path_of(&rel), e.into())),
                     }
-                    let fd = fsutil::open_beneath(&*parent, comp, flags, Mode::empty())
+                    let fd = fsutil::open_beneath(parent, comp, flags, Mode::empty())
                         .map_err(|e| self.resolve_err(e, &rel, entry))?;
                     rustix::fs::fchmod(&fd, Mode::from(0o755))
                         .map_err(|e| Error::io(self.path_of(&rel), e.into()))?;
@@ -507,10 +507,9 @@ impl Applier<'_, '_> {
                 }
                 Err(e) => return Err(self.resolve_err(e, &rel, entry)),
             };
-            cur = Some(Rc::new(next));
+            cur = Some(next);
         }
-        let fd = cur.ok_or_else(|| hostile(entry, "empty path"))?;
-        Rc::try_unwrap(fd).map_err(|_| hostile(entry, "directory still in use"))
+        cur.ok_or_else(|| hostile(entry, "empty path"))
     }
 
     /// The directory `comps` for a whiteout or opaque marker in it, created
@@ -542,7 +541,7 @@ impl Applier<'_, '_> {
     /// that follows takes its place. (BuildKit and containerd write `.wh.a`
     /// then `a` when a path changes type; the whiteout hides the lower
     /// layers' `a`, and a directory made in its place is opaque.)
-    fn take_whiteout(&mut self, parent: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<bool> {
+    fn take_whiteout(&mut self, parent: impl AsFd, name: &[u8], rel: &[u8]) -> Result<bool> {
         if !self.whiteouts.remove(rel) {
             return Ok(false);
         }
