@@ -1920,8 +1920,9 @@ impl Store {
         })
     }
 
-    /// Mount an image read-only (overlayfs over its layers) at
-    /// [`Store::mount_path`]; mounting a mounted image returns the same path.
+    /// Mount an image read-only, `nodev`, `nosuid` (overlayfs over its
+    /// layers, up to 500) at [`Store::mount_path`]; mounting a mounted image
+    /// returns the same path.
     pub fn mount_image(&self, image: &Image) -> Result<PathBuf> {
         let target = self.mount_path(&image.id);
         if storectl_overlay::mount::is_mounted(&target)? {

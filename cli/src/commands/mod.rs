@@ -28,7 +28,7 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Load an image from an OCI layout directory or a docker-archive tarball.
     Load(load::Args),
-    /// Mount an image read-only and print the mount path.
+    /// Mount an image read-only, nodev, nosuid and print the mount path.
     Mount(mount::Args),
     /// Unmount an image mounted with `storectl mount`.
     Umount(mount::UmountArgs),
