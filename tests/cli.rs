@@ -512,3 +512,62 @@ fn one_name_per_layer_across_progress_ls_and_verify() {
         .collect();
     assert_eq!(named, layers.iter().cloned().collect(), "{out}");
 }
+
+/// The commands of the first `sh` block of the README's "Using storectl"
+/// section, one per line.
+fn readme_examples() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("\n## Using storectl\n")
+        .nth(1)
+        .expect("a Using storectl section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("an sh block");
+    block.lines().map(String::from).collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn readme_examples_run_as_written() {
+    require_root!();
+    let env = Env::new();
+    // What scripts/demo.sh leaves in the working directory, made from fixtures.
+    let img = plain("busybox:latest", "readme", 2);
+    write_oci_layout(&env.path("busybox-oci"), std::slice::from_ref(&img)).unwrap();
+    write_docker_archive(&env.path("busybox.tar"), std::slice::from_ref(&img)).unwrap();
+    let gz = Command::new("gzip")
+        .args(["-k", "busybox.tar"])
+        .current_dir(env.dir())
+        .status()
+        .unwrap();
+    assert!(gz.success());
+    let bin_dir = Path::new(STORECTL).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let examples = readme_examples();
+    assert!(examples.len() >= 10, "{examples:?}");
+    for line in &examples {
+        let out = Command::new("bash")
+            .args(["-o", "pipefail", "-c", line])
+            .current_dir(env.dir())
+            .env("PATH", &path)
+            .env("STORECTL_ROOT", &env.root)
+            .env_remove("STORECTL_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README example failed: {line}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
