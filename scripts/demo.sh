@@ -34,8 +34,10 @@ chroot "$mnt" /bin/busybox cat /etc/hello
 "$storectl" --root "$root" verify demo/busybox:oci
 cat <<EOF
 
-== next: the README's examples ("Using storectl") run from this directory:
-   export PATH="$(dirname "$storectl"):\$PATH"     # or: cargo install --path $here/cli
-   export STORECTL_ROOT="$root"                     # the demo's store (default: /var/lib/storectl as root)
-   storectl ls
+== next: the README's examples ("Using storectl") run from this directory with
+# storectl on PATH (or: cargo install --path $here/cli):
+export PATH="$(dirname "$storectl"):\$PATH"
+# the demo's store (without it, storectl uses /var/lib/storectl as root):
+export STORECTL_ROOT="$root"
+storectl ls
 EOF

@@ -320,6 +320,28 @@ fn save_formats_names_and_parent() {
     assert!(tarball.is_file());
     let m = tar_member(&tarball, "manifest.json").expect("a docker-archive");
     assert_eq!(strings(&m[0]["RepoTags"]), vec![full.to_string()]);
+    // Saved again over it (as podman save -o): replaced.
+    env.run(&[
+        "save",
+        "localhost/orig:1",
+        "-o",
+        &tarball.display().to_string(),
+        "-q",
+    ])
+    .ok();
+    let m = tar_member(&tarball, "manifest.json").expect("a docker-archive");
+    assert_eq!(
+        strings(&m[0]["RepoTags"]),
+        vec!["localhost/orig:1".to_string()]
+    );
+    env.run(&[
+        "save",
+        "busybox",
+        "-o",
+        &tarball.display().to_string(),
+        "-q",
+    ])
+    .ok();
 
     // oci-archive: an OCI layout in a tar, ref.name = the full name.
     let ociar = env.path("busybox-oci.tar");

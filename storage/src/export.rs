@@ -192,8 +192,8 @@ impl Store {
         Ok(w.count)
     }
 
-    /// Save `image` to `dest` (which must not exist, or be an empty directory;
-    /// its parent directory must exist), carrying `name` (a normalized
+    /// Save `image` to `dest` (which must not exist, or be an empty directory,
+    /// or for a tarball a file it replaces; its parent directory must exist), carrying `name` (a normalized
     /// reference: the docker-archive's `RepoTags`, the OCI index entry's
     /// `org.opencontainers.image.ref.name` and `io.containerd.image.name`), or
     /// no name (as `podman save ID`). Written beside `dest` first and renamed
@@ -216,11 +216,15 @@ impl Store {
                 std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
             ));
         }
+        let tarball = format != SaveFormat::Oci;
         match fs::symlink_metadata(dest) {
             Err(_) => {}
             Ok(m) if m.is_dir() && fs::read_dir(dest).at(dest)?.next().is_none() => {
                 fs::remove_dir(dest).at(dest)?;
             }
+            // A tarball replaces a file (as `podman save -o`): renamed over it
+            // when complete, so a failed save leaves the old file.
+            Ok(m) if tarball && m.is_file() => {}
             Ok(_) => {
                 return Err(Error::io(
                     dest,

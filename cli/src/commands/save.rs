@@ -25,7 +25,8 @@ pub struct Args {
     /// Image name, id or unique id prefix. Saved by name, the archive carries
     /// that name (normalized); saved by id, none (as `podman save`).
     image: String,
-    /// Where to write (must not exist; its directory must).
+    /// Where to write: a tarball replaces an existing file; a directory
+    /// (oci-dir) must not exist or be empty. Its parent directory must exist.
     #[arg(short, long)]
     output: PathBuf,
     #[arg(long, value_enum, default_value = "docker-archive")]
