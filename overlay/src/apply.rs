@@ -88,7 +88,8 @@ pub struct ApplyStats {
 ///   identical stream from `diff` later.
 ///
 /// Also: a stream that ends without an end-of-archive block (or inside an
-/// entry) is [`crate::Error::MalformedTar`]; GNU sparse entries and unknown
+/// entry) is [`crate::Error::MalformedTar`]; GNU sparse files (`S` entries and the PAX
+/// `GNU.sparse.*` formats) and unknown
 /// entry types are refused; PAX global headers are ignored; xattrs in the
 /// `trusted.overlay.*` and `user.overlay.*` namespaces are not taken from the
 /// tar (they would change what overlayfs shows, in either [`XattrMode`]), and an xattr the filesystem does not support
@@ -300,6 +301,11 @@ impl PaxRecords {
 
     fn first(&self, key: &str) -> Option<&[u8]> {
         self.first.get(key.as_bytes()).map(Vec::as_slice)
+    }
+
+    /// Whether a keyword starting with `prefix` is in effect.
+    fn has_prefix(&self, prefix: &str) -> bool {
+        self.values.keys().any(|k| k.starts_with(prefix.as_bytes()))
     }
 }
 
@@ -707,6 +713,17 @@ impl Applier<'_, '_> {
             pax = self.pax_records(&mut entry, &shown)?;
             let header_name = entry.header().path_bytes();
             raw = effective_field(&raw, &header_name, &pax, "path").to_vec();
+            // GNU sparse files (the old 'S' entry, whose size field is the
+            // stored size, and the PAX formats' GNU.sparse.* records, whose
+            // data holds a map) are refused before their sizes are compared:
+            // storing them as written would give a different file.
+            if etype == EntryType::GNUSparse || pax.has_prefix("GNU.sparse.") {
+                let real = pax.get("GNU.sparse.name").unwrap_or(&raw);
+                return Err(Error::MalformedTar(format!(
+                    "{}: GNU sparse files are not supported",
+                    String::from_utf8_lossy(real)
+                )));
+            }
             let header_size = entry
                 .header()
                 .entry_size()

@@ -1154,3 +1154,50 @@ fn gnu_tar_archives_apply_and_roundtrip() {
         }
     }
 }
+
+#[test]
+fn gnu_sparse_files_are_refused_in_every_format() {
+    // GNU tar's sparse files: the old GNU 'S' entry and the PAX formats
+    // (0.0, 0.1: GNU.sparse.* records; 1.0: a map at the head of the data,
+    // the real name in GNU.sparse.name). Podman and umoci expand these; we
+    // refuse them, naming the entry. Before: 'S' was refused as "PAX size
+    // records disagree" and PAX 1.0 was silently stored as
+    // `d/GNUSparseFile.<pid>/holes` holding the raw map and chunks.
+    let Ok(version) = std::process::Command::new("tar").arg("--version").output() else {
+        return skip("GNU tar is not installed; sparse files");
+    };
+    assert!(version.status.success());
+    let src = tempfile::tempdir().unwrap();
+    let p = src.path();
+    fs::create_dir(p.join("d")).unwrap();
+    let f = fs::File::create(p.join("d/holes")).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"middle", 1 << 20).unwrap();
+    f.write_all_at(b"tail", 4 << 20).unwrap();
+    drop(f);
+    for args in [
+        &["--format=gnu"][..],
+        &["--format=posix", "--sparse-version=0.0"],
+        &["--format=posix", "--sparse-version=0.1"],
+        &["--format=posix", "--sparse-version=1.0"],
+    ] {
+        let out = std::process::Command::new("tar")
+            .arg("--sparse")
+            .args(args)
+            .args(["-cf", "-", "-C"])
+            .arg(p)
+            .arg("d")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = apply(&Scratch::new().diff(), &out.stdout);
+        assert!(
+            matches!(&r, Err(Error::MalformedTar(m)) if m.contains("sparse") && m.contains("holes")),
+            "{args:?}: {r:?}"
+        );
+    }
+}
