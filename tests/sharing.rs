@@ -14,6 +14,9 @@
 //!   to real images: one warning each, nothing read outside the share,
 //!   entries that become valid are taken; `junk_generation_file_does_not_hang_readers`.
 //! * `read_only_bind_mounted_share`; `share_going_away_is_not_an_empty_share`.
+//! * `writer_next_to_junk_loads_pulls_and_removes` — the same junk kinds on
+//!   a writer's share: load, pull (local docker-registry) and rmi go on,
+//!   junk on a name to write goes to the share's `.storectl-trash`.
 //! * `second_writer_is_refused_naming_the_holder` (with `--lock-timeout`:
 //!   without it a second writer waits, see tests/writer.rs).
 //!
@@ -941,6 +944,13 @@ fn converge(
 
 const DEBRIS: [&str; 3] = [".staging-", ".trash-", ".tmp-"];
 
+/// Make the writer lock file look as a crashed holder leaves it (without
+/// the `released` a holder that lets go normally writes): the next writer
+/// then sweeps, as after a real crash. For crashes simulated by planting.
+fn crashed_holder(lock: &Path) {
+    fs::write(lock, "host crashed-host pid 1\n").expect("lock file");
+}
+
 /// Paths below `root` (not following symlinks) whose name is writer debris.
 fn debris(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -1315,6 +1325,7 @@ fn writer_killed_at_protocol_steps() {
         writer.join("overlay/l/CRASHEDCRASHEDCRASHEDCRASH"),
     )
     .expect("symlink");
+    crashed_holder(&w.share.join("writer.lock"));
     let what = "rmi: between renaming RO/<top> away and unlinking overlay/<top> (simulated)";
     soft(&mut failures, what, "the next writer start", || {
         load(&writer, &img);
@@ -1333,6 +1344,7 @@ fn writer_killed_at_protocol_steps() {
         b"{",
     )
     .expect("plant .tmp");
+    crashed_holder(&w.share.join("writer.lock"));
     soft(&mut failures, what, "the next writer start", || {
         run(&writer, &["tag", &img.id, "localhost/after-crash:1"]).ok();
         assert_writer_clean(&w.share, &writer, &[&img]);
@@ -2170,6 +2182,266 @@ fn reader_unmounts_an_image_the_writer_removed() {
 
 // ---------------------------------------------------------------------------
 // 6. One writer per share
+
+/// The junk kinds of `junk_on_the_share_is_skipped_once`, planted on a
+/// writer's share next to its images (`a_top`: a real layer). Returns the
+/// planted entries (paths) the writer must leave where they are.
+fn plant_writer_junk(p: &Planter, outside: &Path, a_top: &str) -> Vec<PathBuf> {
+    let id = |label: &str| hexid(&format!("writer-junk/{label}"));
+    let mut left = Vec::new();
+    let image = |label: &str, bytes: &[u8]| {
+        let i = id(label);
+        p.image_record(&i, bytes);
+        p.images().join(i)
+    };
+    // 1. Bad JSON, JSON of the wrong shape; 2. huge JSON; 13. empty files.
+    left.push(image("bad-json", b"{\"id\": [1, 2,"));
+    left.push(image("wrong-shape", b"[]"));
+    let i = id("huge");
+    left.push(image(
+        "huge",
+        &huge_json(json!({"id": i, "layer": a_top}), 2 << 20),
+    ));
+    left.push(image("empty", b""));
+    let l = id("bad-json-layer");
+    p.layer(&l, b"{\"id\": \"not even closed");
+    left.push(p.layers().join(&l));
+    let l = id("empty-layer");
+    p.layer(&l, b"");
+    left.push(p.layers().join(&l));
+    // 3. A chain whose middle layer is absent, an image on it.
+    let (m1, m2, m3) = (id("m1"), id("m2-absent"), id("m3"));
+    p.layer(&m1, &layer_json(&m1, None));
+    p.layer(&m3, &layer_json(&m3, Some(&m2)));
+    let i = id("on-missing-middle");
+    left.push(image(
+        "on-missing-middle",
+        &image_json(&i, &m3, "localhost/wj3:v1"),
+    ));
+    // 4. A parent cycle.
+    let (c1, c2) = (id("cycle-1"), id("cycle-2"));
+    p.layer(&c1, &layer_json(&c1, Some(&c2)));
+    p.layer(&c2, &layer_json(&c2, Some(&c1)));
+    left.push(p.layers().join(&c1));
+    // 5. Symlinks out of the share.
+    fs::create_dir_all(outside.join("image")).expect("outside");
+    let escaped = id("escaped-image");
+    fs::write(
+        outside.join("image/images.json"),
+        image_json(&escaped, a_top, "localhost/wj5:v1"),
+    )
+    .expect("outside images.json");
+    symlink(outside.join("image"), p.images().join(&escaped)).expect("symlink");
+    left.push(p.images().join(&escaped));
+    let l = id("escaped-overlay");
+    fs::create_dir_all(outside.join("overlay/diff")).expect("outside overlay");
+    symlink(outside.join("overlay"), p.overlay().join(&l)).expect("symlink");
+    p.layer_record(&l, &layer_json(&l, None));
+    left.push(p.overlay().join(&l));
+    // 6. Names that are not ids.
+    p.image_record(
+        "not-an-id",
+        &image_json("not-an-id", a_top, "localhost/wj6:v1"),
+    );
+    left.push(p.images().join("not-an-id"));
+    fs::write(p.images().join(".nfs000000009999"), b"silly rename").expect(".nfs");
+    left.push(p.images().join(".nfs000000009999"));
+    // 8. Unreadable: mode 000, FIFOs, a directory named layer.json.
+    let i = id("mode-000");
+    left.push(image(
+        "mode-000",
+        &image_json(&i, &id("nothing"), "localhost/wj8:v1"),
+    ));
+    fs::set_permissions(p.images().join(&i), fs::Permissions::from_mode(0o000)).expect("chmod");
+    let i = id("fifo-images-json");
+    fs::create_dir(p.images().join(&i)).expect("image dir");
+    mkfifo(&p.images().join(&i).join("images.json"));
+    left.push(p.images().join(&i));
+    let l = id("dir-layer-json");
+    p.overlay_dir(&l, true);
+    fs::create_dir_all(p.layers().join(&l).join("layer.json")).expect("dir");
+    left.push(p.layers().join(&l));
+    // 9. Files where directories belong; empty directories.
+    let i = id("file-image");
+    fs::write(
+        p.images().join(&i),
+        image_json(&i, a_top, "localhost/wj9:v1"),
+    )
+    .expect("file");
+    left.push(p.images().join(&i));
+    let l = id("file-record");
+    p.overlay_dir(&l, true);
+    fs::write(p.layers().join(&l), layer_json(&l, None)).expect("file");
+    left.push(p.layers().join(&l));
+    let l = id("file-overlay");
+    fs::write(p.overlay().join(&l), b"not a dir").expect("file");
+    p.layer_record(&l, &layer_json(&l, None));
+    left.push(p.overlay().join(&l));
+    let i = id("empty-image-dir");
+    fs::create_dir(p.images().join(&i)).expect("empty dir");
+    left.push(p.images().join(&i));
+    let l = id("empty-record-dir");
+    p.overlay_dir(&l, true);
+    fs::create_dir(p.layers().join(&l)).expect("empty dir");
+    left.push(p.layers().join(&l));
+    // 10. An overlay dir without diff/.
+    let l = id("no-diff");
+    p.overlay_dir(&l, false);
+    p.layer_record(&l, &layer_json(&l, None));
+    left.push(p.layers().join(&l));
+    // 11. Ids that are not their directory's name.
+    left.push(image(
+        "image-id-mismatch",
+        &image_json(&id("other"), a_top, "localhost/wj11:v1"),
+    ));
+    let l = id("layer-id-mismatch");
+    p.layer(&l, &layer_json(&m1, None));
+    left.push(p.layers().join(&l));
+    // 12. A top layer that is not hex, a parent that climbs out.
+    let i = id("top-not-hex");
+    left.push(image(
+        "top-not-hex",
+        &image_json(&i, "../../../etc", "localhost/wj12:v1"),
+    ));
+    let l = id("parent-climbs");
+    p.layer(&l, &layer_json(&l, Some("../../etc")));
+    left.push(p.layers().join(&l));
+    // 14. Dangling symlinks.
+    let i = id("dangling-image");
+    symlink("/nonexistent/storectl-writer", p.images().join(&i)).expect("symlink");
+    left.push(p.images().join(&i));
+    // 15. Big-data names that climb out.
+    let i = id("big-data-climbs");
+    let mut v: Value =
+        serde_json::from_slice(&image_json(&i, a_top, "localhost/wj15:v1")).expect("json");
+    v["big-data-names"] = json!(["../../../../../etc/passwd"]);
+    left.push(image(
+        "big-data-climbs",
+        &serde_json::to_vec(&v).expect("json"),
+    ));
+    left
+}
+
+#[test]
+#[ignore = "needs root"]
+fn writer_next_to_junk_loads_pulls_and_removes() {
+    require_root!();
+    if let Some(t) = storectl_fixtures::registry::missing(&["docker-registry", "skopeo"]) {
+        panic!("{t} is not installed (apt-get install docker-registry skopeo)");
+    }
+    let w = World::new();
+    let writer = w.writer("writer");
+    let a = make_image(&w.path("images"), 700, 3, 0);
+    load(&writer, &a);
+    let p = Planter {
+        share: w.share.clone(),
+    };
+    let outside = w.path("outside");
+    let left = plant_writer_junk(&p, &outside, a.chain.last().expect("a layer"));
+    // Junk on the very names the next loads must write: the image dir (a
+    // file), a layer's overlay dir (a full dir), a layer record (a bad
+    // record), the writer's own legacy link of the image (a plain file).
+    let b = make_image(&w.path("images"), 701, 3, 0);
+    fs::write(p.images().join(&b.id), b"junk where an image dir goes").expect("plant");
+    p.overlay_dir(&b.chain[0], true);
+    p.layer_record(&b.chain[1], b"{\"id\": \"junk\"}");
+    fs::write(writer.join("overlay-images").join(&b.id), b"junk").expect("plant");
+    let in_the_way = [
+        p.images().join(&b.id),
+        p.overlay().join(&b.chain[0]),
+        p.layers().join(&b.chain[1]),
+    ];
+    let c = make_image(&w.path("images"), 702, 2, 0);
+    let reg = storectl_fixtures::registry::Registry::start(None);
+    let pulled = make_image(&w.path("images"), 703, 2, 0);
+    let tag = pulled.image.tag().expect("a tag");
+    storectl_fixtures::registry::skopeo_copy(&pulled.dir, &tag, &reg.r("test/junk:v1"), &[]);
+
+    let mut stderr = String::new();
+    // Run a verb that must succeed; each skipped entry warns at most once in it.
+    let step = |stderr: &mut String, args: &[&str]| {
+        let r = run(&writer, args);
+        for line in r.stderr.lines().filter(|l| l.contains("skipping")) {
+            let n = r.stderr.lines().filter(|l| *l == line).count();
+            assert_eq!(n, 1, "warned {n} times in one run of {args:?}: {line}");
+        }
+        stderr.push_str(&r.stderr);
+        r.ok()
+    };
+    // A writer that starts clean, then one after a crash (it sweeps): the
+    // junk blocks neither.
+    step(&mut stderr, &["load", &c.dir.display().to_string()]);
+    step(&mut stderr, &["load", &b.dir.display().to_string()]);
+    crashed_holder(&w.share.join("writer.lock"));
+    step(
+        &mut stderr,
+        &["pull", &reg.r("test/junk:v1"), "--tls-verify=false"],
+    );
+    let listed = ls(&writer);
+    for img in [&a, &b, &c, &pulled] {
+        assert!(
+            listed.contains_key(&img.id),
+            "{} missing: {listed:?}",
+            img.id
+        );
+    }
+    assert_eq!(listed.len(), 4, "only the real images: {listed:?}");
+    run(&writer, &["verify"]).ok();
+    {
+        let mnt = PathBuf::from(step(&mut stderr, &["mount", &b.id]).trim());
+        assert!(mnt.join("etc/release").is_file(), "{}", mnt.display());
+        step(&mut stderr, &["umount", &b.id]);
+    }
+    // What sat on a name to write went to the share's trash, each with a
+    // warning naming it; the rest stays where it is.
+    let trash = w.share.join(".storectl-trash");
+    for path in &in_the_way {
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            fs::read_dir(&trash)
+                .expect("the share's trash")
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(&name)),
+            "{} not in the trash",
+            path.display()
+        );
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("/{name} ")) && l.contains("moved to")),
+            "no warning for {}:\n{stderr}",
+            path.display()
+        );
+    }
+    for path in &left {
+        assert!(
+            fs::symlink_metadata(path).is_ok(),
+            "{} was removed",
+            path.display()
+        );
+    }
+    // rmi of each (also after another simulated crash).
+    crashed_holder(&w.share.join("writer.lock"));
+    for img in [&b, &c, &pulled, &a] {
+        step(&mut stderr, &["rmi", &img.id]);
+    }
+    assert!(ls(&writer).is_empty());
+    for path in &left {
+        assert!(
+            fs::symlink_metadata(path).is_ok(),
+            "{} was removed",
+            path.display()
+        );
+    }
+    let _ = fs::set_permissions(
+        p.images().join(hexid("writer-junk/mode-000")),
+        fs::Permissions::from_mode(0o755),
+    );
+}
 
 #[test]
 #[ignore = "needs root"]

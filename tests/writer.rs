@@ -4,6 +4,11 @@
 //!   root: the second waits (saying after a second who holds the lock) and
 //!   goes on once the first is done; with `--lock-timeout` it gives up,
 //!   naming the holder.
+//! * `an_image_deeper_than_overlayfs_is_refused_before_anything_is_written`
+//!   — 501 layers: a clear error, the root unchanged.
+//! * `a_killed_load_of_a_deep_image_leaves_few_staging_dirs` — staging dirs
+//!   are made as layers start and published batch by batch: killed midway, a
+//!   load leaves at most `jobs` of them (and the next load cleans up).
 
 #![allow(clippy::print_stderr)]
 
@@ -273,4 +278,133 @@ fn a_second_writer_waits_for_the_lock() {
     assert!(started.elapsed() < Duration::from_millis(900));
     held.release();
     env.run(&["rmi", &b]).ok();
+}
+
+/// Every path below `dir` (not following symlinks), with its size.
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let meta = e.metadata().expect("metadata");
+            let p = e.path();
+            out.push((
+                p.display().to_string(),
+                if meta.is_dir() { 0 } else { meta.len() },
+            ));
+            if meta.is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// An image of `n` small layers (one file each), as an OCI layout at `dir`.
+fn deep_image(dir: &Path, n: usize, file_size: usize) -> String {
+    let layers: Vec<Layer> = (0..n)
+        .map(|i| {
+            let content: Vec<u8> = (0..file_size).map(|j| (i * 31 + j) as u8).collect();
+            Layer::new(
+                vec![Entry::file(&format!("layer-{i:04}"), content)],
+                Compression::None,
+            )
+        })
+        .collect();
+    let image = Image::new(layers).named(&format!("localhost/deep-{n}:v1"));
+    write_oci_layout(dir, &[image]).expect("OCI layout")[0].id()
+}
+
+/// Entries of `dir` whose name starts with `.staging-`.
+fn staging_in(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".staging-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "needs root"]
+fn an_image_deeper_than_overlayfs_is_refused_before_anything_is_written() {
+    require_root!();
+    let env = Env::new();
+    let dir = env.path("deep");
+    deep_image(&dir, 501, 16);
+    env.run(&["ls"]).ok(); // the root exists, as after any use
+    let before = listing(&env.root);
+    let line = env
+        .run(&["load", &dir.display().to_string()])
+        .err_containing("501 layers");
+    assert!(line.contains("500"), "the limit is named: {line}");
+    assert_eq!(
+        listing(&env.root),
+        before,
+        "the refused load wrote to the root"
+    );
+    // 500 is fine (overlayfs' own maximum).
+    let ok = env.path("deep-500");
+    let id = deep_image(&ok, 500, 16);
+    assert_eq!(env.load(&ok, &[]), id);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_killed_load_of_a_deep_image_leaves_few_staging_dirs() {
+    require_root!();
+    let env = Env::new();
+    let dir = env.path("deep");
+    let id = deep_image(&dir, 300, 64 << 10);
+    let jobs = 3;
+    let mut child = Command::new(STORECTL)
+        .arg("--root")
+        .arg(&env.root)
+        .args([
+            "load",
+            &dir.display().to_string(),
+            "--jobs",
+            &jobs.to_string(),
+        ])
+        .env_remove("STORECTL_ROOT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn load");
+    // Kill it once it has started well over `jobs` layers: published layers
+    // (their `l/` short names) plus those being staged.
+    let overlay = env.root.join("overlay");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut most_staging = 0;
+    loop {
+        let staging = staging_in(&overlay);
+        most_staging = most_staging.max(staging);
+        let published = fs::read_dir(overlay.join("l"))
+            .map(|rd| rd.count())
+            .unwrap_or(0);
+        if published + staging >= 60 {
+            signal(child.id(), rustix::process::Signal::KILL);
+            break;
+        }
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the load ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "the load made no progress");
+        thread::sleep(Duration::from_millis(2));
+    }
+    child.wait().expect("wait");
+    let left = staging_in(&overlay) + staging_in(&env.root.join("overlay-layers"));
+    assert!(
+        left <= jobs + 1 && most_staging <= jobs,
+        "{left} staging dirs left by the killed load ({most_staging} at once while it ran; jobs = {jobs})"
+    );
+    // The next writer sweeps what the killed one left and loads the image.
+    assert_eq!(env.load(&dir, &[]), id);
+    assert_eq!(staging_in(&overlay), 0);
+    assert_eq!(env.image_layers(&id).len(), 300);
 }

@@ -57,6 +57,14 @@ pub enum Error {
         have: String,
         want: String,
     },
+    /// An image with more layers than overlayfs can stack; refused before
+    /// anything is written.
+    #[error("{image} has {layers} layers, more than the {max} overlayfs can stack")]
+    TooManyLayers {
+        image: String,
+        layers: usize,
+        max: usize,
+    },
     /// The operation stopped because another part of it failed.
     #[error("cancelled")]
     Cancelled,

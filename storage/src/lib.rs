@@ -80,6 +80,6 @@ pub use progress::{EventKind, NoopReporter, ProgressEvent, Reporter};
 pub use pull::PullOptions;
 pub use store::{
     list_id_entries, list_ids, LayerCheck, LoadOptions, Removed, SharedDelta, State, Store,
-    StoreOptions, IMAGES_JSON, LAYER_JSON,
+    StoreOptions, IMAGES_JSON, LAYER_JSON, MAX_LAYERS,
 };
 pub use storectl_overlay::XattrMode;

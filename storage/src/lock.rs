@@ -7,6 +7,11 @@
 //! naming the holder. After [`LockWait::notice_after`] of waiting it calls
 //! [`LockWait::on_wait`] once with the holder, so a front end can say why it
 //! is not moving (the library itself never prints).
+//!
+//! A holder that lets go normally (not by crashing) appends ` released` to
+//! the file; the next holder learns from [`WriterLock::previous_released`]
+//! whether anything may have been left half done, and so whether it must
+//! sweep the store before trusting it.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -100,9 +105,17 @@ impl fmt::Debug for LockWait {
 /// A held writer lock; dropped = released.
 #[derive(Debug)]
 pub struct WriterLock {
-    _file: File,
+    file: File,
     path: PathBuf,
+    /// What this holder wrote (`host H pid P`).
+    me: String,
+    previous_released: bool,
+    /// Do not mark the file `released` on drop: the next holder sweeps.
+    unreleased: bool,
 }
+
+/// The word a holder appends when it lets go normally.
+const RELEASED: &str = "released";
 
 /// How often a writer with a timeout tries the lock again.
 const POLL: Duration = Duration::from_millis(25);
@@ -175,22 +188,57 @@ impl WriterLock {
             }
             std::thread::sleep(pause.max(Duration::from_millis(1)));
         }
+        let mut previous = String::new();
+        file.rewind().at(path)?;
+        let _ = (&file).take(4096).read_to_string(&mut previous);
+        let previous_released = previous.split_whitespace().any(|w| w == RELEASED);
         let host = rustix::system::uname()
             .nodename()
             .to_string_lossy()
             .into_owned();
-        let me = format!("host {host} pid {}\n", std::process::id());
+        let me = format!("host {host} pid {}", std::process::id());
         file.set_len(0).at(path)?;
         file.rewind().at(path)?;
-        file.write_all(me.as_bytes()).at(path)?;
+        file.write_all(format!("{me}\n").as_bytes()).at(path)?;
         Ok(WriterLock {
-            _file: file,
+            file,
             path: path.to_path_buf(),
+            me,
+            previous_released,
+            unreleased: false,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Did the previous holder let go normally? False after a crash (or
+    /// `kill -9`) in the middle of a change, and for a new or old-format
+    /// lock file: then the store may hold debris and must be swept.
+    pub fn previous_released(&self) -> bool {
+        self.previous_released
+    }
+
+    /// Let go as a crashed holder would: the next holder sweeps the store
+    /// (for a change that failed half done and could not be taken back).
+    pub fn leave_unreleased(&mut self) {
+        self.unreleased = true;
+    }
+}
+
+impl Drop for WriterLock {
+    /// Mark the lock file `released` (not while unwinding from a panic: what
+    /// the panic interrupted may be half done). Best effort; the kernel
+    /// drops the `flock` when the file closes.
+    fn drop(&mut self) {
+        if self.unreleased || std::thread::panicking() {
+            return;
+        }
+        let text = format!("{} {RELEASED}\n", self.me);
+        let _ = self.file.set_len(0);
+        let _ = self.file.rewind();
+        let _ = self.file.write_all(text.as_bytes());
     }
 }
 
@@ -225,6 +273,22 @@ mod tests {
         }
         drop(held);
         WriterLock::acquire(&p).unwrap();
+    }
+
+    #[test]
+    fn the_next_holder_learns_whether_the_last_one_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock");
+        let first = WriterLock::acquire(&p).unwrap();
+        assert!(!first.previous_released(), "a new lock file: sweep once");
+        drop(first);
+        let second = WriterLock::acquire(&p).unwrap();
+        assert!(second.previous_released());
+        // A holder that crashes never marks the file.
+        std::mem::forget(second);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(!text.contains(RELEASED), "{text}");
+        assert_eq!(LockHolder::parse(&text).pid, Some(std::process::id()));
     }
 
     #[test]

@@ -109,6 +109,13 @@ pub fn parse_image(bytes: &[u8], expected_id: &str) -> Result<Image, String> {
     if image.id != expected_id {
         return Err(format!("id {:?} does not match its directory", image.id));
     }
+    if let Some(bad) = image
+        .big_data_names
+        .iter()
+        .find(|n| n.is_empty() || *n == "." || *n == ".." || n.contains('/') || n.contains('\0'))
+    {
+        return Err(format!("invalid big-data name {bad:?}"));
+    }
     match &image.layer {
         Some(l) if crate::digest::is_hex64(l) => Ok(image),
         Some(l) => Err(format!("invalid top layer {l:?}")),
@@ -366,5 +373,12 @@ mod tests {
         assert!(parse_image(format!(r#"{{"id":"{A}"}}"#).as_bytes(), A).is_err());
         assert!(parse_image(format!(r#"{{"id":"{A}","layer":"{B}"}}"#).as_bytes(), A).is_ok());
         assert!(parse_image(b"[]", A).is_err());
+        for bad in ["../../etc/passwd", "a/b", "..", ".", ""] {
+            let json = format!(r#"{{"id":"{A}","layer":"{B}","big-data-names":["{bad}"]}}"#);
+            assert!(parse_image(json.as_bytes(), A).is_err(), "{bad}");
+        }
+        let json =
+            format!(r#"{{"id":"{A}","layer":"{B}","big-data-names":["manifest","config"]}}"#);
+        assert!(parse_image(json.as_bytes(), A).is_ok());
     }
 }

@@ -285,6 +285,11 @@ pub struct Store {
     links: parking_lot::Mutex<LinkUpkeep>,
     /// Names already warned about as claimed by a local and a shared image.
     warned_names: parking_lot::Mutex<BTreeSet<String>>,
+    /// The `generation` text the in-memory state matches (read before the
+    /// records at open or reload, or written by this store).
+    synced_generation: parking_lot::Mutex<Option<String>>,
+    /// Warnings about skipped entries already given (each is given once).
+    warned: parking_lot::Mutex<BTreeSet<String>>,
 }
 
 /// How far a reader's legacy links ([`crate::links`]) are kept.
@@ -300,6 +305,14 @@ struct LinkUpkeep {
 }
 
 const MOUNTS: &str = "mounts";
+/// Where entries storectl did not make go when they sit on a name it must
+/// write (in the share, or the root): dot-prefixed, so no reader lists it,
+/// and not debris, so nothing deletes it unasked.
+const TRASH: &str = ".storectl-trash";
+/// The most layers an image may have: what overlayfs can stack (its
+/// `OVL_MAX_STACK`). A deeper image could never be mounted; it is refused
+/// at load, before anything is written.
+pub const MAX_LAYERS: usize = 500;
 const RO: &str = "RO";
 /// A layer record's file in its directory.
 pub const LAYER_JSON: &str = "layer.json";
@@ -335,6 +348,14 @@ pub fn list_id_entries(dir: &Path) -> Result<Vec<(String, bool)>> {
     }
     ids.sort();
     Ok(ids)
+}
+
+/// How to get rid of a skipped entry, for its warning.
+fn removal_hint(path: &Path) -> String {
+    format!(
+        " (not made by storectl? it is skipped; remove it with rm -rf {})",
+        path.display()
+    )
 }
 
 fn create_dir(path: &Path) -> Result<()> {
@@ -398,7 +419,10 @@ impl Store {
             lock_wait: opts.lock_wait,
             links: Default::default(),
             warned_names: Default::default(),
+            synced_generation: parking_lot::Mutex::new(None),
+            warned: parking_lot::Mutex::new(BTreeSet::new()),
         };
+        *store.synced_generation.lock() = store.read_generation();
         let state = store.read_state()?;
         *store.state.write() = state;
         Ok(store)
@@ -522,9 +546,31 @@ impl Store {
             .map(|(id, _)| (id, false))
             .collect();
         if with_ro {
-            ids.extend(list_ids(ro)?.into_iter().map(|id| (id, true)));
+            // The writer never makes a symlink on the share: one there leads
+            // anywhere (out of the share), so it is skipped, not followed.
+            for (id, symlink) in list_id_entries(ro)? {
+                if symlink {
+                    let path = ro.join(&id);
+                    self.warn_once(format!(
+                        "skipping {}: a symlink{}",
+                        path.display(),
+                        removal_hint(&path)
+                    ));
+                } else {
+                    ids.push((id, true));
+                }
+            }
         }
         Ok(ids)
+    }
+
+    /// Warn about a skipped entry, once per store (a reload skips it again).
+    fn warn_once(&self, message: String) {
+        let mut warned = self.warned.lock();
+        if !warned.contains(&message) {
+            tracing::warn!("{message}");
+            warned.insert(message);
+        }
     }
 
     /// Read every valid layer and image record from disk. Invalid entries are
@@ -545,13 +591,25 @@ impl Store {
                 Ok(l) if l.incomplete => tracing::debug!("layer {id} is incomplete"),
                 Ok(mut l) => {
                     l.shared = shared;
-                    if self.overlay_dir(&l).join("diff").is_dir() {
+                    // Not through a symlink (one on the share leads anywhere).
+                    let dir = self.overlay_dir(&l);
+                    let real = fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
+                    if real && dir.join("diff").is_dir() {
                         state.layers.insert(id, l);
                     } else {
-                        tracing::warn!("skipping layer {id}: its overlay directory is missing");
+                        let dir = self.overlay_dir(&l);
+                        self.warn_once(format!(
+                            "skipping layer {id}: its overlay directory {} is missing{}",
+                            dir.display(),
+                            removal_hint(&self.layer_dir_of(&id, shared))
+                        ));
                     }
                 }
-                Err(e) => tracing::warn!("skipping layer {}: {e}", path.display()),
+                Err(e) => self.warn_once(format!(
+                    "skipping layer {}: {e}{}",
+                    path.display(),
+                    removal_hint(&self.layer_dir_of(&id, shared))
+                )),
             }
         }
         // A layer whose chain is broken is not usable — except, on a reader, a
@@ -571,11 +629,14 @@ impl Store {
             .collect();
         for id in &broken {
             match state.missing_ancestor(id) {
-                Some(missing) => tracing::warn!(
+                Some(missing) => self.warn_once(format!(
                     "skipping layer {id}: its ancestor {missing} is missing \
                      (load or pull an image with it again to restore it)"
-                ),
-                None => tracing::warn!("skipping layer {id}: its parent chain loops"),
+                )),
+                None => self.warn_once(format!(
+                    "skipping layer {id}: its parent chain loops{}",
+                    removal_hint(&self.layer_dir_of(id, state.layers[id].shared))
+                )),
             }
         }
         for id in &broken {
@@ -593,16 +654,21 @@ impl Store {
                     if state.chain(i.layer.as_deref().unwrap_or("")).is_none()
                         && !waits_for_share(&state, i.layer.as_deref().unwrap_or("")) =>
                 {
-                    tracing::warn!(
+                    self.warn_once(format!(
                         "skipping image {id}: a layer of its chain is missing \
-                         (load or pull it again to restore it)"
-                    )
+                         (load or pull it again to restore it){}",
+                        removal_hint(&self.image_dir_of(&id, shared))
+                    ))
                 }
                 Ok(mut i) => {
                     i.shared = shared;
                     state.images.insert(id, i);
                 }
-                Err(e) => tracing::warn!("skipping image {}: {e}", path.display()),
+                Err(e) => self.warn_once(format!(
+                    "skipping image {}: {e}{}",
+                    path.display(),
+                    removal_hint(&self.image_dir_of(&id, shared))
+                )),
             }
         }
         Ok(state)
@@ -961,8 +1027,19 @@ impl Store {
         Ok(())
     }
 
-    /// Take the writer lock, sweep debris of interrupted writers, and reload.
-    /// A reader sweeps only its local dirs: it never writes to the share.
+    /// Take the writer lock and make the in-memory state current.
+    ///
+    /// A writer (or local store) trusts its in-memory state: it alone
+    /// changes the store, under this lock, and every change replaces
+    /// `generation`. So when `generation` is what this store last read or
+    /// wrote, nothing is re-read; otherwise the records are reloaded. When the
+    /// previous holder did not let go normally (a crash, `kill -9`, or the
+    /// first write with this lock file) the debris of interrupted writers and
+    /// unused layers are swept first. A mutation's own work therefore does
+    /// not grow with the number of images in the store.
+    ///
+    /// A reader's local store has no `generation` of its own: it sweeps its
+    /// local dirs and reloads every time (it never writes to the share).
     fn begin_write(&self) -> Result<WriterLock> {
         if let Some(reason) = &self.read_only {
             return Err(Error::ReadOnlyStore {
@@ -971,6 +1048,34 @@ impl Store {
             });
         }
         let lock = WriterLock::acquire_waiting(&self.layout.writer_lock(), &self.lock_wait)?;
+        let reader = self.layout.role() == Role::Reader;
+        let generation = self.read_generation();
+        let current =
+            !reader && generation.is_some() && *self.synced_generation.lock() == generation;
+        if lock.previous_released() && current {
+            return Ok(lock);
+        }
+        if !lock.previous_released() || reader {
+            self.sweep_debris()?;
+        }
+        self.reload()?;
+        if !lock.previous_released() || reader {
+            self.remove_orphans()?;
+        }
+        *self.synced_generation.lock() = self.read_generation();
+        Ok(lock)
+    }
+
+    /// `generation`'s text (`None` when missing or unreadable).
+    fn read_generation(&self) -> Option<String> {
+        fsutil::read_small_file(&self.layout.generation(), 4096)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+    }
+
+    /// Remove the dot-prefixed debris (`.staging-*`, `.trash-*`, `.tmp-*`)
+    /// interrupted writers leave. A reader sweeps only its local dirs.
+    fn sweep_debris(&self) -> Result<()> {
         let mut dirs = vec![self.layers_dir(), self.images_dir(), self.root.clone()];
         match self.layout.role() {
             Role::Reader => dirs.push(self.layout.overlay()),
@@ -988,9 +1093,7 @@ impl Store {
         for dir in dirs {
             fsutil::remove_debris_in(&dir)?;
         }
-        self.reload()?;
-        self.remove_orphans()?;
-        Ok(lock)
+        Ok(())
     }
 
     /// Remove what a crash between publish steps can leave: overlay dirs with
@@ -1019,59 +1122,102 @@ impl Store {
         gone.sort_by_key(|(id, _)| {
             std::cmp::Reverse(state.chain(id).map(|c| c.len()).unwrap_or(0))
         });
+        let mut changed = false;
+        // Entries nobody made as we do can refuse to go: each is skipped
+        // with a warning, never a reason to refuse the mutation.
+        let skip = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+            tracing::warn!(
+                "skipping {what} {}: {e} (not made by storectl? remove it: rm -rf {})",
+                path.display(),
+                path.display()
+            )
+        };
         for (id, shared) in &gone {
             tracing::info!("removing unused layer {id}");
-            self.remove_layer_files(id, *shared)?;
+            match self.remove_layer_files(id, *shared) {
+                Ok(()) => changed = true,
+                Err(e) => skip("layer", &self.layer_dir_of(id, *shared), &e),
+            }
         }
         let overlay_dirs =
             self.entry_ids(&self.layout.overlay(), &self.layout.overlay_ro(), writer)?;
         for (id, shared) in overlay_dirs {
-            let has_record = self.layer_dir_of(&id, shared).exists();
+            let record = self.layer_dir_of(&id, shared);
+            let has_record = fs::symlink_metadata(&record).is_ok();
             if !has_record && !gone.iter().any(|(g, _)| *g == id) {
                 tracing::info!("removing orphaned overlay directory {id}");
-                self.driver.remove_layer(&id)?;
+                match self.driver.remove_layer(&id) {
+                    Ok(()) => changed = true,
+                    Err(e) => {
+                        let dir = if shared {
+                            self.layout.overlay_ro().join(&id)
+                        } else {
+                            self.layout.overlay().join(&id)
+                        };
+                        skip("overlay directory", &dir, &e)
+                    }
+                }
             }
         }
         if writer {
             self.repair_legacy_links()?;
         }
         // A crash while rewriting an image record leaves `.tmp-*` inside it.
-        let image_ids = self.entry_ids(&self.images_dir(), &self.layout.images_ro(), writer)?;
-        for (id, shared) in image_ids {
-            fsutil::remove_debris_in(&self.image_dir_of(&id, shared))?;
+        // (A reader's shared images are on the share, which it never writes.)
+        for image in state.images.values().filter(|i| writer || !i.shared) {
+            let dir = self.image_dir_of(&image.id, image.shared);
+            if let Err(e) = fsutil::remove_debris_in(&dir) {
+                skip("image", &dir, &e);
+            }
         }
-        if !gone.is_empty() {
+        if changed {
             self.reload()?;
+            self.bump_generation()?;
         }
         Ok(())
     }
 
     /// The writer's legacy names (`<id> -> RO/<id>` in `overlay/`,
     /// `overlay-layers/`, `overlay-images/`, and `overlay/l/<short>`): drop
-    /// those whose target is gone, create those a crash left missing.
+    /// those whose target is gone, create those a crash left missing — for
+    /// the shared layers and images this store knows, never for entries on
+    /// the share it did not take (junk).
     fn repair_legacy_links(&self) -> Result<()> {
+        let state = self.state();
+        let layers: Vec<&str> = state
+            .layers
+            .values()
+            .filter(|l| l.shared)
+            .map(|l| l.id.as_str())
+            .collect();
+        let images: Vec<&str> = state
+            .images
+            .values()
+            .filter(|i| i.shared)
+            .map(|i| i.id.as_str())
+            .collect();
         let dirs = [
-            (self.layout.overlay(), self.layout.overlay_ro()),
-            (self.layers_dir(), self.layout.layers_ro()),
-            (self.images_dir(), self.layout.images_ro()),
+            (self.layout.overlay(), &layers),
+            (self.layers_dir(), &layers),
+            (self.images_dir(), &images),
         ];
-        for (dir, ro) in &dirs {
-            for (id, symlink) in list_id_entries(dir)? {
+        for (dir, ids) in dirs {
+            for (id, symlink) in list_id_entries(&dir)? {
                 let link = dir.join(&id);
                 if symlink && !link.exists() {
                     fs::remove_file(&link).at(&link)?;
                 }
             }
-            for id in list_ids(ro)? {
-                let link = dir.join(&id);
+            for id in ids.iter() {
+                let link = dir.join(id);
                 if fs::symlink_metadata(&link).is_err() {
                     tracing::info!("restoring the link {}", link.display());
                     std::os::unix::fs::symlink(format!("{RO}/{id}"), &link).at(&link)?;
                 }
             }
         }
-        for id in list_ids(&self.layout.overlay_ro())? {
-            let Ok(short) = self.driver.short_link_path(&id) else {
+        for id in layers {
+            let Ok(short) = self.driver.short_link_path(id) else {
                 continue;
             };
             if fs::symlink_metadata(&short).is_err() {
@@ -1094,11 +1240,12 @@ impl Store {
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|s| s.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
-        write_atomic(
-            &dir,
-            "generation",
-            format!("{} {}\n", current + 1, unique_suffix()).as_bytes(),
-        )
+        let text = format!("{} {}\n", current + 1, unique_suffix());
+        write_atomic(&dir, "generation", text.as_bytes())?;
+        // The in-memory state is this generation: the next mutation of this
+        // store need not re-read anything.
+        *self.synced_generation.lock() = Some(text);
+        Ok(())
     }
 
     /// Refuse to change a shared image or layer from a reader.
@@ -1239,6 +1386,17 @@ impl Store {
                 ),
             });
         }
+        if diff_ids.len() > MAX_LAYERS {
+            return Err(Error::TooManyLayers {
+                image: src
+                    .names
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| src.config_digest.clone()),
+                layers: diff_ids.len(),
+                max: MAX_LAYERS,
+            });
+        }
         let image_id = crate::digest::sha256_hex(&src.config_digest)
             .ok_or_else(|| Error::InvalidArchive {
                 path: PathBuf::from(&src.config_digest),
@@ -1279,7 +1437,7 @@ impl Store {
             }
         };
 
-        let _lock = self.begin_write()?;
+        let mut lock = self.begin_write()?;
         // On a reader, a shared image cannot take names: a local record of
         // it is made instead (on the shared layers), and hides the shared one.
         let reader = self.layout.role() == Role::Reader;
@@ -1333,77 +1491,54 @@ impl Store {
         } else {
             self.layout.overlay()
         };
-        let results: Vec<Result<Prepared>> = flushing_in_background(&staging_fs, || {
-            pool.install(|| {
-                todo.par_iter()
-                    .map(|&i| {
-                        let parent = i.checked_sub(1).map(|p| chain[p].clone());
-                        let prepared = self.prepare_layer(
-                            &src.layers[i],
-                            &diff_ids[i],
-                            &chain[i],
-                            parent,
-                            opts,
-                            &cancel,
-                            reporter,
-                            blob_event(
-                                if src.layers[i].blob.is_remote() {
-                                    EventKind::Downloading
-                                } else {
-                                    EventKind::Extracting
-                                },
-                                i,
-                                0,
-                            ),
-                        );
-                        match prepared {
-                            Ok(p) => {
-                                let mut done = blob_event(EventKind::Complete, i, u64::MAX);
-                                // The blob was its own tar, or compressed.
-                                done.compressed =
-                                    Some(p.layer.compressed_diff_digest != p.layer.diff_digest);
-                                reporter.report(&done);
-                                Ok(p)
+        // Layers are extracted `jobs` at a time and each batch is published
+        // before the next starts: staging dirs (and tar-split buffers) exist
+        // for at most `jobs` layers, however many the image has.
+        let mut published: Vec<String> = Vec::new();
+        let mut extract = || -> Result<()> {
+            for batch in todo.chunks(opts.jobs.clamp(1, 16)) {
+                let prepared = self.prepare_batch(
+                    batch,
+                    &src,
+                    diff_ids,
+                    &chain,
+                    opts,
+                    &cancel,
+                    reporter,
+                    &pool,
+                    &staging_fs,
+                    &blob_event,
+                )?;
+                for p in prepared {
+                    let parents: Vec<String> = match &p.layer.parent {
+                        Some(parent) => {
+                            if stranded && !self.state.read().layers.contains_key(parent) {
+                                self.reload()?; // a stranded parent rejoins now
                             }
-                            // The first failure cancels the rest; theirs follow from it.
-                            Err(e) if !cancel.swap(true, Ordering::Relaxed) => Err(e),
-                            Err(_) => Err(Error::Cancelled),
+                            self.state
+                                .read()
+                                .chain(parent)
+                                .map(|c| c.iter().map(|l| l.id.clone()).collect())
+                                .ok_or_else(|| Error::LayerUnknown { id: parent.clone() })?
                         }
-                    })
-                    .collect()
-            })
-        });
-        let mut prepared = Vec::with_capacity(results.len());
-        let mut first_err = None;
-        for r in results {
-            match r {
-                Ok(p) => prepared.push(p),
-                // A real failure wins over the "cancelled" it caused elsewhere.
-                Err(Error::Cancelled) => {}
-                Err(e) => {
-                    first_err.get_or_insert(e);
+                        None => Vec::new(),
+                    };
+                    let parents: Vec<&str> = parents.iter().map(String::as_str).collect();
+                    let id = p.layer.id.clone();
+                    self.publish_layer(p, &parents)?;
+                    published.push(id);
                 }
             }
-        }
-        if let Some(e) = first_err {
-            return Err(e); // `prepared` drops, removing every staging dir
-        }
-        for p in prepared {
-            let parents: Vec<String> = match &p.layer.parent {
-                Some(parent) => {
-                    if stranded && !self.state.read().layers.contains_key(parent) {
-                        self.reload()?; // a stranded parent rejoins now
-                    }
-                    self.state
-                        .read()
-                        .chain(parent)
-                        .map(|c| c.iter().map(|l| l.id.clone()).collect())
-                        .ok_or_else(|| Error::LayerUnknown { id: parent.clone() })?
-                }
-                None => Vec::new(),
-            };
-            let parents: Vec<&str> = parents.iter().map(String::as_str).collect();
-            self.publish_layer(p, &parents)?;
+            Ok(())
+        };
+        if let Err(e) = extract() {
+            // Take back the layers this import published: a failed load
+            // leaves nothing behind. What cannot be taken back is left to
+            // the next writer's sweep.
+            if !self.unpublish_layers(&published) {
+                lock.leave_unreleased();
+            }
+            return Err(e);
         }
 
         if stranded {
@@ -1459,6 +1594,108 @@ impl Store {
             .get(&image_id)
             .cloned()
             .unwrap_or(image))
+    }
+
+    /// Extract the layers `batch` (indexes into the source) in parallel.
+    /// The first failure cancels the others; every staging dir of a failed
+    /// batch is removed.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_batch(
+        &self,
+        batch: &[usize],
+        src: &SourceImage,
+        diff_ids: &[String],
+        chain: &[String],
+        opts: &LoadOptions,
+        cancel: &AtomicBool,
+        reporter: &dyn Reporter,
+        pool: &rayon::ThreadPool,
+        staging_fs: &Path,
+        blob_event: &(dyn Fn(EventKind, usize, u64) -> ProgressEvent + Sync),
+    ) -> Result<Vec<Prepared>> {
+        let results: Vec<Result<Prepared>> = flushing_in_background(staging_fs, || {
+            pool.install(|| {
+                batch
+                    .par_iter()
+                    .map(|&i| {
+                        let parent = i.checked_sub(1).map(|p| chain[p].clone());
+                        let prepared = self.prepare_layer(
+                            &src.layers[i],
+                            &diff_ids[i],
+                            &chain[i],
+                            parent,
+                            opts,
+                            cancel,
+                            reporter,
+                            blob_event(
+                                if src.layers[i].blob.is_remote() {
+                                    EventKind::Downloading
+                                } else {
+                                    EventKind::Extracting
+                                },
+                                i,
+                                0,
+                            ),
+                        );
+                        match prepared {
+                            Ok(p) => {
+                                let mut done = blob_event(EventKind::Complete, i, u64::MAX);
+                                // The blob was its own tar, or compressed.
+                                done.compressed =
+                                    Some(p.layer.compressed_diff_digest != p.layer.diff_digest);
+                                reporter.report(&done);
+                                Ok(p)
+                            }
+                            // The first failure cancels the rest; theirs follow from it.
+                            Err(e) if !cancel.swap(true, Ordering::Relaxed) => Err(e),
+                            Err(_) => Err(Error::Cancelled),
+                        }
+                    })
+                    .collect()
+            })
+        });
+        let mut prepared = Vec::with_capacity(results.len());
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(p) => prepared.push(p),
+                // A real failure wins over the "cancelled" it caused elsewhere.
+                Err(Error::Cancelled) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e), // `prepared` drops, removing its staging dirs
+            None => Ok(prepared),
+        }
+    }
+
+    /// Remove the layers `ids` (published by a failed import, base first)
+    /// that no image uses, top first. False when one could not be removed.
+    fn unpublish_layers(&self, ids: &[String]) -> bool {
+        let used = self.state.read().referenced_layers();
+        let mut all = true;
+        for id in ids.iter().rev() {
+            if used.contains(id) {
+                continue;
+            }
+            let shared = self.state.read().layers.get(id).is_some_and(|l| l.shared);
+            match self.remove_layer_files(id, shared) {
+                Ok(()) => {
+                    self.state.write().layers.remove(id);
+                }
+                Err(e) => {
+                    tracing::warn!("could not take back layer {id} of the failed load: {e}");
+                    all = false;
+                }
+            }
+        }
+        if !ids.is_empty() && self.bump_generation().is_err() {
+            all = false;
+        }
+        all
     }
 
     /// A Docker schema 2 manifest for an image that came without one
@@ -1609,10 +1846,22 @@ impl Store {
             self.unlink_entry(&self.layout.overlay(), &id)?;
             self.unlink_entry(&self.layers_dir(), &id)?;
         }
+        let shared = self.publishes_shared();
+        // The layer is not in the store, so whatever sits on its names was
+        // not made by us: out of the way (to the trash, with a warning).
+        let what = format!("layer {id}");
+        if shared {
+            self.move_aside(&self.layout.overlay_ro().join(&id), true, &what)?;
+            self.move_aside(&self.layout.layers_ro().join(&id), true, &what)?;
+            self.move_aside(&self.layers_dir().join(&id), false, &what)?;
+        }
+        self.move_aside(&self.layout.overlay().join(&id), false, &what)?;
+        if !shared {
+            self.move_aside(&self.layers_dir().join(&id), false, &what)?;
+        }
         p.staged.commit(&id, parents)?;
         let mut layer = p.layer;
         let json = serde_json::to_vec_pretty(&layer).expect("a layer record serializes");
-        let shared = self.publishes_shared();
         layer.shared = shared;
         let parent_dir = if shared {
             self.layout.layers_ro()
@@ -1644,6 +1893,35 @@ impl Store {
         self.bump_generation()
     }
 
+    /// Move whatever is at `path` (an entry storectl did not make, on a name
+    /// it must write) into a dot-prefixed trash dir — the share's when
+    /// `on_share`, else the root's — with a warning saying where it went.
+    fn move_aside(&self, path: &Path, on_share: bool, what: &str) -> Result<()> {
+        if fs::symlink_metadata(path).is_err() {
+            return Ok(());
+        }
+        let base = match (&self.layout.config.shared, on_share) {
+            (Some(share), true) => share.clone(),
+            _ => self.root.clone(),
+        };
+        let trash = base.join(TRASH);
+        fs::create_dir_all(&trash).at(&trash)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dest = trash.join(format!("{name}.{}", unique_suffix()));
+        fs::rename(path, &dest).at(path)?;
+        tracing::warn!(
+            "{} was in the way of {what} (not made by storectl): moved to {}; \
+             delete it when done looking (rm -rf {})",
+            path.display(),
+            dest.display(),
+            dest.display()
+        );
+        Ok(())
+    }
+
     /// Publish an image dir whole: stage `images.json`, `manifest`, `config`,
     /// fsync, rename into place.
     fn publish_image(&self, image: &Image, manifest: &[u8], config: &[u8]) -> Result<()> {
@@ -1658,6 +1936,13 @@ impl Store {
             // A shared image's legacy link: the local record takes the name.
             self.unlink_entry(&dir, &image.id)?;
         }
+        // The image is not in the store: whatever sits on its names was not
+        // made by us (out of the way, to the trash, with a warning).
+        let what = format!("image {}", image.id);
+        if shared {
+            self.move_aside(&self.layout.images_ro().join(&image.id), true, &what)?;
+        }
+        self.move_aside(&self.images_dir().join(&image.id), false, &what)?;
         let staging = dir.join(format!(".staging-{}", unique_suffix()));
         fs::create_dir(&staging).at(&staging)?;
         let json = serde_json::to_vec_pretty(image).expect("an image record serializes");

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Benchmark: a writer's cost must not grow with its share (issue 8, point 7).
+#
+# Two writer roots, each with its own share: one share holds 10,000 images
+# (30,000 layers; generated once by `storectl-fixture bench-share` and cached
+# under bench/out/), the other is empty. The same image (a generated 3-layer,
+# ~40 MB image with 1,000 files) is loaded into each, interleaved, several runs
+# (each followed by an untimed `rmi`), as `storectl load` processes from start
+# to exit: opening the store, taking the lock, extracting, publishing. Prints
+# every time, the medians and the ratio big/empty (target <= 1.20x), and the
+# same for `rmi`. Both shares are on the same filesystem (bench/out), warm.
+#
+# Then the same with one long-lived `Store` per writer (storage/examples/
+# writer-bench.rs: the library, as `storectl serve` holds it): the cost of a
+# mutation itself, without each process's opening read of the store.
+#
+# Usage: bench/writer.sh [RUNS]   (default 7; run as root)
+# Environment: STORECTL_BENCH_IMAGES (default 10000), BENCH_DIR (default bench/out)
+set -euo pipefail
+runs=${1:-7}
+images=${STORECTL_BENCH_IMAGES:-10000}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+target=${CARGO_TARGET_DIR:-$here/target}
+work=${BENCH_DIR:-$here/bench/out}
+[ "$(id -u)" = 0 ] || { echo "$0: run as root (layer ownership, xattrs)" >&2; exit 1; }
+mkdir -p "$work"
+cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p storectl -p storectl-fixtures
+cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p storectl-storage --example writer-bench
+storectl="$target/release/storectl"
+fixture="$target/release/storectl-fixture"
+now() { date +%s.%N; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+img="$work/writer-image"
+if [ ! -f "$img/.complete" ]; then
+    rm -rf "$img"
+    "$fixture" bench-image "$img" --files 1000 --size-mb 40 >/dev/null
+    touch "$img/.complete"
+fi
+image="$img/oci"
+
+# The big share: generated once, cached (the marker names its size).
+big="$work/writer-share-${images}i"
+if [ ! -f "$big/.complete" ]; then
+    rm -rf "$big"
+    mkdir -p "$big"
+    "$storectl" --root "$big/root" init --shared "$big/share" --role writer >/dev/null
+    "$fixture" bench-share "$big/share" --images "$images"
+    touch "$big/.complete"
+fi
+empty="$work/writer-share-empty"
+rm -rf "$empty"
+mkdir -p "$empty"
+"$storectl" --root "$empty/root" init --shared "$empty/share" --role writer >/dev/null
+
+id=""
+# Untimed warm-up: each writer's first write sweeps and repairs once (a new
+# lock file), and leaves no image of ours behind from an interrupted run.
+for w in "$big" "$empty"; do
+    id=$("$storectl" --root "$w/root" load -q "$image" | tail -1)
+    "$storectl" --root "$w/root" rmi "$id" >/dev/null
+done
+count=$(find "$big/share/overlay-images" -mindepth 1 -maxdepth 1 -not -name '.*' | wc -l)
+echo "share: $count images ($big/share); image: $(du -sh "$image" | cut -f1) OCI layout, 3 layers"
+
+declare -a t_big t_empty r_big r_empty
+for i in $(seq 1 "$runs"); do
+    order=("$big" "$empty")
+    [ $((i % 2)) = 0 ] && order=("$empty" "$big")
+    for w in "${order[@]}"; do
+        sync
+        s=$(now); "$storectl" --root "$w/root" load -q "$image" >/dev/null; e=$(now)
+        t=$(echo "$e - $s" | bc)
+        s=$(now); "$storectl" --root "$w/root" rmi "$id" >/dev/null; e=$(now)
+        r=$(echo "$e - $s" | bc)
+        if [ "$w" = "$big" ]; then t_big+=("$t"); r_big+=("$r"); else t_empty+=("$t"); r_empty+=("$r"); fi
+    done
+    echo "run $i: load into $images-image share ${t_big[-1]}s, into empty share ${t_empty[-1]}s;" \
+         "rmi ${r_big[-1]}s / ${r_empty[-1]}s"
+done
+
+mb=$(median "${t_big[@]}"); me=$(median "${t_empty[@]}")
+rb=$(median "${r_big[@]}"); re=$(median "${r_empty[@]}")
+echo
+echo "median over $runs runs:"
+printf '  load into a %s-image share  %8.3f s\n' "$images" "$mb"
+printf '  load into an empty share      %8.3f s   ratio = %.2fx (target <= 1.20x)\n' "$me" "$(echo "$mb / $me" | bc -l)"
+printf '  rmi from the %s-image share %8.3f s\n' "$images" "$rb"
+printf '  rmi from the empty share      %8.3f s   ratio = %.2fx\n' "$re" "$(echo "$rb / $re" | bc -l)"
+
+echo
+"$target/release/examples/writer-bench" "$big/root" "$empty/root" "$image" "$runs"
