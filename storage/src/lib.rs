@@ -32,15 +32,21 @@
 //! * **One writer.** Mutations hold `storage.lock`; a second writer waits
 //!   for it, forever by default as podman's do ([`StoreOptions::lock_wait`]:
 //!   a timeout, after which it gets [`Error::Locked`] naming the holder, and
-//!   a callback told who holds it once the wait passes a second). Taking the
-//!   lock sweeps the dot-prefixed debris (`.staging-*`, `.trash-*`,
-//!   `.tmp-*`) a crashed writer left, and layers no image uses.
+//!   a callback told who holds it once the wait passes a second). After a
+//!   crashed holder (no `released` in the lock file) the next one sweeps the
+//!   dot-prefixed debris (`.staging-*`, `.trash-*`, `.tmp-*`) and layers no
+//!   image uses; otherwise a mutation trusts the in-memory state and re-reads
+//!   records only when `generation` changed: its work does not grow with
+//!   the store. At most [`MAX_LAYERS`] layers per image, extracted `jobs` at
+//!   a time.
 //! * **Everything is checked.** Every blob's sha256 against its descriptor,
 //!   every layer's uncompressed sha256 against the config's `rootfs.diff_ids`;
 //!   a mismatch leaves nothing behind.
 //! * **Junk is skipped, not fatal.** Opening a store skips (with a `tracing`
 //!   warning) records that do not parse, layers whose chain is broken, and
-//!   images missing a layer. The library never prints.
+//!   images missing a layer (one warning each, naming the path); a writer
+//!   moves an entry it did not make that sits on a name it must write to a
+//!   dot-prefixed `.storectl-trash/`. The library never prints.
 //!
 //! ## Using it
 //!
