@@ -408,3 +408,50 @@ fn a_killed_load_of_a_deep_image_leaves_few_staging_dirs() {
     assert_eq!(staging_in(&overlay), 0);
     assert_eq!(env.image_layers(&id).len(), 300);
 }
+
+/// A record on a writer's share that the writer did not write is checked as a
+/// reader checks it: a name that is not a reference (one that would forge a
+/// line) skips the record with a warning, on the writer too.
+#[test]
+#[ignore = "needs root"]
+fn a_writer_skips_a_share_record_with_an_invalid_name() {
+    require_root!();
+    let env = Env::new();
+    let share = env.path("share");
+    env.run(&[
+        "init",
+        "--shared",
+        &share.display().to_string(),
+        "--role",
+        "writer",
+    ])
+    .ok();
+    let id = small_image(&env.path("img"), "named");
+    env.run(&["load", &env.path("img").display().to_string()])
+        .ok();
+    // A copy of the real record under another id, with a forging name.
+    let images = share.join("overlay-images");
+    let forged = "f".repeat(64);
+    let record = fs::read_to_string(images.join(&id).join("images.json")).expect("the record");
+    let mut v: serde_json::Value = serde_json::from_str(&record).expect("JSON");
+    v["id"] = forged.clone().into();
+    v["names"] = serde_json::json!(["evil\n+ image x", "ok/\u{1b}[2Jname:1"]);
+    fs::create_dir(images.join(&forged)).unwrap();
+    fs::write(
+        images.join(&forged).join("images.json"),
+        serde_json::to_vec(&v).unwrap(),
+    )
+    .unwrap();
+    // The writer's next process opens the store from disk.
+    let run = env.run(&["ls", "--json"]);
+    let stderr = run.stderr.clone();
+    let out = run.ok();
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("ls --json");
+    let ids: Vec<&str> = listed.iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(ids, [id.as_str()], "only the real image: {out}");
+    assert!(
+        stderr.contains(&forged) && stderr.contains("invalid name"),
+        "a warning names the skipped record: {stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}

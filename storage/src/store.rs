@@ -584,7 +584,16 @@ impl Store {
         for (id, shared) in layer_ids {
             let path = self.layer_dir_of(&id, shared).join(LAYER_JSON);
             let layer = match fsutil::read_small_file(&path, fsutil::MAX_RECORD) {
-                Ok(bytes) => meta::parse_layer(&bytes, &id),
+                Ok(bytes) => meta::parse_layer(&bytes, &id).map(|layer| {
+                    let (layer, notes) = match shared {
+                        true => meta::check_shared_layer(layer),
+                        false => (layer, Vec::new()),
+                    };
+                    for note in notes {
+                        self.warn_once(format!("layer {id}: {note}"));
+                    }
+                    layer
+                }),
                 Err(e) => Err(e.to_string()),
             };
             match layer {
@@ -645,8 +654,21 @@ impl Store {
         let image_ids = self.entry_ids(&self.images_dir(), &self.layout.images_ro(), writer)?;
         for (id, shared) in image_ids {
             let path = self.image_dir_of(&id, shared).join(IMAGES_JSON);
+            // A shared record is checked as a reader checks it (names are
+            // references, fields well-formed): a writer's share can hold
+            // records the writer did not write.
             let image = match fsutil::read_small_file(&path, fsutil::MAX_RECORD) {
-                Ok(bytes) => meta::parse_image(&bytes, &id),
+                Ok(bytes) => meta::parse_image(&bytes, &id)
+                    .and_then(|image| match shared {
+                        true => meta::check_shared_image(image),
+                        false => Ok((image, Vec::new())),
+                    })
+                    .map(|(image, notes)| {
+                        for note in notes {
+                            self.warn_once(format!("image {id}: {note}"));
+                        }
+                        image
+                    }),
                 Err(e) => Err(e.to_string()),
             };
             match image {
@@ -1431,9 +1453,7 @@ impl Store {
                 },
                 total,
                 layer: Some(chain[i].clone()),
-                compressed: src.layers[i]
-                    .compression
-                    .map(|c| c != storectl_overlay::Compression::None),
+                compressed: src.layers[i].is_compressed(),
             }
         };
 

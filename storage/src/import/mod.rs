@@ -90,6 +90,24 @@ pub struct SourceLayer {
     pub blob: Blob,
 }
 
+impl SourceLayer {
+    /// Is the blob compressed? The media type says, or else the first bytes
+    /// of a local blob do; a registry blob of unknown type is not fetched
+    /// for this (`None`).
+    pub fn is_compressed(&self) -> Option<bool> {
+        if let Some(c) = self.compression {
+            return Some(c != Compression::None);
+        }
+        let Blob::File(loc) = &self.blob else {
+            return None;
+        };
+        let mut magic = [0u8; 8];
+        let mut file = loc.open().ok()?;
+        let n = std::io::Read::read(&mut file, &mut magic).ok()?;
+        Some(Compression::detect(&magic[..n]).is_some())
+    }
+}
+
 /// An image found in a source, ready to import.
 #[derive(Debug, Clone)]
 pub struct SourceImage {
