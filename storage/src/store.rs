@@ -141,30 +141,34 @@ fn shared_claims(state: &State, names: Vec<String>) -> Vec<String> {
 /// disk): a shared entry whose id a local one now has is hidden by it, a
 /// hidden one whose local entry went takes its place again.
 fn keep_shared(new: &mut State, old: &State) {
-    let layers = old
-        .layers
-        .values()
-        .filter(|l| l.shared)
-        .chain(old.hidden_layers.values());
-    for l in layers {
-        if new.layers.contains_key(&l.id) {
-            new.hidden_layers.insert(l.id.clone(), l.clone());
-        } else {
-            new.layers.insert(l.id.clone(), l.clone());
+    /// The same for layers and images: `entries` go to `visible` unless a
+    /// local entry holds their id there, then to `hidden`.
+    fn carry<'a, T: Clone + 'a>(
+        visible: &mut BTreeMap<String, T>,
+        hidden: &mut BTreeMap<String, T>,
+        entries: impl Iterator<Item = (&'a String, &'a T)>,
+    ) {
+        for (id, entry) in entries {
+            let to = if visible.contains_key(id) {
+                &mut *hidden
+            } else {
+                &mut *visible
+            };
+            to.insert(id.clone(), entry.clone());
         }
     }
-    let images = old
-        .images
-        .values()
-        .filter(|i| i.shared)
-        .chain(old.hidden_images.values());
-    for i in images {
-        if new.images.contains_key(&i.id) {
-            new.hidden_images.insert(i.id.clone(), i.clone());
-        } else {
-            new.images.insert(i.id.clone(), i.clone());
-        }
-    }
+    let layers = old.layers.iter().filter(|(_, l)| l.shared);
+    carry(
+        &mut new.layers,
+        &mut new.hidden_layers,
+        layers.chain(old.hidden_layers.iter()),
+    );
+    let images = old.images.iter().filter(|(_, i)| i.shared);
+    carry(
+        &mut new.images,
+        &mut new.hidden_images,
+        images.chain(old.hidden_images.iter()),
+    );
 }
 
 /// The result of re-hashing one layer ([`Store::verify_layer`]).
