@@ -558,8 +558,11 @@ fn reader_sees_the_writers_image_and_refresh_metrics() {
         .ok();
     assert_eq!(out.trim(), built.id());
 
+    // The scan applies the image before it counts itself: wait for both.
     let s = serve.scrape_until(Duration::from_secs(10), |s| {
         get(s, "storectl_images", &[("source", "shared")]) == Some(1.0)
+            && get(s, "storectl_refresh_scans_total", &[]).unwrap_or(0.0) >= 2.0
+            && get(s, "storectl_refresh_duration_seconds_count", &[]).unwrap_or(0.0) >= 2.0
     });
     assert_eq!(must(&s, "storectl_layers", &[("source", "shared")]), 3.0);
     assert_eq!(must(&s, "storectl_images", &[("source", "local")]), 0.0);
