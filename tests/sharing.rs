@@ -3002,11 +3002,16 @@ fn names_on_a_reader_are_local_first() {
     load(&reader, &both);
     run(&reader, &["tag", &both.id, "localhost/mine:1"]).ok();
     load(&writer, &both);
+    run(&writer, &["tag", &both.id, "localhost/fromwriter:1"]).ok();
     let out = run(&reader, &["refresh"]).ok();
     assert!(
         !out.contains(&both.id),
         "the hidden copy is no event: {out}"
     );
+    // The hidden copy is the same image: its names lead to the local one.
+    let r = run(&reader, &["inspect", "localhost/fromwriter:1"]);
+    let v: Value = serde_json::from_str(&r.ok()).expect("inspect JSON");
+    assert_eq!(v["id"], both.id.as_str(), "{v}");
     let listed = ls(&reader);
     assert_eq!(
         listed[&both.id],
@@ -3025,7 +3030,11 @@ fn names_on_a_reader_are_local_first() {
     let listed = ls(&reader);
     assert_eq!(
         listed[&both.id],
-        (vec![both.name.clone()], both.chain.clone(), true),
+        (
+            vec![both.name.clone(), "localhost/fromwriter:1".to_string()],
+            both.chain.clone(),
+            true
+        ),
         "the shared copy shows again"
     );
     check_mounted(&reader, &both);

@@ -1315,6 +1315,16 @@ impl Store {
             }
             return Ok(image);
         }
+        // A shared image hidden by a local one of the same id is the same
+        // image (same config): its names lead to the local one.
+        if let Some(i) = state
+            .hidden_images
+            .values()
+            .find(named)
+            .and_then(|hidden| state.images.get(&hidden.id))
+        {
+            return Ok(i.clone());
+        }
         let is_prefix = !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_hexdigit());
         let matches: Vec<&Image> = if is_prefix {
             state
