@@ -1475,14 +1475,15 @@ impl Store {
         // On a reader, a shared image cannot take names: a local record of
         // it is made instead (on the shared layers), and hides the shared one.
         let reader = self.layout.role() == Role::Reader;
-        let existing = self
-            .state
-            .read()
-            .images
-            .get(&image_id)
-            .filter(|i| !(reader && i.shared))
-            .cloned();
-        if let Some(image) = existing {
+        let loaded = || {
+            self.state
+                .read()
+                .images
+                .get(&image_id)
+                .filter(|i| !(reader && i.shared))
+                .cloned()
+        };
+        if let Some(image) = loaded() {
             for i in 0..chain.len() {
                 reporter.report(&blob_event(
                     EventKind::AlreadyExists,
@@ -1577,14 +1578,7 @@ impl Store {
 
         if stranded {
             self.reload()?;
-            let restored = self
-                .state
-                .read()
-                .images
-                .get(&image_id)
-                .filter(|i| !(reader && i.shared))
-                .cloned();
-            if let Some(image) = restored {
+            if let Some(image) = loaded() {
                 return self.add_names(&image.id, &names);
             }
         }
