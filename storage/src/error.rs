@@ -50,13 +50,6 @@ pub enum Error {
         #[source]
         source: storectl_overlay::Error,
     },
-    /// An explicitly requested platform that the (single-platform) image is not for.
-    #[error("{image} is for {have}, not the requested {want}")]
-    PlatformMismatch {
-        image: String,
-        have: String,
-        want: String,
-    },
     /// An image with more layers than overlayfs can stack; refused before
     /// anything is written.
     #[error("{image} has {layers} layers, more than the {max} overlayfs can stack")]
@@ -70,8 +63,10 @@ pub enum Error {
     Cancelled,
     #[error(transparent)]
     Overlay(#[from] storectl_overlay::Error),
+    /// A [`RemoteBlob`](crate::import::RemoteBlob) failed to open (the
+    /// source's own error, e.g. a registry's).
     #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
+    Remote(crate::import::BoxError),
     #[error(transparent)]
     Reference(#[from] crate::reference::ReferenceError),
 }

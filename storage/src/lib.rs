@@ -20,6 +20,14 @@
 //! Field names in the records follow containers/storage (`compressed-diff-digest`,
 //! `diff-size`, `big-data-names`, …).
 //!
+//! This crate knows nothing of HTTP, TLS or registry auth: pulling, pushing
+//! and saving live in `storectl-transfer`, which builds a
+//! [`SourceImage`](import::SourceImage) (config, manifest, and layer blobs —
+//! a registry's as [`RemoteBlob`](import::RemoteBlob)s) and hands it to
+//! [`Store::import`], and reads layers back with [`Store::write_layer_tar`].
+//! The progress vocabulary ([`progress`]) is here because `load` reports
+//! with it too.
+//!
 //! ## Rules
 //!
 //! * **Layer id = chain id.** A layer two images share is stored once and
@@ -61,9 +69,9 @@
 pub mod config;
 pub mod digest;
 mod error;
-mod export;
 pub mod fsutil;
 pub mod import;
+mod layer_tar;
 mod links;
 pub mod lock;
 pub mod meta;
@@ -72,18 +80,14 @@ pub mod metrics;
 pub mod progress;
 #[cfg(test)]
 mod proptests;
-mod pull;
 pub mod reference;
-pub mod registry;
 mod store;
 
 pub use config::{Layout, Role, RootConfig};
 pub use error::{Error, Result};
-pub use export::{PushCompression, PushOptions, SaveFormat};
 pub use lock::{LockHolder, LockNotice, LockWait};
 pub use meta::{Image, Layer};
 pub use progress::{EventKind, NoopReporter, ProgressEvent, Reporter};
-pub use pull::PullOptions;
 pub use store::{
     list_id_entries, list_ids, LayerCheck, LoadOptions, Removed, SharedDelta, State, Store,
     StoreOptions, IMAGES_JSON, LAYER_JSON, MAX_LAYERS,

@@ -22,8 +22,7 @@
 //!
 //! ```no_run
 //! use storectl_storage::metrics::{describe, record_store, MetricsReporter};
-//! use storectl_storage::registry::{ClientOptions, RegistryClient};
-//! use storectl_storage::{NoopReporter, PullOptions, Store, StoreOptions};
+//! use storectl_storage::{LoadOptions, NoopReporter, Store, StoreOptions};
 //!
 //! // Once, at start: the daemon installs its own recorder (any `metrics`
 //! // exporter works; `storectl serve` uses metrics-exporter-prometheus).
@@ -34,9 +33,9 @@
 //!
 //! // Per transfer: record, and pass the events on to the daemon's own reporter.
 //! let store = Store::open(StoreOptions::new("/var/lib/storectl"))?;
-//! let client = RegistryClient::new(ClientOptions::default());
-//! let reporter = MetricsReporter::wrap("pull", NoopReporter);
-//! let image = store.pull("127.0.0.1:5000/busybox:latest", &client, &PullOptions::default(), &reporter)?;
+//! let reporter = MetricsReporter::wrap("load", NoopReporter);
+//! let image = store.load("busybox.tar", &LoadOptions::default(), &reporter)?;
+//! // (storectl-transfer's pull, push and save take the same reporter.)
 //!
 //! // When scraped: refresh the store gauges, then render.
 //! record_store(&store);

@@ -1401,7 +1401,12 @@ impl Store {
         Ok(image)
     }
 
-    pub(crate) fn import(
+    /// Import `src` — its config, manifest and layer blobs, local or
+    /// [`Remote`](crate::import::Blob::Remote) — as [`load`](Self::load) does
+    /// after opening an archive (and `storectl-transfer`'s pull after reading
+    /// a registry's manifest and config): layers extracted `opts.jobs` at a
+    /// time, checked, and published in order only when all succeeded.
+    pub fn import(
         &self,
         src: SourceImage,
         opts: &LoadOptions,

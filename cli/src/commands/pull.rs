@@ -3,8 +3,9 @@
 use std::path::Path;
 
 use anyhow::Context;
-use storectl_storage::registry::Platform;
-use storectl_storage::{LoadOptions, PullOptions};
+use storectl_storage::LoadOptions;
+use storectl_transfer::registry::Platform;
+use storectl_transfer::PullOptions;
 
 use super::registry_args::RegistryArgs;
 use crate::outln;
@@ -47,7 +48,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     };
     let client = args.registry.client()?;
     let renderer = args.progress.renderer();
-    let image = store.pull(&args.reference, &client, &opts, &renderer);
+    let image = storectl_transfer::pull(&store, &args.reference, &client, &opts, &renderer);
     renderer.finish(image.as_ref().ok().map(|_| "Pulled"));
     let image = image.with_context(|| format!("pulling {}", args.reference))?;
     if args.progress.print_result() {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use storectl_storage::{PushCompression, PushOptions};
+use storectl_transfer::{PushCompression, PushOptions};
 
 use super::registry_args::RegistryArgs;
 use crate::outln;
@@ -46,7 +46,8 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     };
     let client = args.registry.client()?;
     let renderer = args.progress.renderer();
-    let digest = store.push(&image, &args.reference, &client, &opts, &renderer);
+    let digest =
+        storectl_transfer::push(&store, &image, &args.reference, &client, &opts, &renderer);
     renderer.finish(digest.as_ref().ok().map(|_| "Pushed"));
     let digest = digest.with_context(|| format!("pushing {} to {}", image.id, args.reference))?;
     if args.progress.print_result() {

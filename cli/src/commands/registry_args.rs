@@ -1,7 +1,7 @@
 //! Flags shared by the verbs that talk to a registry (pull, push).
 
 use anyhow::Context;
-use storectl_storage::registry::{ClientOptions, Credentials, RegistryClient};
+use storectl_transfer::registry::{ClientOptions, Credentials, RegistryClient};
 
 #[derive(Debug, clap::Args)]
 pub struct RegistryArgs {

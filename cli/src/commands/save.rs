@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use storectl_storage::SaveFormat;
+use storectl_transfer::SaveFormat;
 
 use crate::progress::ProgressArgs;
 use crate::util::open_store_scanned;
@@ -51,7 +51,8 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         .find(|n| **n == args.image || Some(*n) == normalized.as_ref())
         .filter(|n| !n.contains('@'));
     let renderer = args.progress.renderer();
-    let result = store.save(
+    let result = storectl_transfer::save(
+        &store,
         &image,
         &args.output,
         format,

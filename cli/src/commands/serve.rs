@@ -35,8 +35,9 @@ use parking_lot::Mutex;
 use serde_json::json;
 use storectl_remote::StoreEvent;
 use storectl_storage::metrics::{record_store, MetricsReporter};
-use storectl_storage::registry::{RegistryClient, RegistryError};
-use storectl_storage::{Error as StoreError, LoadOptions, PullOptions, Store};
+use storectl_storage::{Error as StoreError, LoadOptions, Store};
+use storectl_transfer::registry::{RegistryClient, RegistryError};
+use storectl_transfer::{Error as TransferError, PullOptions};
 
 use super::registry_args::RegistryArgs;
 use crate::util::open_store_scanned;
@@ -459,9 +460,7 @@ fn pull(server: &Server, reference: &str) -> Result<Reply, Bad> {
     let reporter = MetricsReporter::new("pull");
     let result = {
         let _writing = server.writing.lock();
-        server
-            .store
-            .pull(reference, &server.client, &opts, &reporter)
+        storectl_transfer::pull(&server.store, reference, &server.client, &opts, &reporter)
     };
     match result {
         Ok(image) => {
@@ -481,17 +480,25 @@ fn pull(server: &Server, reference: &str) -> Result<Reply, Bad> {
 }
 
 /// The HTTP status for a failed pull.
-fn status_of(e: &StoreError) -> u16 {
-    match e {
-        StoreError::Reference(_) | StoreError::InvalidName { .. } => 400,
-        StoreError::ImageUnknown { .. } => 404,
-        StoreError::Locked { .. } | StoreError::ReadOnlyStore { .. } => 409,
-        StoreError::Registry(r) => match r {
+fn status_of(e: &TransferError) -> u16 {
+    if let Some(r) = e.registry() {
+        return match r {
             RegistryError::NotFound { .. } => 404,
             RegistryError::NoMatchingPlatform { .. } => 400,
             _ => 502,
-        },
-        StoreError::DigestMismatch { .. } | StoreError::InvalidArchive { .. } => 502,
+        };
+    }
+    match e {
+        TransferError::Reference(_)
+        | TransferError::Store(StoreError::Reference(_) | StoreError::InvalidName { .. }) => 400,
+        TransferError::Store(StoreError::ImageUnknown { .. }) => 404,
+        TransferError::Store(StoreError::Locked { .. } | StoreError::ReadOnlyStore { .. }) => 409,
+        TransferError::DigestMismatch { .. }
+        | TransferError::InvalidArchive { .. }
+        | TransferError::PlatformMismatch { .. }
+        | TransferError::Store(
+            StoreError::DigestMismatch { .. } | StoreError::InvalidArchive { .. },
+        ) => 502,
         _ => 500,
     }
 }
@@ -549,14 +556,18 @@ mod tests {
 
     #[test]
     fn pull_errors_map_to_statuses() {
-        let e = StoreError::Registry(RegistryError::NotFound {
+        let e = TransferError::Registry(RegistryError::NotFound {
             what: "manifest".into(),
         });
         assert_eq!(status_of(&e), 404);
-        let e = StoreError::Locked {
+        let e = TransferError::Store(StoreError::Remote(Box::new(RegistryError::NotFound {
+            what: "blob".into(),
+        })));
+        assert_eq!(status_of(&e), 404);
+        let e = TransferError::Store(StoreError::Locked {
             path: "/x".into(),
             holder: "pid 1".into(),
-        };
+        });
         assert_eq!(status_of(&e), 409);
     }
 }

@@ -17,7 +17,9 @@ mod docker;
 mod oci;
 pub mod spec;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use blobs::BlobLocation;
 use blobs::Blobs;
@@ -25,16 +27,30 @@ use storectl_overlay::Compression;
 
 use crate::error::{Error, Result};
 
+/// A blob whose bytes come from elsewhere — a registry, for
+/// `storectl-transfer`'s pull — opened when the import reads it. This crate
+/// knows nothing of how: the source streams the bytes (resuming and verifying
+/// as it can); the import checks them against the config's diffIDs as always.
+pub trait RemoteBlob: Send + Sync + std::fmt::Debug {
+    /// Open the blob for streaming from its first byte. An error is passed
+    /// up as [`Error::Remote`] (its message unchanged).
+    fn open(&self) -> std::result::Result<Box<dyn Read + Send>, BoxError>;
+    /// Where the blob is, for messages (`registry/repo@sha256:…`).
+    fn describe(&self) -> String;
+}
+
+/// Any error of a [`RemoteBlob`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Where a layer blob's bytes come from.
 #[derive(Debug, Clone)]
 pub enum Blob {
     /// A byte range of a local file (OCI layout, archive member).
     File(BlobLocation),
-    /// A blob in a registry, streamed (with resume on transient errors).
+    /// A blob from elsewhere (a registry), streamed; progress says `downloading`.
     Remote {
-        client: crate::registry::RegistryClient,
-        repo: crate::registry::Repository,
-        digest: String,
+        source: Arc<dyn RemoteBlob>,
+        /// Its size as the manifest declares it.
         size: u64,
     },
 }
@@ -56,12 +72,7 @@ impl Blob {
     pub fn open(&self) -> Result<Box<dyn std::io::Read + Send>> {
         match self {
             Blob::File(loc) => Ok(Box::new(loc.open()?)),
-            Blob::Remote {
-                client,
-                repo,
-                digest,
-                ..
-            } => Ok(Box::new(client.get_blob(repo, digest, 0)?)),
+            Blob::Remote { source, .. } => source.open().map_err(Error::Remote),
         }
     }
 
@@ -69,7 +80,7 @@ impl Blob {
     pub fn describe(&self) -> PathBuf {
         match self {
             Blob::File(loc) => loc.path.clone(),
-            Blob::Remote { repo, digest, .. } => PathBuf::from(format!("{repo}@{digest}")),
+            Blob::Remote { source, .. } => PathBuf::from(source.describe()),
         }
     }
 

@@ -102,7 +102,7 @@ fn real_registry_pull_and_push() {
     // The manifest, by tag and by digest, with its digest verified.
     let m = client.get_manifest(&repo, "v1").unwrap();
     assert_eq!(m.media_type, MEDIA_TYPE_OCI_MANIFEST);
-    assert_eq!(m.digest, crate::digest::sha256_digest(&m.bytes));
+    assert_eq!(m.digest, storectl_storage::digest::sha256_digest(&m.bytes));
     assert_eq!(
         m.bytes,
         built.oci_manifest(),
@@ -137,7 +137,7 @@ fn real_registry_pull_and_push() {
             Some(bytes.len() as u64)
         );
     }
-    let missing = crate::digest::sha256_digest(b"not there");
+    let missing = storectl_storage::digest::sha256_digest(b"not there");
     assert_eq!(client.head_blob(&repo, &missing).unwrap(), None);
     match client.get_blob(&repo, &missing, 0) {
         Err(RegistryError::NotFound { what }) => {
@@ -237,7 +237,7 @@ fn real_registry_pull_and_push() {
     assert_eq!(seen["Layers"], serde_json::json!(layers));
 
     // A blob whose bytes do not match its digest is refused by the registry.
-    let wrong = crate::digest::sha256_digest(b"something else");
+    let wrong = storectl_storage::digest::sha256_digest(b"something else");
     let e = client
         .push_blob(
             &dest,
@@ -499,7 +499,7 @@ fn serve_one(conn: &mut TcpStream, handler: &Handler) -> std::io::Result<()> {
 #[test]
 fn bearer_token_flow() {
     let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#.to_vec();
-    let digest = crate::digest::sha256_digest(&manifest);
+    let digest = storectl_storage::digest::sha256_digest(&manifest);
     let tokens = Arc::new(AtomicUsize::new(0));
     let realm = Arc::new(parking_lot::Mutex::new(String::new()));
     let (t, rl, m, d) = (
@@ -542,7 +542,10 @@ fn bearer_token_flow() {
                 .header("Docker-Content-Digest", &d),
             "/v2/a/b/manifests/lying" => Reply::new(200, m.clone())
                 .header("Content-Type", MEDIA_TYPE_OCI_MANIFEST)
-                .header("Docker-Content-Digest", &crate::digest::sha256_digest(b"x")),
+                .header(
+                    "Docker-Content-Digest",
+                    &storectl_storage::digest::sha256_digest(b"x"),
+                ),
             _ => Reply::new(
                 404,
                 r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
@@ -631,7 +634,7 @@ fn flaky_blob_server(
 #[test]
 fn blob_download_resumes_with_range() {
     let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    let digest = crate::digest::sha256_digest(&blob);
+    let digest = storectl_storage::digest::sha256_digest(&blob);
     for ignore_range in [false, true] {
         let (server, requests) = flaky_blob_server(blob.clone(), 70_000, 2, ignore_range);
         let client = RegistryClient::new(options());

@@ -2,20 +2,20 @@
 //!
 //! ```no_run
 //! use storectl_storage::reference;
-//! use storectl_storage::registry::{ClientOptions, Platform, RegistryClient, Repository};
+//! use storectl_transfer::registry::{ClientOptions, Platform, RegistryClient, Repository};
 //! let r = reference::parse("127.0.0.1:5000/busybox:latest").unwrap();
 //! let client = RegistryClient::new(ClientOptions::default());
 //! let repo = Repository::from_reference(&r);
 //! let top = client.get_manifest(&repo, r.registry_reference())?;
 //! let manifest = if top.is_index() {
-//!     let d = storectl_storage::registry::pick_manifest(&top.bytes, &Platform::host())?;
+//!     let d = storectl_transfer::registry::pick_manifest(&top.bytes, &Platform::host())?;
 //!     client.get_manifest(&repo, &d.digest)?
 //! } else {
 //!     top
 //! };
 //! let mut blob = client.get_blob(&repo, "sha256:…", 0)?; // impl Read, verified at EOF
 //! std::io::copy(&mut blob, &mut std::io::sink()).unwrap();
-//! # Ok::<(), storectl_storage::registry::RegistryError>(())
+//! # Ok::<(), storectl_transfer::registry::RegistryError>(())
 //! ```
 //!
 //! * **Transport.** `ureq` with rustls. Plain HTTP is used for loopback
@@ -59,7 +59,7 @@ pub use blob::BlobReader;
 pub use error::{RegistryError, Result};
 pub use platform::{host_arch, pick_manifest, Platform};
 
-use crate::reference::{Reference, DEFAULT_DOMAIN};
+use storectl_storage::reference::{Reference, DEFAULT_DOMAIN};
 
 /// OCI image index.
 pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -813,7 +813,7 @@ impl RegistryClient {
             verify_digest(&bytes, reference, what)?;
             reference.to_string()
         } else {
-            crate::digest::sha256_digest(&bytes)
+            storectl_storage::digest::sha256_digest(&bytes)
         };
         if let Some(h) = header_digest.filter(|h| is_digest(h)) {
             verify_digest(&bytes, &h, what)?;
@@ -1064,7 +1064,7 @@ impl RegistryClient {
         bytes: &[u8],
         media_type: &str,
     ) -> Result<String> {
-        let digest = crate::digest::sha256_digest(bytes);
+        let digest = storectl_storage::digest::sha256_digest(bytes);
         if is_digest(reference) {
             verify_digest(bytes, reference, || manifest_what(repo, reference))?;
         }
@@ -1160,7 +1160,7 @@ fn blob_what(repo: &Repository, digest: &str) -> String {
 }
 
 fn is_digest(s: &str) -> bool {
-    crate::reference::validate_digest(s).is_ok()
+    storectl_storage::reference::validate_digest(s).is_ok()
 }
 
 fn is_manifest_media_type(m: &str) -> bool {
@@ -1207,7 +1207,7 @@ fn manifest_media_type(content_type: Option<&str>, bytes: &[u8]) -> String {
 fn verify_digest(bytes: &[u8], digest: &str, what: impl FnOnce() -> String) -> Result<()> {
     let found = match digest.split_once(':') {
         Some(("sha512", _)) => format!("sha512:{}", hex::encode(sha2::Sha512::digest(bytes))),
-        _ => crate::digest::sha256_digest(bytes),
+        _ => storectl_storage::digest::sha256_digest(bytes),
     };
     if found == digest {
         Ok(())
@@ -1485,7 +1485,7 @@ mod unit_tests {
         );
         assert_eq!(m(None, r#"{"manifests":[]}"#), MEDIA_TYPE_OCI_INDEX);
         assert_eq!(m(None, r#"{"layers":[]}"#), MEDIA_TYPE_OCI_MANIFEST);
-        let d = crate::digest::sha256_digest(b"abc");
+        let d = storectl_storage::digest::sha256_digest(b"abc");
         assert!(verify_digest(b"abc", &d, || "x".into()).is_ok());
         match verify_digest(b"abd", &d, || "x".into()) {
             Err(RegistryError::DigestMismatch { expected, .. }) => assert_eq!(expected, d),
