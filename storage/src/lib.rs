@@ -28,6 +28,31 @@
 //! The progress vocabulary ([`progress`]) is here because `load` reports
 //! with it too.
 //!
+//! ## containers/storage's index on a share
+//!
+//! A writer also keeps, on the share, the files containers/storage reads
+//! (podman's `additionalimagestores`), built by the pure [`csindex`] module:
+//!
+//! ```text
+//! <share>/overlay-layers/layers.json        every shared layer, one record per line
+//! <share>/overlay-layers/<id>.tar-split.gz  a hardlink of <id>/<id>.tar-split.gz
+//! <share>/overlay-images/images.json        every shared image, one record per line
+//! <share>/overlay-images/<id>/=<base64 key> big data under containers/storage's names
+//! <share>/overlay/l/<short>                 -> ../<id>/diff, as in a podman root
+//! <share>/storectl-index.json               stamp: the generation text and both sizes
+//! <share>/storage.lock, overlay-layers/layers.lock, overlay-images/images.lock
+//!                                           64-byte change tokens, rewritten in place
+//! ```
+//!
+//! **Write order** (each file temp + fsync + rename): per-id dirs →
+//! `layers.json` → `images.json` → stamp → `generation`; a removal writes
+//! `images.json` before `layers.json`, and both before the per-id dirs go.
+//! So containers/storage never lists an image or layer whose directories
+//! are not whole, and a reader that finds the stamp naming the `generation`
+//! it read, with both sizes matching, knows the index is that generation's
+//! ([`csindex::Stamp`]); anything else (no stamp, an older generation, other
+//! sizes) means "use the directories".
+//!
 //! ## Rules
 //!
 //! * **Layer id = chain id.** A layer two images share is stored once and
@@ -67,6 +92,7 @@
 //! ```
 
 pub mod config;
+pub mod csindex;
 pub mod digest;
 mod error;
 pub mod fsutil;
