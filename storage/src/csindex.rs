@@ -601,7 +601,7 @@ pub fn token(unix_nanos: u64, counter: u64, pid: u32, random: &[u8; 44]) -> [u8;
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";

@@ -107,6 +107,7 @@ pub mod progress;
 #[cfg(test)]
 mod proptests;
 pub mod reference;
+mod share_index;
 mod store;
 
 pub use config::{Layout, Role, RootConfig};

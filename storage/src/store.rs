@@ -294,6 +294,8 @@ pub struct Store {
     synced_generation: parking_lot::Mutex<Option<String>>,
     /// Warnings about skipped entries already given (each is given once).
     warned: parking_lot::Mutex<BTreeSet<String>>,
+    /// A writer's lines of containers/storage's index on its share.
+    index: parking_lot::Mutex<crate::share_index::IndexCache>,
 }
 
 /// How far a reader's legacy links ([`crate::links`]) are kept.
@@ -425,6 +427,7 @@ impl Store {
             warned_names: Default::default(),
             synced_generation: parking_lot::Mutex::new(None),
             warned: parking_lot::Mutex::new(BTreeSet::new()),
+            index: Default::default(),
         };
         *store.synced_generation.lock() = store.read_generation();
         let state = store.read_state()?;
@@ -1079,17 +1082,186 @@ impl Store {
         let current =
             !reader && generation.is_some() && *self.synced_generation.lock() == generation;
         if lock.previous_released() && current {
+            self.ensure_index()?;
             return Ok(lock);
         }
         if !lock.previous_released() || reader {
             self.sweep_debris()?;
         }
         self.reload()?;
+        // Another process changed the share (or this is the first
+        // mutation): what this one knew of the index is void.
+        self.index.lock().invalidate();
+        *self.synced_generation.lock() = self.read_generation();
         if !lock.previous_released() || reader {
             self.remove_orphans()?;
         }
         *self.synced_generation.lock() = self.read_generation();
+        self.ensure_index()?;
         Ok(lock)
+    }
+
+    /// The share whose containers/storage index this store keeps: a
+    /// writer's.
+    fn index_share(&self) -> Option<&Path> {
+        match (self.layout.role(), &self.layout.config.shared) {
+            (Role::Writer, Some(share)) if self.read_only.is_none() => Some(share),
+            _ => None,
+        }
+    }
+
+    /// On a writer: know the index on the share before changing anything —
+    /// the lines of every shared record, and whether the files on the share
+    /// are their render at the current `generation` (the stamp says so and
+    /// the sizes agree). When they are not (a share without an index, one
+    /// an older storectl changed, a crash), it is rebuilt.
+    fn ensure_index(&self) -> Result<()> {
+        let Some(share) = self.index_share() else {
+            return Ok(());
+        };
+        let current = {
+            let mut cache = self.index.lock();
+            if cache.is_ready() {
+                return Ok(());
+            }
+            let generation = self.synced_generation.lock().clone();
+            cache.init(share, &self.state.read(), generation.as_deref())
+        };
+        if !current {
+            self.rebuild_index()?;
+        }
+        Ok(())
+    }
+
+    /// On a writer: (re)build containers/storage's index on the share from
+    /// the in-memory state — the lock files, each shared layer's `l/<short>`
+    /// link and tar-split link, each shared image's big-data links (those
+    /// missing), then both index files and the stamp for the current
+    /// `generation`. Runs when a mutation finds the index missing or not
+    /// current, and in every sweep after a crash. Writer lock held.
+    fn rebuild_index(&self) -> Result<()> {
+        let Some(share) = self.index_share() else {
+            return Ok(());
+        };
+        tracing::info!(
+            "rebuilding containers/storage's index on {}",
+            share.display()
+        );
+        crate::share_index::ensure_lock_files(share)?;
+        self.repair_index_entries()?;
+        let synced = {
+            let mut cache = self.index.lock();
+            cache.invalidate();
+            let state = self.state.read();
+            cache.init(share, &state, None);
+            cache.sync(share, &state)?
+        };
+        match self.synced_generation.lock().clone() {
+            Some(generation) => crate::share_index::write_stamp(
+                share,
+                &crate::csindex::Stamp {
+                    generation,
+                    layers_size: synced.layers_size,
+                    images_size: synced.images_size,
+                },
+            ),
+            None => self.bump_generation(),
+        }
+    }
+
+    /// The per-entry files containers/storage needs beside the index, for
+    /// every shared layer and image this store knows, made where missing.
+    fn repair_index_entries(&self) -> Result<()> {
+        let (layers, images): (Vec<String>, Vec<Image>) = self.with_state(|st| {
+            (
+                st.layers
+                    .values()
+                    .filter(|l| l.shared)
+                    .map(|l| l.id.clone())
+                    .collect(),
+                st.images.values().filter(|i| i.shared).cloned().collect(),
+            )
+        });
+        // What a crash left of layers that are gone: short names and
+        // tar-splits of ids no shared layer has.
+        let known: BTreeSet<&str> = layers.iter().map(String::as_str).collect();
+        let l_dir = self.layout.overlay_ro().join("l");
+        for (short, id) in crate::links::short_links(&l_dir).at(&l_dir)? {
+            if id.as_deref().is_none_or(|id| !known.contains(id)) {
+                let path = l_dir.join(&short);
+                tracing::info!("removing the stale link {}", path.display());
+                allow_missing(fs::remove_file(&path)).at(&path)?;
+            }
+        }
+        let layers_ro = self.layout.layers_ro();
+        for entry in fs::read_dir(&layers_ro).at(&layers_ro)? {
+            let name = entry.at(&layers_ro)?.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".tar-split.gz")) else {
+                continue;
+            };
+            if is_hex64(id) && !known.contains(id) {
+                let path = layers_ro.join(&name);
+                tracing::info!("removing the stale {}", path.display());
+                allow_missing(fs::remove_file(&path)).at(&path)?;
+            }
+        }
+        for id in &layers {
+            self.link_share_short_name(id)?;
+            self.link_share_tar_split(id, false)?;
+        }
+        for image in &images {
+            let dir = self.layout.images_ro().join(&image.id);
+            link_big_data(&dir, image, false)?;
+        }
+        Ok(())
+    }
+
+    /// `<share>/overlay/l/<short> -> ../<id>/diff` for shared layer `id`
+    /// (its short name read from its `link` file, without following
+    /// symlinks). A name held by something else is left, with a warning.
+    fn link_share_short_name(&self, id: &str) -> Result<()> {
+        let overlay_ro = self.layout.overlay_ro();
+        let Some(short) = crate::links::read_short_name(&overlay_ro, id) else {
+            self.warn_once(format!(
+                "shared layer {id} has no valid link file: containers/storage cannot \
+                 mount images on it"
+            ));
+            return Ok(());
+        };
+        let l_dir = overlay_ro.join("l");
+        create_dir(&l_dir)?;
+        let path = l_dir.join(&short);
+        let outcome =
+            crate::links::add_link(&path, &crate::links::short_target(id), false).at(&path)?;
+        if outcome == crate::links::Outcome::Occupied {
+            self.warn_once(format!(
+                "{} is not a link to layer {id}'s diff: left alone (containers/storage \
+                 cannot mount images on that layer)",
+                path.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// `<share>/overlay-layers/<id>.tar-split.gz`, a hardlink of the
+    /// layer's own tar-split; `replace` = even if something is there.
+    fn link_share_tar_split(&self, id: &str, replace: bool) -> Result<()> {
+        let dir = self.layout.layers_ro();
+        let name = format!("{id}.tar-split.gz");
+        let dest = dir.join(&name);
+        if !replace && fs::symlink_metadata(&dest).is_ok() {
+            return Ok(());
+        }
+        let src = dir.join(id).join(&name);
+        let tmp = dir.join(format!(".tmp-{}", unique_suffix()));
+        match fs::hard_link(&src, &tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(&tmp, e)),
+        }
+        fs::rename(&tmp, &dest).at(&dest).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
     }
 
     /// `generation`'s text (`None` when missing or unreadable).
@@ -1149,6 +1321,18 @@ impl Store {
             std::cmp::Reverse(state.chain(id).map(|c| c.len()).unwrap_or(0))
         });
         let mut changed = false;
+        // A writer's index on the share is rebuilt in every sweep, without
+        // the layers about to go: containers/storage stops listing them
+        // before their directories are touched.
+        if self.index_share().is_some() {
+            {
+                let mut st = self.state.write();
+                for (id, _) in &gone {
+                    st.layers.remove(id);
+                }
+            }
+            self.rebuild_index()?;
+        }
         // Entries nobody made as we do can refuse to go: each is skipped
         // with a warning, never a reason to refuse the mutation.
         let skip = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
@@ -1267,6 +1451,22 @@ impl Store {
             .and_then(|s| s.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
         let text = format!("{} {}\n", current + 1, unique_suffix());
+        // containers/storage's index first (the per-id directories are
+        // published already), then the stamp naming this generation.
+        if let Some(share) = self.index_share() {
+            let mut cache = self.index.lock();
+            if cache.is_ready() {
+                let synced = cache.sync(share, &self.state.read())?;
+                crate::share_index::write_stamp(
+                    share,
+                    &crate::csindex::Stamp {
+                        generation: text.clone(),
+                        layers_size: synced.layers_size,
+                        images_size: synced.images_size,
+                    },
+                )?;
+            }
+        }
         write_atomic(&dir, "generation", text.as_bytes())?;
         // The in-memory state is this generation: the next mutation of this
         // store need not re-read anything.
@@ -1710,11 +1910,29 @@ impl Store {
     fn unpublish_layers(&self, ids: &[String]) -> bool {
         let used = self.state.read().referenced_layers();
         let mut all = true;
-        for id in ids.iter().rev() {
-            if used.contains(id) {
-                continue;
+        let doomed: Vec<(&String, bool)> = {
+            let state = self.state.read();
+            ids.iter()
+                .rev()
+                .filter(|id| !used.contains(*id))
+                .map(|id| (id, state.layers.get(id).is_some_and(|l| l.shared)))
+                .collect()
+        };
+        if self.index_share().is_some() && !doomed.is_empty() {
+            // Out of containers/storage's index before their directories go.
+            let mut state = self.state.write();
+            for (id, _) in &doomed {
+                state.layers.remove(*id);
             }
-            let shared = self.state.read().layers.get(id).is_some_and(|l| l.shared);
+            drop(state);
+            if let Err(e) = self.bump_generation() {
+                tracing::warn!(
+                    "could not take the layers of the failed load out of the index: {e}"
+                );
+                return false;
+            }
+        }
+        for (id, shared) in doomed {
             match self.remove_layer_files(id, shared) {
                 Ok(()) => {
                     self.state.write().layers.remove(id);
@@ -1909,6 +2127,13 @@ impl Store {
         sync_dir(&staging)?;
         let dest = parent_dir.join(&id);
         fs::rename(&staging, &dest).at(&dest)?;
+        if self.index_share().is_some() {
+            // What containers/storage reads beside the index: the
+            // tar-split under its name, the short name on the share.
+            self.link_share_tar_split(&id, true)?;
+            self.link_share_short_name(&id)?;
+            sync_dir(&self.layout.overlay_ro().join("l"))?;
+        }
         sync_dir(&parent_dir)?;
         if shared {
             let link = self.layers_dir().join(&id);
@@ -1982,6 +2207,9 @@ impl Store {
         write_synced(&staging.join(IMAGES_JSON), &json)?;
         write_synced(&staging.join(MANIFEST), manifest)?;
         write_synced(&staging.join(CONFIG), config)?;
+        if self.index_share().is_some() {
+            link_big_data(&staging, image, true)?;
+        }
         sync_dir(&staging)?;
         let dest = dir.join(&image.id);
         fs::rename(&staging, &dest).at(&dest)?;
@@ -2014,6 +2242,7 @@ impl Store {
     fn write_image_record(&self, image: &Image) -> Result<()> {
         let json = serde_json::to_vec_pretty(image).expect("an image record serializes");
         write_atomic(&self.image_dir(&image.id), IMAGES_JSON, &json)?;
+        self.index.lock().mark_image(&image.id);
         self.state
             .write()
             .images
@@ -2119,13 +2348,27 @@ impl Store {
                 path: mount,
             });
         }
-        let chain: Vec<String> = self
+        let chain: Vec<(String, bool)> = self
             .image_layers(&image)?
             .into_iter()
             .rev()
-            .map(|l| l.id)
+            .map(|l| (l.id, l.shared))
             .collect();
-        fsutil::remove_dir_atomic(&self.image_dir(&image.id))?;
+        let image_dir = self.image_dir(&image.id);
+        if self.index_share().is_some() {
+            // containers/storage's index forgets the image and the layers
+            // only it used (images.json first), and `generation` moves on,
+            // before their directories go.
+            let mut state = self.state.write();
+            state.images.remove(&image.id);
+            let used = state.referenced_layers();
+            for (id, _) in chain.iter().take_while(|(id, _)| !used.contains(id)) {
+                state.layers.remove(id);
+            }
+            drop(state);
+            self.bump_generation()?;
+        }
+        fsutil::remove_dir_atomic(&image_dir)?;
         if image.shared {
             let link = self.images_dir().join(&image.id);
             match fs::remove_file(&link) {
@@ -2139,11 +2382,10 @@ impl Store {
         self.bump_generation()?;
         let still_used = self.state.read().referenced_layers();
         let mut removed = Vec::new();
-        for id in chain {
+        for (id, shared) in chain {
             if still_used.contains(&id) {
                 break; // parents of a used layer are used too
             }
-            let shared = self.state.read().layers.get(&id).is_some_and(|l| l.shared);
             if shared && !self.publishes_shared() {
                 continue; // a reader's local image on shared layers: not ours to remove
             }
@@ -2195,6 +2437,22 @@ impl Store {
                     fsutil::remove_dir_atomic(&record)?;
                 }
                 return Ok(());
+            }
+        }
+        if shared && self.index_share().is_some() {
+            // containers/storage's names of it on the share (the index no
+            // longer lists it).
+            let split = self.layout.layers_ro().join(format!("{id}.tar-split.gz"));
+            match fs::remove_file(&split) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&split, e))
+                }
+                _ => {}
+            }
+            let overlay_ro = self.layout.overlay_ro();
+            if let Some(short) = crate::links::read_short_name(&overlay_ro, id) {
+                let path = overlay_ro.join("l").join(short);
+                crate::links::remove_link(&path, &crate::links::short_target(id)).at(&path)?;
             }
         }
         let record = self.layer_dir_of(id, shared);
@@ -2287,6 +2545,42 @@ impl Store {
         });
         Ok(ids)
     }
+}
+
+/// `Ok` for a file that was already gone.
+fn allow_missing(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// In image directory `dir`: containers/storage's file name of each
+/// big-data item of `image` that is not ours (the config as `=<base64 of
+/// sha256:<id>>`, the manifest as `=<base64 of manifest-<digest>>`), a
+/// hardlink of our `config` or `manifest`. `replace` = even if a file of
+/// that name is there (a staging dir: never).
+fn link_big_data(dir: &Path, image: &Image, replace: bool) -> Result<()> {
+    for (key, ours, _, _) in crate::csindex::big_data_items(image) {
+        let name = crate::csindex::big_data_file_name(&key);
+        if name == ours {
+            continue;
+        }
+        let dest = dir.join(&name);
+        if fs::symlink_metadata(&dest).is_ok() {
+            if !replace {
+                continue;
+            }
+            fs::remove_file(&dest).at(&dest)?;
+        }
+        let src = dir.join(ours);
+        match fs::hard_link(&src, &dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !replace => {}
+            Err(e) => return Err(Error::io(&dest, e)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

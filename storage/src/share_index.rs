@@ -1,0 +1,626 @@
+//! The writer's upkeep of containers/storage's index on its share (format
+//! and contract: [`crate::csindex`], docs/sharing.md).
+//!
+//! [`IndexCache`] keeps each shared record's line as it is in the files on
+//! the share. A sync diffs the in-memory [`State`] against it by id (a
+//! merge walk of two sorted key lists: no record is compared or
+//! serialized unless it is new or marked changed), serializes only new and
+//! changed records, and renders each file that changed by splicing the kept
+//! lines' bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::csindex::{self, Stamp};
+use crate::error::{IoContext, Result};
+use crate::fsutil::{self, write_atomic};
+use crate::store::State;
+
+/// One record's line, as in the file.
+type Line = Box<[u8]>;
+
+/// What the writer knows of the index on its share.
+#[derive(Debug, Default)]
+pub(crate) struct IndexCache {
+    /// False until [`IndexCache::init`]: nothing is known.
+    ready: bool,
+    layers: BTreeMap<String, Line>,
+    images: BTreeMap<String, Line>,
+    /// Images whose record changed in place (names): re-serialized at the
+    /// next sync.
+    dirty_images: BTreeSet<String>,
+    /// Images that had a name left out as another's at the last sync.
+    had_dup_names: BTreeSet<String>,
+    /// The sizes of the two files on the share when they are exactly the
+    /// render of `layers` / `images`; `None` = unknown (rewrite both).
+    on_disk: Option<(u64, u64)>,
+}
+
+/// What a sync wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Synced {
+    pub layers_written: bool,
+    pub images_written: bool,
+    pub layers_size: u64,
+    pub images_size: u64,
+    /// Records serialized (new or changed); every other line was spliced.
+    pub serialized: usize,
+}
+
+/// Paths of the index files under `share`.
+pub(crate) fn layers_index(share: &Path) -> PathBuf {
+    share.join("overlay-layers").join(csindex::LAYERS_INDEX)
+}
+
+pub(crate) fn images_index(share: &Path) -> PathBuf {
+    share.join("overlay-images").join(csindex::IMAGES_INDEX)
+}
+
+fn shared_layers(state: &State) -> impl Iterator<Item = (&String, &crate::Layer)> {
+    state.layers.iter().filter(|(_, l)| l.shared)
+}
+
+fn shared_images(state: &State) -> impl Iterator<Item = (&String, &crate::Image)> {
+    state.images.iter().filter(|(_, i)| i.shared)
+}
+
+impl IndexCache {
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Forget everything (another process changed the share).
+    pub fn invalidate(&mut self) {
+        *self = IndexCache::default();
+    }
+
+    /// An image's record changed in place: re-serialize it at the next sync.
+    pub fn mark_image(&mut self, id: &str) {
+        if self.ready {
+            self.dirty_images.insert(id.to_string());
+        }
+    }
+
+    /// Take `state` as what the index on `share` holds when the stamp
+    /// vouches for `generation` and the files have the sizes its render
+    /// would have; otherwise the next sync rewrites both files. Serializes
+    /// every shared record (once per process, or after another process
+    /// changed the share). Returns whether the index on the share is current.
+    pub fn init(&mut self, share: &Path, state: &State, generation: Option<&str>) -> bool {
+        let dups = csindex::duplicate_names(shared_images(state).map(|(_, i)| i));
+        let none = BTreeSet::new();
+        self.layers = shared_layers(state)
+            .map(|(id, l)| (id.clone(), csindex::layer_line(l).into_boxed_slice()))
+            .collect();
+        self.images = shared_images(state)
+            .map(|(id, i)| {
+                let drop = dups.get(id.as_str()).unwrap_or(&none);
+                (id.clone(), csindex::image_line(i, drop).into_boxed_slice())
+            })
+            .collect();
+        self.had_dup_names = dups.keys().map(|id| id.to_string()).collect();
+        self.dirty_images.clear();
+        self.ready = true;
+        let sizes = (
+            rendered_len(self.layers.values()),
+            rendered_len(self.images.values()),
+        );
+        let stamp = read_stamp(share);
+        let on_disk = (
+            file_size(&layers_index(share)),
+            file_size(&images_index(share)),
+        );
+        let current = match (stamp, generation) {
+            (Some(stamp), Some(generation)) => {
+                stamp.is_current(generation, sizes.0, sizes.1)
+                    && on_disk == (Some(sizes.0), Some(sizes.1))
+            }
+            _ => false,
+        };
+        self.on_disk = current.then_some(sizes);
+        current
+    }
+
+    /// Bring the index files on `share` in line with `state` (which the
+    /// per-id directories already hold): write `layers.json` and
+    /// `images.json` where they changed, in the contract's order — new
+    /// layers before the images that use them, images gone before their
+    /// layers — each followed by its lock file's change token. The stamp and
+    /// `generation` are the caller's ([`write_stamp`]).
+    pub fn sync(&mut self, share: &Path, state: &State) -> Result<Synced> {
+        debug_assert!(self.ready);
+        // The diff, under the caller's state guard: ids only.
+        let mut add_layers = Vec::new();
+        let mut gone_layers = Vec::new();
+        merge_walk(
+            self.layers.keys(),
+            shared_layers(state).map(|(id, _)| id),
+            |id| gone_layers.push(id.clone()),
+            |id| add_layers.push(id.clone()),
+        );
+        let mut add_images = Vec::new();
+        let mut gone_images = Vec::new();
+        merge_walk(
+            self.images.keys(),
+            shared_images(state).map(|(id, _)| id),
+            |id| gone_images.push(id.clone()),
+            |id| add_images.push(id.clone()),
+        );
+        let mut redo: BTreeSet<String> = std::mem::take(&mut self.dirty_images);
+        // Names held twice can change only when images do.
+        let images_moved = !(add_images.is_empty() && gone_images.is_empty() && redo.is_empty());
+        let dups = if images_moved {
+            csindex::duplicate_names(shared_images(state).map(|(_, i)| i))
+        } else {
+            BTreeMap::new()
+        };
+        if images_moved {
+            redo.extend(add_images.iter().cloned());
+            redo.extend(self.had_dup_names.iter().cloned());
+            redo.extend(dups.keys().map(|id| id.to_string()));
+            self.had_dup_names = dups.keys().map(|id| id.to_string()).collect();
+        }
+        redo.retain(|id| state.images.get(id).is_some_and(|i| i.shared));
+
+        // New lines: only what is new or changed is serialized.
+        let mut out = Synced::default();
+        let none = BTreeSet::new();
+        let mut changed_images = !gone_images.is_empty();
+        for id in &redo {
+            let image = &state.images[id];
+            let line = csindex::image_line(image, dups.get(id.as_str()).unwrap_or(&none));
+            let line = line.into_boxed_slice();
+            out.serialized += 1;
+            if self.images.get(id) != Some(&line) {
+                self.images.insert(id.clone(), line);
+                changed_images = true;
+            }
+        }
+        for id in &gone_images {
+            self.images.remove(id);
+        }
+        out.serialized += add_layers.len();
+        for id in &add_layers {
+            let line = csindex::layer_line(&state.layers[id]);
+            self.layers.insert(id.clone(), line.into_boxed_slice());
+        }
+        let removed: BTreeMap<String, Line> = gone_layers
+            .iter()
+            .filter_map(|id| self.layers.remove_entry(id))
+            .collect();
+
+        let unknown = self.on_disk.is_none();
+        let (mut layers_size, mut images_size) = self.on_disk.unwrap_or((0, 0));
+        let layers_dir = share.join("overlay-layers");
+        let images_dir = share.join("overlay-images");
+        // 1. New layers, before any image uses them (the removed ones stay
+        //    listed until no image needs them).
+        if !add_layers.is_empty() || (unknown && removed.is_empty()) {
+            let bytes = csindex::render(merge_lines(&self.layers, &removed));
+            write_index(&layers_dir, csindex::LAYERS_INDEX, &bytes, share)?;
+            layers_size = bytes.len() as u64;
+            out.layers_written = true;
+        }
+        // 2. Images.
+        if changed_images || unknown {
+            let bytes = csindex::render(self.images.values().map(|l| &l[..]));
+            write_index(&images_dir, csindex::IMAGES_INDEX, &bytes, share)?;
+            images_size = bytes.len() as u64;
+            out.images_written = true;
+        }
+        // 3. Layers gone, after the images that used them.
+        if !removed.is_empty() {
+            let bytes = csindex::render(self.layers.values().map(|l| &l[..]));
+            write_index(&layers_dir, csindex::LAYERS_INDEX, &bytes, share)?;
+            layers_size = bytes.len() as u64;
+            out.layers_written = true;
+        }
+        self.on_disk = Some((layers_size, images_size));
+        out.layers_size = layers_size;
+        out.images_size = images_size;
+        Ok(out)
+    }
+}
+
+/// Call `only_old` for keys only in `old`, `only_new` for keys only in
+/// `new`; both sorted ascending.
+fn merge_walk<'a>(
+    old: impl Iterator<Item = &'a String>,
+    new: impl Iterator<Item = &'a String>,
+    mut only_old: impl FnMut(&'a String),
+    mut only_new: impl FnMut(&'a String),
+) {
+    let mut old = old.peekable();
+    let mut new = new.peekable();
+    loop {
+        match (old.peek(), new.peek()) {
+            (Some(o), Some(n)) => match o.cmp(n) {
+                std::cmp::Ordering::Less => only_old(old.next().unwrap_or_else(|| unreachable!())),
+                std::cmp::Ordering::Greater => {
+                    only_new(new.next().unwrap_or_else(|| unreachable!()))
+                }
+                std::cmp::Ordering::Equal => {
+                    old.next();
+                    new.next();
+                }
+            },
+            (Some(_), None) => only_old(old.next().unwrap_or_else(|| unreachable!())),
+            (None, Some(_)) => only_new(new.next().unwrap_or_else(|| unreachable!())),
+            (None, None) => return,
+        }
+    }
+}
+
+/// The lines of `a` and `b` (disjoint) in id order.
+fn merge_lines<'a>(
+    a: &'a BTreeMap<String, Line>,
+    b: &'a BTreeMap<String, Line>,
+) -> impl Iterator<Item = &'a [u8]> {
+    let mut all: Vec<(&String, &Line)> = a.iter().chain(b.iter()).collect();
+    if !b.is_empty() {
+        all.sort_by(|x, y| x.0.cmp(y.0));
+    }
+    all.into_iter().map(|(_, l)| &l[..])
+}
+
+fn rendered_len<'a>(lines: impl Iterator<Item = &'a Line>) -> u64 {
+    let (n, bytes) = lines.fold((0u64, 0u64), |(n, b), l| (n + 1, b + l.len() as u64));
+    if n == 0 {
+        3 // "[]\n"
+    } else {
+        bytes + 2 * (n - 1) + 5
+    }
+}
+
+fn file_size(path: &Path) -> Option<u64> {
+    fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+}
+
+/// The stamp on `share`, if there is a valid one.
+pub(crate) fn read_stamp(share: &Path) -> Option<Stamp> {
+    let bytes = fsutil::read_small_file(&share.join(csindex::STAMP), csindex::MAX_STAMP).ok()?;
+    csindex::parse_stamp(&bytes).ok()
+}
+
+/// Write the stamp (atomically), then `storage.lock`'s token.
+pub(crate) fn write_stamp(share: &Path, stamp: &Stamp) -> Result<()> {
+    write_atomic(share, csindex::STAMP, &csindex::render_stamp(stamp))?;
+    let lock = TokenLock::acquire(&share.join(csindex::STORAGE_LOCK))?;
+    lock.record_write()
+}
+
+/// Replace `dir/name` (temp + fsync + rename) under the write lock of its
+/// containers/storage lock file, whose token is then rewritten.
+fn write_index(dir: &Path, name: &str, bytes: &[u8], share: &Path) -> Result<()> {
+    let lock_path = match name {
+        csindex::LAYERS_INDEX => share.join(csindex::LAYERS_LOCK),
+        _ => share.join(csindex::IMAGES_LOCK),
+    };
+    let lock = TokenLock::acquire(&lock_path)?;
+    write_atomic(dir, name, bytes)?;
+    lock.record_write()
+}
+
+/// Make sure the three lock files exist (a read-only containers/storage
+/// store opens them with `O_CREAT`, which a read-only mount refuses).
+pub(crate) fn ensure_lock_files(share: &Path) -> Result<()> {
+    for rel in [
+        csindex::STORAGE_LOCK,
+        csindex::LAYERS_LOCK,
+        csindex::IMAGES_LOCK,
+    ] {
+        let path = share.join(rel);
+        if fs::symlink_metadata(&path).is_err() {
+            TokenLock::acquire(&path)?.record_write()?;
+        }
+    }
+    Ok(())
+}
+
+/// How long the writer waits for a containers/storage reader's read lock
+/// on a lock file before it writes without it (a reader holds it only
+/// while it loads the index; one stuck longer must not stop the writer).
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// A containers/storage lock file opened for writing, under an `fcntl`
+/// write lock when one could be had within [`LOCK_PATIENCE`].
+struct TokenLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl TokenLock {
+    fn acquire(path: &Path) -> Result<TokenLock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .at(path)?;
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(1);
+        loop {
+            match rustix::fs::fcntl_lock(
+                &file,
+                rustix::fs::FlockOperation::NonBlockingLockExclusive,
+            ) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::ACCESS)
+                    if start.elapsed() < LOCK_PATIENCE =>
+                {
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: no write lock ({e}); a containers/storage reader held it for \
+                         {LOCK_PATIENCE:?}: writing the index without it",
+                        path.display()
+                    );
+                    break;
+                }
+            }
+        }
+        Ok(TokenLock {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Rewrite the token in place (`pwrite` at offset 0 of this inode: a
+    /// reader that keeps the file open sees it). Closing the file drops the
+    /// lock.
+    fn record_write(self) -> Result<()> {
+        let token = new_token();
+        let n = rustix::io::pwrite(&self.file, &token, 0)
+            .map_err(std::io::Error::from)
+            .at(&self.path)?;
+        if n != token.len() {
+            return Err(crate::Error::io(
+                &self.path,
+                std::io::Error::other("short write of the change token"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A fresh change token: time, a process-wide counter, the pid, and bytes
+/// hashed from them and the stack address (uniqueness comes from the first
+/// three).
+fn new_token() -> [u8; csindex::TOKEN_LEN] {
+    use sha2::{Digest as _, Sha256};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let mut h = Sha256::new();
+    h.update(nanos.to_le_bytes());
+    h.update(counter.to_le_bytes());
+    h.update(pid.to_le_bytes());
+    h.update((&h as *const Sha256 as usize).to_le_bytes());
+    let a = h.finalize();
+    let b = Sha256::digest(a);
+    let mut random = [0u8; 44];
+    random[..32].copy_from_slice(&a);
+    random[32..].copy_from_slice(&b[..12]);
+    csindex::token(nanos, counter, pid, &random)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_len_is_the_render_length() {
+        let lines: Vec<Line> = vec![b"{\"a\":1}".to_vec().into(), b"{}".to_vec().into()];
+        for n in 0..=lines.len() {
+            let want = csindex::render(lines[..n].iter().map(|l| &l[..])).len() as u64;
+            assert_eq!(rendered_len(lines[..n].iter()), want);
+        }
+    }
+
+    #[test]
+    fn tokens_are_rewritten_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("layers.lock");
+        TokenLock::acquire(&path).unwrap().record_write().unwrap();
+        let reader = File::open(&path).unwrap();
+        let read = || {
+            let mut buf = [0u8; 64];
+            rustix::io::pread(&reader, &mut buf, 0).unwrap();
+            buf
+        };
+        let first = read();
+        TokenLock::acquire(&path).unwrap().record_write().unwrap();
+        let second = read();
+        assert_ne!(first, second, "the open file sees the new token");
+        assert_eq!(fs::metadata(&path).unwrap().len(), 64);
+    }
+
+    fn hex(n: usize, kind: &str) -> String {
+        crate::digest::sha256_digest(format!("{kind}{n}").as_bytes())[7..].to_string()
+    }
+
+    /// A writer's state: `n` images, each on a chain of 3 layers of its own.
+    fn state(n: usize) -> State {
+        let mut st = State::default();
+        for i in 0..n {
+            let mut parent: Option<String> = None;
+            for j in 0..3 {
+                let id = hex(i * 3 + j, "layer");
+                let mut l = crate::csindex::tests::layer(&id, parent.as_deref());
+                l.shared = true;
+                st.layers.insert(id.clone(), l);
+                parent = Some(id);
+            }
+            let id = hex(i, "image");
+            let name = format!("localhost/image{i}:latest");
+            let mut image =
+                crate::csindex::tests::image(&id, parent.as_deref().unwrap_or_default(), &[&name]);
+            image.shared = true;
+            st.images.insert(id, image);
+        }
+        st
+    }
+
+    fn share() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["overlay-layers", "overlay-images"] {
+            fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        dir
+    }
+
+    fn on_disk(share: &Path) -> (Vec<String>, Vec<(String, Vec<String>)>) {
+        let layers = fs::read(layers_index(share)).unwrap();
+        let images = fs::read(images_index(share)).unwrap();
+        let l = csindex::parse_layers(&layers).unwrap();
+        let i = csindex::parse_images(&images).unwrap();
+        assert!(l.skipped.is_empty() && i.skipped.is_empty());
+        (
+            l.records.into_iter().map(|(l, _)| l.id).collect(),
+            i.records
+                .into_iter()
+                .map(|(i, _)| (i.id, i.names))
+                .collect(),
+        )
+    }
+
+    fn expected(st: &State) -> (Vec<String>, Vec<(String, Vec<String>)>) {
+        (
+            st.layers.keys().cloned().collect(),
+            st.images
+                .values()
+                .map(|i| (i.id.clone(), i.names.clone()))
+                .collect(),
+        )
+    }
+
+    /// A sync serializes only the records that are new or changed, writes
+    /// only the files that changed, and the files always list the state.
+    #[test]
+    fn a_sync_serializes_only_what_changed() {
+        let share = share();
+        let share = share.path();
+        let mut st = state(50);
+        let mut cache = IndexCache::default();
+        assert!(!cache.init(share, &st, Some("1 x\n")), "no index yet");
+        let first = cache.sync(share, &st).unwrap();
+        assert!(first.layers_written && first.images_written);
+        assert_eq!(first.serialized, 0, "init serialized them");
+        assert_eq!(on_disk(share), expected(&st));
+        let stamp = Stamp {
+            generation: "1 x\n".into(),
+            layers_size: first.layers_size,
+            images_size: first.images_size,
+        };
+        write_stamp(share, &stamp).unwrap();
+        // A fresh process trusts a current index.
+        assert!(IndexCache::default().init(share, &st, Some("1 x\n")));
+        assert!(
+            !IndexCache::default().init(share, &st, Some("2 y\n")),
+            "stale"
+        );
+
+        // A new layer: layers.json only.
+        let new_layer = hex(1000, "layer");
+        let top = st.images.values().next().unwrap().layer.clone();
+        let mut l = crate::csindex::tests::layer(&new_layer, top.as_deref());
+        l.shared = true;
+        st.layers.insert(new_layer.clone(), l);
+        let s = cache.sync(share, &st).unwrap();
+        assert_eq!(
+            (s.layers_written, s.images_written, s.serialized),
+            (true, false, 1)
+        );
+        assert_eq!(on_disk(share), expected(&st));
+
+        // A new image on it: images.json only.
+        let new_image = hex(1000, "image");
+        let mut image = crate::csindex::tests::image(&new_image, &new_layer, &["new:1"]);
+        image.shared = true;
+        st.images.insert(new_image.clone(), image);
+        let s = cache.sync(share, &st).unwrap();
+        assert_eq!(
+            (s.layers_written, s.images_written, s.serialized),
+            (false, true, 1)
+        );
+        assert_eq!(on_disk(share), expected(&st));
+
+        // A name changes in place.
+        st.images.get_mut(&new_image).unwrap().names = vec!["renamed:1".into()];
+        cache.mark_image(&new_image);
+        let s = cache.sync(share, &st).unwrap();
+        assert_eq!(
+            (s.layers_written, s.images_written, s.serialized),
+            (false, true, 1)
+        );
+        assert_eq!(on_disk(share), expected(&st));
+
+        // A name another image has is left out of the second one's record,
+        // and given back when the first lets go of it.
+        let (first_id, first_name) = {
+            let i = st.images.values().next().unwrap();
+            (i.id.clone(), i.names[0].clone())
+        };
+        st.images.get_mut(&new_image).unwrap().names = vec![first_name.clone()];
+        cache.mark_image(&new_image);
+        cache.sync(share, &st).unwrap();
+        let (_, images) = on_disk(share);
+        let holders: Vec<&String> = images
+            .iter()
+            .filter(|(_, n)| n.contains(&first_name))
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(holders.len(), 1, "one image per name");
+        st.images.get_mut(&first_id).unwrap().names.clear();
+        cache.mark_image(&first_id);
+        cache.sync(share, &st).unwrap();
+        assert_eq!(on_disk(share), expected(&st));
+
+        // Removal: the image and its layer go, nothing is serialized.
+        st.images.remove(&new_image);
+        st.layers.remove(&new_layer);
+        let s = cache.sync(share, &st).unwrap();
+        assert_eq!(
+            (s.layers_written, s.images_written, s.serialized),
+            (true, true, 0)
+        );
+        assert_eq!(on_disk(share), expected(&st));
+        // Nothing changed: nothing written.
+        let s = cache.sync(share, &st).unwrap();
+        assert_eq!(
+            (s.layers_written, s.images_written, s.serialized),
+            (false, false, 0)
+        );
+    }
+
+    #[test]
+    fn merge_walk_finds_both_sides() {
+        let old: Vec<String> = ["a", "b", "d"].map(String::from).to_vec();
+        let new: Vec<String> = ["b", "c", "d", "e"].map(String::from).to_vec();
+        let (mut gone, mut added) = (vec![], vec![]);
+        merge_walk(
+            old.iter(),
+            new.iter(),
+            |x| gone.push(x.clone()),
+            |x| added.push(x.clone()),
+        );
+        assert_eq!(gone, vec!["a"]);
+        assert_eq!(added, vec!["c", "e"]);
+    }
+}
