@@ -343,11 +343,15 @@ fn a_stale_index_is_rebuilt_after_a_crash() {
     // What a crash between the index and the directories could leave of a
     // gone layer: its short name and tar-split.
     let gone = "f".repeat(64);
-    std::os::unix::fs::symlink(format!("../{gone}/diff"), share.join("overlay/l/STALESTALE"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        format!("../{gone}/diff"),
+        share.join("overlay/l/STALESTALE"),
+    )
+    .unwrap();
     let stale_split = share.join(format!("overlay-layers/{gone}.tar-split.gz"));
     fs::write(&stale_split, "x").unwrap();
-    env.run_root(&root, &["tag", &one, "localhost/after:v1"]).ok();
+    env.run_root(&root, &["tag", &one, "localhost/after:v1"])
+        .ok();
     assert!(fs::symlink_metadata(share.join("overlay/l/STALESTALE")).is_err());
     assert!(!stale_split.exists());
     let images = array(&share.join("overlay-images/images.json"));
