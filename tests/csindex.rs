@@ -12,6 +12,11 @@
 //! * `a_share_without_an_index_gets_one` — a share whose index, links and
 //!   lock files are gone (as one an older storectl made) gets them all back
 //!   at the next mutation.
+//! * `junk_on_the_index_names_never_blocks_the_writer` — a directory on
+//!   `layers.json`, a symlink (to a file outside) on `images.lock`, a FIFO
+//!   on `storage.lock`, a file on `overlay/l`, a directory on the next
+//!   layer's tar-split name: the next load works, each goes to
+//!   `.storectl-trash/`, the file outside is untouched.
 //! * `a_stale_index_is_rebuilt_after_a_crash` — an index that lists an image
 //!   the share no longer has, and a stamp for another generation: the next
 //!   writer after a crashed one rebuilds it from the directories.
@@ -357,4 +362,86 @@ fn a_stale_index_is_rebuilt_after_a_crash() {
     let images = array(&share.join("overlay-images/images.json"));
     assert_eq!(images.len(), 1, "the removed image is not listed again");
     assert_index(&env, &root, &share);
+}
+
+#[test]
+fn junk_on_the_index_names_never_blocks_the_writer() {
+    let env = Env::new();
+    let (root, share) = writer(&env);
+    let one = load(&env, &root, &image(&env, "one"));
+    let outside = env.path("outside");
+    fs::write(&outside, "not the writer's").unwrap();
+    let junk = [
+        "overlay-layers/layers.json",
+        "overlay-images/images.lock",
+        "storage.lock",
+        "overlay/l",
+    ];
+    fs::remove_file(share.join(junk[0])).unwrap();
+    fs::create_dir(share.join(junk[0])).unwrap();
+    fs::remove_file(share.join(junk[1])).unwrap();
+    std::os::unix::fs::symlink(&outside, share.join(junk[1])).unwrap();
+    fs::remove_file(share.join(junk[2])).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        share.join(junk[2]),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    fs::remove_dir_all(share.join(junk[3])).unwrap();
+    fs::write(share.join(junk[3]), "junk").unwrap();
+    // The next image's top layer: a directory on its tar-split's name.
+    let dir = image(&env, "two");
+    let top = top_layer(&dir);
+    let split = share.join(format!("overlay-layers/{top}.tar-split.gz"));
+    fs::create_dir(&split).unwrap();
+    let run = env.run_root(&root, &["load", &dir.display().to_string()]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stderr.contains(".storectl-trash"), "{}", run.stderr);
+    let two = run.stdout.lines().last().unwrap().trim().to_string();
+    assert_ne!(one, two);
+    assert_index(&env, &root, &share);
+    let trash = fs::read_dir(share.join(".storectl-trash")).unwrap().count();
+    assert_eq!(trash, 5, "each piece of junk went to the trash");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "not the writer's");
+    // The same on an index that is current (no rebuild): the layer's
+    // publication moves it.
+    let dir = image(&env, "three");
+    let split = share.join(format!("overlay-layers/{}.tar-split.gz", top_layer(&dir)));
+    fs::create_dir(&split).unwrap();
+    env.run_root(&root, &["load", &dir.display().to_string()])
+        .ok();
+    assert_index(&env, &root, &share);
+    assert_eq!(
+        fs::read_dir(share.join(".storectl-trash")).unwrap().count(),
+        6
+    );
+}
+
+/// The top layer's chain id of the image in OCI layout `dir`.
+fn top_layer(dir: &Path) -> String {
+    {
+        let layout: Value =
+            serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let manifest = layout["manifests"][0]["digest"].as_str().unwrap()[7..].to_string();
+        let m: Value =
+            serde_json::from_slice(&fs::read(dir.join("blobs/sha256").join(manifest)).unwrap())
+                .unwrap();
+        let config = m["config"]["digest"].as_str().unwrap()[7..].to_string();
+        let c: Value =
+            serde_json::from_slice(&fs::read(dir.join("blobs/sha256").join(config)).unwrap())
+                .unwrap();
+        let diff_ids: Vec<String> = c["rootfs"]["diff_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_string())
+            .collect();
+        storectl_fixtures::chain_ids(&diff_ids)
+            .last()
+            .unwrap()
+            .clone()
+    }
 }

@@ -21,6 +21,17 @@
 //!   containers-storage:IMAGE docker-archive:…` through the additional
 //!   store writes layer tars whose sha256 are our diffIDs.
 //!
+//! * `writer_killed_at_20_points_podman_sees_only_whole_images` (issue 10,
+//!   point 4) — kill -9 the writer at 20 points spread over a `load` and an
+//!   `rmi` of a 3-layer image: after each, `podman images`, a running
+//!   `podman system service` and a fresh storectl reader list only images
+//!   whose every layer is on the share (podman runs the image whenever it
+//!   lists it), the image that stays loaded throughout is never lost, and
+//!   the next writer leaves an index that lists exactly the share.
+//!
+//! * `podman_sees_opaque_directories_of_a_trusted_share` — podman honours
+//!   only `trusted.overlay.opaque` (see docs/nfs.md for `user`-mode shares).
+//!
 //! Skips, saying why, when podman (or, for the images, busybox-static) is
 //! missing. Uses runc when it is installed (crun refuses hosts with cgroup v1
 //! and v2 controllers both mounted).
@@ -95,6 +106,11 @@ fn sh(cmd: &mut Command) -> String {
 /// A busybox image: layer 1 has busybox and /etc/remove-me, layer 2
 /// deletes it (a whiteout) and adds /etc/hello.
 fn busybox_image(name: &str) -> Image {
+    busybox_image_with(name, vec![], vec![])
+}
+
+/// [`busybox_image`] with more entries in each layer.
+fn busybox_image_with(name: &str, more_base: Vec<Entry>, more_top: Vec<Entry>) -> Image {
     let bin = fs::read(busybox().expect("busybox")).unwrap();
     let mut base = vec![
         Entry::dir("bin"),
@@ -107,10 +123,12 @@ fn busybox_image(name: &str) -> Image {
     for applet in ["sh", "cat", "ls", "echo", "test"] {
         base.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
     }
-    let top = vec![
+    base.extend(more_base);
+    let mut top = vec![
         Entry::whiteout("etc/remove-me"),
         Entry::file("etc/hello", "hello from layer 2\n"),
     ];
+    top.extend(more_top);
     Image::new(vec![
         Layer::new(base, Compression::Gzip),
         Layer::new(top, Compression::Gzip),
@@ -144,9 +162,22 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with_xattrs(None)
+    }
+
+    /// With the share's opaque-directory xattr mode fixed (`trusted`,
+    /// `user`) instead of probed.
+    fn with_xattrs(mode: Option<&str>) -> Setup {
         let env = Env::new();
         let (writer, share, ro) = (env.path("writer"), env.path("share"), env.path("ro"));
         fs::create_dir_all(&share).unwrap();
+        if let Some(mode) = mode {
+            fs::write(
+                share.join("storectl-share.json"),
+                format!("{{\"overlay_xattrs\": \"{mode}\"}}\n"),
+            )
+            .unwrap();
+        }
         fs::create_dir_all(&ro).unwrap();
         let share_s = share.display().to_string();
         env.run_root(&writer, &["init", "--shared", &share_s, "--role", "writer"])
@@ -546,4 +577,310 @@ fn skopeo_copies_a_shared_image_with_our_digests() {
             .trim_end_matches(".json"),
         id
     );
+}
+
+/// A 3-layer image on busybox's base with `mb` MB of incompressible data
+/// in each upper layer (so that a `load` takes long enough to be killed
+/// at many points).
+fn bulky(name: &str, seed: u64, mb: usize) -> Image {
+    let mut image = busybox_image(name);
+    image.layers.truncate(1);
+    let mut rng = storectl_fixtures::gen::Prng::new(seed);
+    for i in 0..2 {
+        let data: Vec<u8> = (0..mb << 20).map(|_| rng.below(256) as u8).collect();
+        image.layers.push(Layer::new(
+            vec![
+                Entry::file(&format!("etc/own{i}"), format!("{name} {i}\n")),
+                Entry::file(&format!("bulk{i}"), data),
+            ],
+            Compression::Gzip,
+        ));
+    }
+    image
+}
+
+/// What the share's index lists, and whether it is what its directories
+/// hold: (image ids, problems).
+fn index_view(share: &Path) -> (Vec<String>, Vec<String>) {
+    let read = |p: &str| -> Vec<Value> {
+        let bytes = fs::read(share.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        serde_json::from_slice::<Value>(&bytes)
+            .unwrap_or_else(|e| panic!("{p} is not JSON ({e})"))
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let mut problems = Vec::new();
+    let layers = read("overlay-layers/layers.json");
+    let images = read("overlay-images/images.json");
+    let mut parents = BTreeMap::new();
+    for l in &layers {
+        let id = l["id"].as_str().unwrap().to_string();
+        if !share.join("overlay").join(&id).join("diff").is_dir() {
+            problems.push(format!("layers.json lists {id}, which has no directory"));
+        }
+        parents.insert(id, l["parent"].as_str().map(String::from));
+    }
+    let mut ids = Vec::new();
+    for i in &images {
+        let id = i["id"].as_str().unwrap().to_string();
+        if !share
+            .join("overlay-images")
+            .join(&id)
+            .join("manifest")
+            .is_file()
+        {
+            problems.push(format!("images.json lists {id}, which has no directory"));
+        }
+        let mut next = i["layer"].as_str().map(String::from);
+        while let Some(l) = next {
+            match parents.get(&l) {
+                Some(p) => next = p.clone(),
+                None => {
+                    problems.push(format!("image {id}: layer {l} is not in layers.json"));
+                    break;
+                }
+            }
+        }
+        ids.push(id);
+    }
+    (ids, problems)
+}
+
+#[test]
+#[ignore = "needs root"]
+fn writer_killed_at_20_points_podman_sees_only_whole_images() {
+    use std::os::unix::process::ExitStatusExt;
+    skip_without_podman!();
+    require_root!();
+    let _one = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = Setup::new();
+    let other = setup.load(on_busybox("localhost/other:v1", "other"));
+    let image = bulky("localhost/bulky:v1", 10, 6);
+    let dir = setup.env.path("bulky-oci");
+    let built = write_oci_layout(&dir, &[image]).expect("OCI layout");
+    let (id, chain) = (built[0].id(), built[0].chain_ids());
+    let dir_s = dir.display().to_string();
+    let storectl = |args: &[&str]| {
+        let mut cmd = Command::new(common::STORECTL);
+        cmd.arg("--root").arg(&setup.writer).args(args);
+        cmd.env_remove("STORECTL_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    };
+    let time = |args: &[&str]| {
+        let t = Instant::now();
+        assert!(storectl(args).status().unwrap().success(), "{args:?}");
+        t.elapsed()
+    };
+    let load_time = time(&["load", &dir_s]);
+    let rmi_time = time(&["rmi", &id]);
+    eprintln!("load {load_time:?}, rmi {rmi_time:?}");
+    // Every kill starts with the image loaded (and `check` leaves it so).
+    time(&["load", &dir_s]);
+    let service = Service::start(&setup);
+    let known = |what: &str, k: &str, images: &BTreeMap<String, Vec<String>>| {
+        assert!(
+            images.contains_key(&other),
+            "kill {k}: {what} lost the other image"
+        );
+        for i in images.keys() {
+            assert!(i == &id || i == &other, "kill {k}: {what} lists {i}");
+        }
+    };
+    // After a kill: every view lists only whole images, the other image
+    // always; then the next writer cleans up.
+    let check = |k: &str| {
+        let (indexed, problems) = index_view(&setup.share);
+        assert!(problems.is_empty(), "{k}: {problems:#?}");
+        let podman = setup.podman_images();
+        known("podman images", k, &podman);
+        let served = service.try_images().expect("the service answers");
+        known("podman system service", k, &served);
+        for seen in [&podman, &served] {
+            for i in seen.keys() {
+                assert!(indexed.contains(i), "{k}: {i} listed, not indexed");
+            }
+        }
+        if podman.contains_key(&id) {
+            // Whole: podman mounts its chain and reads every layer.
+            for l in &chain {
+                assert!(setup.share.join("overlay").join(l).join("diff").is_dir());
+            }
+            let out = sh(setup.podman().args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+                &id,
+                "cat",
+                "/etc/own0",
+                "/etc/own1",
+                "/etc/motd",
+            ]));
+            assert_eq!(
+                out, "localhost/bulky:v1 0\nlocalhost/bulky:v1 1\nstorectl podman test\n",
+                "{k}"
+            );
+        }
+        let read = setup.storectl_ls(&setup.reader);
+        known("a storectl reader", k, &read);
+
+        // The next writer cleans up; its index is the share's.
+        time(&["load", &dir_s]);
+        let (indexed, problems) = index_view(&setup.share);
+        assert!(problems.is_empty(), "after {k}: {problems:#?}");
+        let mut want = vec![id.clone(), other.clone()];
+        want.sort();
+        assert_eq!(indexed, want, "after {k}");
+        assert_eq!(setup.podman_images(), setup.storectl_ls(&setup.writer));
+    };
+    let mut rng = storectl_fixtures::gen::Prng::new(20);
+    let mut interrupted = Vec::new();
+    for k in 0..20 {
+        let during_load = k % 2 == 0;
+        let (args, took) = if during_load {
+            time(&["rmi", &id]);
+            (vec!["load", dir_s.as_str()], load_time)
+        } else {
+            (vec!["rmi", id.as_str()], rmi_time)
+        };
+        // Ten points per operation, one in each tenth of 110% of its time.
+        let slot = (k / 2) as f64 + rng.below(1000) as f64 / 1000.0;
+        let delay = took.mul_f64(slot / 10.0 * 1.1);
+        let mut child = storectl(&args).spawn().expect("spawn the writer");
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        if child.wait().unwrap().signal() == Some(9) {
+            interrupted.push(format!("{} at {delay:?}", args[0]));
+        }
+        check(&format!("kill {k} ({} at {delay:?})", args[0]));
+    }
+    // And at the index's own steps, seen on the share (polled; a step
+    // that passes between two polls is tried again, up to 8 times).
+    let top = chain.last().unwrap().clone();
+    let has = |p: &str, what: &str| {
+        fs::read_to_string(setup.share.join(p)).is_ok_and(|t| t.contains(what))
+    };
+    let stamp_ahead = || {
+        let stamp = fs::read_to_string(setup.share.join("storectl-index.json")).unwrap_or_default();
+        let generation = fs::read_to_string(setup.share.join("generation")).unwrap_or_default();
+        let v: Value = serde_json::from_str(&stamp).unwrap_or(Value::Null);
+        v["generation"].as_str().is_some_and(|g| g != generation)
+    };
+    type Hit<'a> = Box<dyn Fn() -> bool + 'a>;
+    let points: Vec<(&str, bool, Hit)> = vec![
+        (
+            "load: layers.json lists the new layers, images.json not the image",
+            false,
+            Box::new(|| {
+                has("overlay-layers/layers.json", &top) && !has("overlay-images/images.json", &id)
+            }),
+        ),
+        (
+            "load: the stamp names a generation not yet written",
+            false,
+            Box::new(|| has("overlay-images/images.json", &id) && stamp_ahead()),
+        ),
+        (
+            "rmi: images.json without the image, its directory still there",
+            true,
+            Box::new(|| {
+                !has("overlay-images/images.json", &id)
+                    && setup.share.join("overlay-images").join(&id).exists()
+            }),
+        ),
+        (
+            "rmi: layers.json without its layers, their directories still there",
+            true,
+            Box::new(|| {
+                !has("overlay-layers/layers.json", &top)
+                    && setup.share.join("overlay").join(&top).exists()
+            }),
+        ),
+    ];
+    for (what, rmi, hit) in &points {
+        let args: Vec<&str> = if *rmi {
+            vec!["rmi", &id]
+        } else {
+            vec!["load", &dir_s]
+        };
+        let mut reached = false;
+        for _ in 0..8 {
+            if !*rmi {
+                time(&["rmi", &id]);
+            }
+            let mut child = storectl(&args).spawn().expect("spawn the writer");
+            loop {
+                if hit() {
+                    let _ = child.kill();
+                    reached = child.wait().unwrap().signal() == Some(9);
+                    break;
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+            }
+            if reached {
+                break;
+            }
+            if *rmi {
+                time(&["load", &dir_s]);
+            }
+        }
+        eprintln!(
+            "{what}: {}",
+            if reached {
+                "killed there"
+            } else {
+                "not reached in 8 runs"
+            }
+        );
+        check(what);
+    }
+    eprintln!(
+        "{} of 20 kills interrupted the writer: {interrupted:?}",
+        interrupted.len()
+    );
+    assert!(
+        interrupted.len() >= 5,
+        "too few kills hit a running writer: {interrupted:?}"
+    );
+}
+
+/// Podman (as root, no `userxattr`) honours `trusted.overlay.opaque`: on a
+/// share in `trusted` mode, a directory an image made opaque hides the
+/// lower layers' files. (On a `user`-mode share it does not: docs/nfs.md.)
+#[test]
+#[ignore = "needs root"]
+fn podman_sees_opaque_directories_of_a_trusted_share() {
+    skip_without_podman!();
+    require_root!();
+    let _one = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = Setup::with_xattrs(Some("trusted"));
+    let image = busybox_image_with(
+        "localhost/opaque:v1",
+        vec![Entry::dir("data"), Entry::file("data/old", "lower\n")],
+        vec![Entry::opaque("data"), Entry::file("data/new", "upper\n")],
+    );
+    let id = setup.load(image);
+    let out = sh(setup.podman().args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        &id,
+        "ls",
+        "/data",
+    ]));
+    assert_eq!(out, "new\n", "the opaque directory hides the lower file");
 }

@@ -35,6 +35,10 @@
 //! lowercase hex (`../x`, empty, upper case), whose parent or top layer is
 //! not one, or that repeats an id already seen, is skipped with a note
 //! ([`Parsed::skipped`]). Nothing here panics on any input (property tested).
+//! The checks are structural: text a reader shows or acts on (names,
+//! `created`, digests) is checked as for per-id records
+//! ([`crate::meta::check_shared_image`], [`crate::meta::check_shared_layer`]),
+//! and an id is only as good as the directory that holds it.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -50,6 +50,16 @@ pub(crate) struct Synced {
     pub serialized: usize,
 }
 
+/// Every file of the index, relative to the share.
+pub(crate) const FILES: [&str; 6] = [
+    "overlay-layers/layers.json",
+    "overlay-images/images.json",
+    csindex::STAMP,
+    csindex::STORAGE_LOCK,
+    csindex::LAYERS_LOCK,
+    csindex::IMAGES_LOCK,
+];
+
 /// Paths of the index files under `share`.
 pub(crate) fn layers_index(share: &Path) -> PathBuf {
     share.join("overlay-layers").join(csindex::LAYERS_INDEX)
@@ -113,13 +123,23 @@ impl IndexCache {
             file_size(&layers_index(share)),
             file_size(&images_index(share)),
         );
-        let current = match (stamp, generation) {
-            (Some(stamp), Some(generation)) => {
-                stamp.is_current(generation, sizes.0, sizes.1)
-                    && on_disk == (Some(sizes.0), Some(sizes.1))
-            }
-            _ => false,
-        };
+        // Lock files must be there (a read-only containers/storage store
+        // cannot create them) and be files.
+        let locks_ok = [
+            csindex::STORAGE_LOCK,
+            csindex::LAYERS_LOCK,
+            csindex::IMAGES_LOCK,
+        ]
+        .iter()
+        .all(|l| file_size(&share.join(l)).is_some());
+        let current = locks_ok
+            && match (stamp, generation) {
+                (Some(stamp), Some(generation)) => {
+                    stamp.is_current(generation, sizes.0, sizes.1)
+                        && on_disk == (Some(sizes.0), Some(sizes.1))
+                }
+                _ => false,
+            };
         self.on_disk = current.then_some(sizes);
         current
     }

@@ -1147,6 +1147,19 @@ impl Store {
             "rebuilding containers/storage's index on {}",
             share.display()
         );
+        // Whatever sits on a name of the index that is not what we write
+        // there (a directory, a symlink, a FIFO) goes out of the way.
+        let what = "containers/storage's index";
+        for rel in crate::share_index::FILES {
+            let path = share.join(rel);
+            if fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+                self.move_aside(&path, true, what)?;
+            }
+        }
+        let l_dir = self.layout.overlay_ro().join("l");
+        if fs::symlink_metadata(&l_dir).is_ok_and(|m| !m.is_dir()) {
+            self.move_aside(&l_dir, true, what)?;
+        }
         crate::share_index::ensure_lock_files(share)?;
         self.repair_index_entries()?;
         let synced = {
@@ -1201,8 +1214,12 @@ impl Store {
             };
             if is_hex64(id) && !known.contains(id) {
                 let path = layers_ro.join(&name);
-                tracing::info!("removing the stale {}", path.display());
-                allow_missing(fs::remove_file(&path)).at(&path)?;
+                if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+                    tracing::info!("removing the stale {}", path.display());
+                    allow_missing(fs::remove_file(&path)).at(&path)?;
+                } else {
+                    self.move_aside(&path, true, "containers/storage's index")?;
+                }
             }
         }
         for id in &layers {
@@ -1251,6 +1268,9 @@ impl Store {
         let dest = dir.join(&name);
         if !replace && fs::symlink_metadata(&dest).is_ok() {
             return Ok(());
+        }
+        if fs::symlink_metadata(&dest).is_ok_and(|m| !m.is_file()) {
+            self.move_aside(&dest, true, &format!("layer {id}"))?;
         }
         let src = dir.join(id).join(&name);
         let tmp = dir.join(format!(".tmp-{}", unique_suffix()));
@@ -1456,7 +1476,12 @@ impl Store {
         if let Some(share) = self.index_share() {
             let mut cache = self.index.lock();
             if cache.is_ready() {
-                let synced = cache.sync(share, &self.state.read())?;
+                let synced = cache.sync(share, &self.state.read()).inspect_err(|_| {
+                    // Unknown now: the next mutation rebuilds it (moving
+                    // junk that was in the way aside).
+                    cache.invalidate();
+                });
+                let synced = synced?;
                 crate::share_index::write_stamp(
                     share,
                     &crate::csindex::Stamp {
