@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod commands;
+mod daemon;
 mod output;
 mod progress;
 mod util;
@@ -35,6 +36,11 @@ struct Cli {
     #[arg(long, global = true, env = "STORECTL_LOCK_TIMEOUT", value_name = "DURATION",
           value_parser = util::parse_duration)]
     lock_timeout: Option<std::time::Duration>,
+
+    /// Run the verb through a daemon (`storectl serve`): unix:///PATH/TO/SOCKET.
+    /// pull, push, load, save, tag, rmi, ls and inspect work this way.
+    #[arg(long, global = true, env = "STORECTL_HOST", value_name = "unix://PATH")]
+    host: Option<String>,
 
     #[command(subcommand)]
     command: commands::Command,
@@ -87,7 +93,7 @@ fn main() -> ExitCode {
     util::set_lock_timeout(cli.lock_timeout);
     let result = cli
         .command
-        .run(&root)
+        .run(&root, cli.host.as_deref().filter(|h| !h.is_empty()))
         .and_then(|()| output::flush().map_err(anyhow::Error::from));
     match result {
         Ok(()) => ExitCode::SUCCESS,

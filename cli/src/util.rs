@@ -193,6 +193,49 @@ pub fn created_ago(created: Option<&str>, now: i64) -> String {
     }
 }
 
+/// Ask for a registry's username and password on the terminal (the password
+/// not echoed). `None` when standard input is not a terminal or nothing is typed.
+pub fn prompt_credentials(registry: &str) -> Option<storectl_transfer::registry::Credentials> {
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin();
+    if !rustix::termios::isatty(&stdin) {
+        return None;
+    }
+    let _ = crate::output::flush();
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "Username for {}: ",
+        crate::output::escape_controls(registry)
+    );
+    let _ = err.flush();
+    let mut user = String::new();
+    stdin.lock().read_line(&mut user).ok()?;
+    let user = user.trim().to_string();
+    if user.is_empty() {
+        return None;
+    }
+    let _ = write!(err, "Password: ");
+    let _ = err.flush();
+    let saved = rustix::termios::tcgetattr(&stdin).ok();
+    if let Some(t) = &saved {
+        let mut quiet = t.clone();
+        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet);
+    }
+    let mut pass = String::new();
+    let read = stdin.lock().read_line(&mut pass);
+    if let Some(t) = &saved {
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, t);
+    }
+    let _ = writeln!(err);
+    read.ok()?;
+    Some(storectl_transfer::registry::Credentials::new(
+        user,
+        pass.trim_end_matches(['\r', '\n']),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,9 @@ pub enum Error {
         expected: String,
         found: String,
     },
+    /// The caller cancelled the operation ([`crate::Cancel`]).
+    #[error("cancelled")]
+    Cancelled,
     /// An explicitly requested platform that the (single-platform) image is not for.
     #[error("{image} is for {have}, not the requested {want}")]
     PlatformMismatch {

@@ -39,7 +39,56 @@ pub mod registry;
 mod save;
 
 pub use error::{Error, Result};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A flag the caller sets to stop a pull or push from another thread: the
+/// next blob read (or request) fails, the store's import discards what it
+/// staged, and the operation returns [`Error::Cancelled`].
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn new() -> Self {
+        Cancel::default()
+    }
+
+    /// Ask the operation to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// `Err(Cancelled)` once cancelled.
+    pub fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A reader that fails (`Interrupted`-free `Other` error, "cancelled") once
+/// its [`Cancel`] is set.
+pub(crate) struct CancelReader<R> {
+    pub inner: R,
+    pub cancel: Cancel,
+}
+
+impl<R: std::io::Read> std::io::Read for CancelReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(std::io::Error::other("cancelled"));
+        }
+        self.inner.read(buf)
+    }
+}
 pub use pull::{pull, PullOptions};
 pub use push::{push, PushCompression, PushOptions};
-pub use save::{save, SaveFormat};
+pub use save::{save, save_to_writer, SaveFormat};
 pub use storectl_storage::progress;

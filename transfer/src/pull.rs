@@ -19,6 +19,7 @@ use storectl_storage::{Image, LoadOptions, Store};
 
 use crate::error::{Error, IoContext, Result};
 use crate::registry::{Platform, RegistryClient, Repository};
+use crate::{Cancel, CancelReader};
 
 /// Image configs larger than this are refused.
 const MAX_CONFIG: u64 = 32 << 20;
@@ -30,6 +31,8 @@ pub struct PullOptions {
     pub platform: Option<Platform>,
     /// Layers at once, size limit, progress interval.
     pub load: LoadOptions,
+    /// Set from another thread to stop the pull (see [`Cancel`]).
+    pub cancel: Cancel,
 }
 
 /// A layer blob in a registry, opened when the store's import reads it
@@ -39,15 +42,18 @@ struct RegistryBlob {
     client: RegistryClient,
     repo: Repository,
     digest: String,
+    cancel: Cancel,
 }
 
 impl RemoteBlob for RegistryBlob {
     fn open(&self) -> std::result::Result<Box<dyn Read + Send>, BoxError> {
-        Ok(Box::new(self.client.get_blob(
-            &self.repo,
-            &self.digest,
-            0,
-        )?))
+        if self.cancel.is_cancelled() {
+            return Err(Box::new(Error::Cancelled));
+        }
+        Ok(Box::new(CancelReader {
+            inner: self.client.get_blob(&self.repo, &self.digest, 0)?,
+            cancel: self.cancel.clone(),
+        }))
     }
 
     fn describe(&self) -> String {
@@ -85,6 +91,7 @@ pub fn pull(
             path: where_(),
             reason: format!("manifest: {e}"),
         })?;
+    opts.cancel.check()?;
     let mut config = Vec::new();
     client
         .get_blob(&repo, &parsed.config.digest, 0)?
@@ -131,6 +138,7 @@ pub fn pull(
                     client: client.clone(),
                     repo: repo.clone(),
                     digest: d.digest.clone(),
+                    cancel: opts.cancel.clone(),
                 }),
                 size: d.size,
             },
@@ -149,7 +157,11 @@ pub fn pull(
         },
         spill: None,
     };
-    let image = store.import(src, &opts.load, reporter)?;
+    opts.cancel.check()?;
+    let image = match store.import(src, &opts.load, reporter) {
+        Err(_) if opts.cancel.is_cancelled() => return Err(Error::Cancelled),
+        r => r?,
+    };
     reporter.report(&ProgressEvent {
         name: image.id.clone(),
         ..op(EventKind::Done)

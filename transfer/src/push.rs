@@ -22,6 +22,7 @@ use storectl_storage::Store;
 use crate::error::{Error, IoContext, Result};
 use crate::registry::{BlobPushed, RegistryClient, Repository, UploadOptions};
 use crate::save::{blob_event, op_event};
+use crate::{Cancel, CancelReader};
 
 /// How `push` sends layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,8 @@ pub struct PushOptions {
     pub compression: PushCompression,
     /// Layers prepared and uploaded at once.
     pub jobs: usize,
+    /// Set from another thread to stop the push (see [`Cancel`]).
+    pub cancel: Cancel,
 }
 
 impl Default for PushOptions {
@@ -45,6 +48,7 @@ impl Default for PushOptions {
         PushOptions {
             compression: PushCompression::Gzip,
             jobs: 3,
+            cancel: Cancel::default(),
         }
     }
 }
@@ -94,6 +98,7 @@ pub fn push(
             })
             .collect()
     });
+    opts.cancel.check()?;
     let mut descs = Vec::with_capacity(pushed.len());
     for d in pushed {
         descs.push(d?);
@@ -186,8 +191,12 @@ fn push_layer(
         let mut event = blob_event(EventKind::Uploading, layer, parent, 0);
         event.total = size;
         event.compressed = Some(compressed);
+        opts.cancel.check()?;
         let mut reader = storectl_storage::progress::ProgressReader::new(
-            std::io::BufReader::with_capacity(1 << 20, file),
+            CancelReader {
+                inner: std::io::BufReader::with_capacity(1 << 20, file),
+                cancel: opts.cancel.clone(),
+            },
             reporter,
             event,
             storectl_storage::progress::DEFAULT_INTERVAL,

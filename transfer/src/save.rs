@@ -178,6 +178,41 @@ pub fn save(
     Ok(())
 }
 
+/// Write `image` as a tarball (`OciArchive`, or `DockerArchive`; `Oci`, a
+/// directory, is written as an `OciArchive` of its contents) into `out`, as
+/// it is made: what a daemon streams to a client. `shown` names the stream
+/// in messages. Nothing is written to disk.
+pub fn save_to_writer(
+    store: &Store,
+    image: &Image,
+    out: &mut dyn Write,
+    shown: &Path,
+    format: SaveFormat,
+    name: Option<&str>,
+    reporter: &dyn Reporter,
+) -> Result<()> {
+    let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, out));
+    match format {
+        SaveFormat::Oci | SaveFormat::OciArchive => save_oci(
+            store,
+            image,
+            LayoutSink::Tar {
+                tar: &mut tar,
+                path: shown,
+            },
+            name,
+            reporter,
+        )?,
+        SaveFormat::DockerArchive => {
+            save_docker_archive(store, image, &mut tar, shown, name, reporter)?
+        }
+    }
+    let mut out = tar.into_inner().at(shown)?;
+    out.flush().at(shown)?;
+    reporter.report(&op_event(EventKind::Saved, &shown.to_string_lossy()));
+    Ok(())
+}
+
 /// Write a tarball at `path` with `fill`, then flush and fsync it.
 fn save_tar(
     path: &Path,

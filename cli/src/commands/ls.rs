@@ -1,9 +1,10 @@
 //! `storectl ls`: list images.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde_json::json;
-use storectl_storage::{Image, Store};
+use storectl_storage::{Image, Layer, Store};
 
 use crate::outln;
 use crate::output::{self, escape_controls};
@@ -37,6 +38,42 @@ pub struct Args {
     quiet: bool,
 }
 
+/// What `ls` shows, read from a store or received from a daemon.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Newest first.
+    pub images: Vec<Listed>,
+    /// Names a local and a shared image both have (the local one's).
+    pub shadowed: BTreeSet<String>,
+    /// The store is a reader of a share (the SOURCE column).
+    pub reader: bool,
+}
+
+/// One image with its size and layers (base first).
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub image: Image,
+    pub size: u64,
+    pub layers: Vec<Layer>,
+}
+
+/// The store's images, newest first, with their layers.
+pub fn listing(store: &Store) -> anyhow::Result<Listing> {
+    let mut images = Vec::new();
+    for image in sorted_images(store) {
+        images.push(Listed {
+            size: store.image_size(&image),
+            layers: store.image_layers(&image)?,
+            image,
+        });
+    }
+    Ok(Listing {
+        images,
+        shadowed: store.with_state(|st| st.shadowed_names()),
+        reader: store.layout().role() == storectl_storage::Role::Reader,
+    })
+}
+
 /// `docker.io/library/busybox:latest` → (`docker.io/library/busybox`, `latest`).
 fn split_name(name: &str) -> (&str, &str) {
     let name = name.split('@').next().unwrap_or(name);
@@ -53,18 +90,22 @@ fn sorted_images(store: &Store) -> Vec<Image> {
     images
 }
 
-/// What `ls --json` prints (also `GET /images` of `storectl serve`).
-pub fn images_json(store: &Store, with_layers: bool) -> anyhow::Result<serde_json::Value> {
+/// What `ls --json` prints.
+pub fn images_json(listing: &Listing, with_layers: bool) -> anyhow::Result<serde_json::Value> {
     let mut list = Vec::new();
-    let shadowed = store.with_state(|st| st.shadowed_names());
-    for image in &sorted_images(store) {
-        let layers = store.image_layers(image)?;
+    let shadowed = &listing.shadowed;
+    for Listed {
+        image,
+        size,
+        layers,
+    } in &listing.images
+    {
         let mut v = json!({
             "id": image.id,
             "names": image.names,
             "digest": image.digest,
             "created": image.created,
-            "size": store.image_size(image),
+            "size": size,
             "layers": layers.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
             "shared": image.shared,
         });
@@ -78,7 +119,7 @@ pub fn images_json(store: &Store, with_layers: bool) -> anyhow::Result<serde_jso
             v["shadowed_names"] = json!(names);
         }
         if with_layers {
-            v["layer_details"] = serde_json::to_value(&layers)?;
+            v["layer_details"] = serde_json::to_value(layers)?;
         }
         list.push(v);
     }
@@ -142,17 +183,32 @@ fn show_digest(digest: Option<&str>, no_trunc: bool) -> String {
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
-    let (store, refresher) = open_store_scanned(root)?;
-    let show_source = refresher.is_some();
+    let (store, _refresher) = open_store_scanned(root)?;
+    render(&listing(&store)?, &args)
+}
+
+/// `ls` through a daemon.
+pub fn run_remote(c: &mut crate::daemon::client::Client, args: Args) -> anyhow::Result<()> {
+    let req = crate::daemon::pb::storectl::v1::ListRequest {};
+    let resp = c
+        .runtime
+        .block_on(c.images.list(req))
+        .map_err(|s| c.status(s))?
+        .into_inner();
+    render(&crate::daemon::convert::listing_from_pb(&resp), &args)
+}
+
+/// Print `listing` as `args` ask.
+pub fn render(listing: &Listing, args: &Args) -> anyhow::Result<()> {
+    let show_source = listing.reader;
     if args.json || args.format == Format::Json {
-        let list = images_json(&store, args.layers)?;
+        let list = images_json(listing, args.layers)?;
         output::json(&list, true)?;
         return Ok(());
     }
-    let images = sorted_images(&store);
     if args.quiet {
         let mut seen = std::collections::HashSet::new();
-        for image in &images {
+        for Listed { image, .. } in &listing.images {
             if seen.insert(image.id.as_str()) {
                 outln!("{}", show_id(&image.id, args.no_trunc));
             }
@@ -169,8 +225,13 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     // Image rows, each followed (with --layers) by its layers' lines.
     let mut blocks: Vec<(Vec<Row>, Vec<Row>)> = Vec::new();
     // A name a local and a shared image both have is the local one's.
-    let shadowed = store.with_state(|st| st.shadowed_names());
-    for image in &images {
+    let shadowed = &listing.shadowed;
+    for Listed {
+        image,
+        size,
+        layers: image_layers,
+    } in &listing.images
+    {
         let names: Vec<(&str, &str, Option<&String>)> = if image.names.is_empty() {
             vec![("<none>", "<none>", None)]
         } else {
@@ -191,7 +252,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
                     tag.to_string(),
                     show_id(&image.id, args.no_trunc),
                     created_ago(image.created.as_deref(), now),
-                    human_size(store.image_size(image)),
+                    human_size(*size),
                 ];
                 if show_source {
                     row.push(match image.shared {
@@ -207,7 +268,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
             .collect();
         let mut layers = Vec::new();
         if args.layers {
-            for layer in store.image_layers(image)? {
+            for layer in image_layers {
                 let mut row = vec![
                     "  layer".to_string(),
                     show_digest(Some(&layer.id), args.no_trunc),

@@ -4,21 +4,20 @@ use std::path::Path;
 
 use clap::Subcommand;
 
-mod info;
-mod init;
-mod inspect;
-mod load;
-mod ls;
-mod mount;
-mod pull;
-mod push;
-mod refresh;
-mod registry_args;
-mod rmi;
-mod save;
-mod serve;
-mod tag;
-mod verify;
+pub(crate) mod info;
+pub(crate) mod init;
+pub(crate) mod inspect;
+pub(crate) mod load;
+pub(crate) mod ls;
+pub(crate) mod mount;
+pub(crate) mod pull;
+pub(crate) mod push;
+pub(crate) mod refresh;
+pub(crate) mod registry_args;
+pub(crate) mod rmi;
+pub(crate) mod save;
+pub(crate) mod tag;
+pub(crate) mod verify;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -50,12 +49,15 @@ pub enum Command {
     Save(save::Args),
     /// Bring a reader up to date with the share (`--watch` to keep following it).
     Refresh(refresh::Args),
-    /// Serve Prometheus metrics (and a small HTTP API) until interrupted.
-    Serve(serve::Args),
+    /// Serve the gRPC API on a unix socket (and metrics) until interrupted.
+    Serve(crate::daemon::Args),
 }
 
 impl Command {
-    pub fn run(self, root: &Path) -> anyhow::Result<()> {
+    pub fn run(self, root: &Path, host: Option<&str>) -> anyhow::Result<()> {
+        if let Some(host) = host {
+            return self.run_remote(host);
+        }
         match self {
             Command::Ls(a) => ls::run(root, a),
             Command::Inspect(a) => inspect::run(root, a),
@@ -71,7 +73,57 @@ impl Command {
             Command::Pull(a) => pull::run(root, a),
             Command::Push(a) => push::run(root, a),
             Command::Save(a) => save::run(root, a),
-            Command::Serve(a) => serve::run(root, a),
+            Command::Serve(a) => crate::daemon::serve(root, a),
+        }
+    }
+
+    /// Through the daemon at `host` (`--host`).
+    fn run_remote(self, host: &str) -> anyhow::Result<()> {
+        let verb = match &self {
+            Command::Ls(_) => "ls",
+            Command::Inspect(_) => "inspect",
+            Command::Load(_) => "load",
+            Command::Tag(_) => "tag",
+            Command::Rmi(_) => "rmi",
+            Command::Pull(_) => "pull",
+            Command::Push(_) => "push",
+            Command::Save(_) => "save",
+            Command::Mount(_) => "mount",
+            Command::Umount(_) => "umount",
+            Command::Verify(_) => "verify",
+            Command::Init(_) => "init",
+            Command::Info(_) => "info",
+            Command::Refresh(_) => "refresh",
+            Command::Serve(_) => "serve",
+        };
+        let supported = matches!(
+            self,
+            Command::Ls(_)
+                | Command::Inspect(_)
+                | Command::Load(_)
+                | Command::Tag(_)
+                | Command::Rmi(_)
+                | Command::Pull(_)
+                | Command::Push(_)
+                | Command::Save(_)
+        );
+        if !supported {
+            anyhow::bail!(
+                "storectl {verb} does not run through a daemon; run it without --host \
+                 (and without STORECTL_HOST) on the daemon's host"
+            );
+        }
+        let mut client = crate::daemon::client::Client::connect(host)?;
+        match self {
+            Command::Ls(a) => ls::run_remote(&mut client, a),
+            Command::Inspect(a) => inspect::run_remote(&mut client, a),
+            Command::Load(a) => load::run_remote(&mut client, a),
+            Command::Tag(a) => tag::run_remote(&mut client, a),
+            Command::Rmi(a) => rmi::run_remote(&mut client, a),
+            Command::Pull(a) => pull::run_remote(&mut client, a),
+            Command::Push(a) => push::run_remote(&mut client, a),
+            Command::Save(a) => save::run_remote(&mut client, a),
+            _ => unreachable!("checked above"),
         }
     }
 }

@@ -21,6 +21,23 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
+    /// `--creds`, parsed.
+    pub fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
+        self.creds
+            .as_deref()
+            .map(|c| Credentials::parse(c).context("--creds wants USER:PASS"))
+            .transpose()
+    }
+
+    /// The options a daemon uses for this client's registry operation.
+    pub fn options(&self) -> crate::daemon::pb::storectl::v1::RegistryOptions {
+        crate::daemon::pb::storectl::v1::RegistryOptions {
+            tls_verify_disabled: !self.tls_verify,
+            plain_http: self.plain_http,
+            retries: self.retries,
+        }
+    }
+
     pub fn client(&self) -> anyhow::Result<RegistryClient> {
         let opts = ClientOptions {
             insecure_skip_tls_verify: !self.tls_verify,

@@ -23,6 +23,38 @@ pub struct Args {
     force: bool,
 }
 
+/// `rmi` through a daemon: the same lines, one call per image.
+pub fn run_remote(c: &mut crate::daemon::client::Client, args: Args) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for name in &args.images {
+        let req = crate::daemon::pb::storectl::v1::RemoveRequest {
+            image: name.clone(),
+            force: args.force,
+        };
+        match c.runtime.block_on(c.images.remove(req)) {
+            Ok(r) => {
+                let r = r.into_inner();
+                if !r.untagged.is_empty() {
+                    outln!("Untagged: {}", r.untagged);
+                } else {
+                    for layer in &r.deleted_layers {
+                        outln!("Deleted layer: {layer}");
+                    }
+                    outln!("Deleted: {}", r.deleted);
+                }
+            }
+            Err(s) => {
+                failed += 1;
+                output::error_line(&crate::one_line(&c.status(s)));
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(Reported { failed }.into());
+    }
+    Ok(())
+}
+
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     // On a reader, scan first: a shared image is refused as read-only, not unknown.
     let (store, _refresher) = open_store_scanned(root)?;

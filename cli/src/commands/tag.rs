@@ -13,6 +13,21 @@ pub struct Args {
     name: String,
 }
 
+/// `tag` through a daemon.
+pub fn run_remote(c: &mut crate::daemon::client::Client, args: Args) -> anyhow::Result<()> {
+    let req = crate::daemon::pb::storectl::v1::TagRequest {
+        image: args.image,
+        name: args.name,
+    };
+    let r = c
+        .runtime
+        .block_on(c.images.tag(req))
+        .map_err(|s| c.status(s))?
+        .into_inner();
+    outln!("{}", r.id);
+    Ok(())
+}
+
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     // On a reader, scan first: a shared image is refused as read-only, not unknown.
     let (store, _refresher) = open_store_scanned(root)?;

@@ -239,7 +239,7 @@ fn spill_to(
 /// `PATH:TAG` → (PATH, Some(TAG)) when `PATH:TAG` does not exist but PATH
 /// does (the first `:` that gives an existing path; TAG may hold `:` itself,
 /// as in `archive.tar:busybox:latest`).
-fn split_source_spec(spec: &str) -> (PathBuf, Option<String>) {
+pub fn split_source_spec(spec: &str) -> (PathBuf, Option<String>) {
     if Path::new(spec).exists() {
         return (PathBuf::from(spec), None);
     }

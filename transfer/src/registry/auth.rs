@@ -55,6 +55,14 @@ impl fmt::Debug for Credentials {
 /// the request goes on anonymously.
 pub trait CredentialsProvider: Send + Sync {
     fn credentials(&self, registry: &str) -> Option<Credentials>;
+
+    /// The same, told the realm of the registry's challenge when it sent one
+    /// (a daemon passes it on to the client it asks). By default the realm
+    /// is not used.
+    fn credentials_for_realm(&self, registry: &str, realm: Option<&str>) -> Option<Credentials> {
+        let _ = realm;
+        self.credentials(registry)
+    }
 }
 
 impl<F> CredentialsProvider for F

@@ -223,6 +223,8 @@ struct AuthState {
     tokens: HashMap<(String, String), (String, Instant)>,
     /// Credentials resolved per registry (`None`: there are none).
     creds: HashMap<String, Option<Credentials>>,
+    /// The realm of each registry's last challenge (told to a provider).
+    realms: HashMap<String, String>,
 }
 
 #[derive(Default)]
@@ -411,7 +413,10 @@ impl RegistryClient {
         // The callback is asked without holding any lock (it may prompt).
         let found = match (found, provider) {
             (Some(c), _) => Some(c),
-            (None, Some(p)) => p.credentials(registry),
+            (None, Some(p)) => {
+                let realm = self.inner.state.lock().realms.get(registry).cloned();
+                p.credentials_for_realm(registry, realm.as_deref())
+            }
             (None, None) => None,
         };
         tracing::debug!(
@@ -483,6 +488,16 @@ impl RegistryClient {
             .collect();
         let challenges: Vec<Challenge> = headers.iter().flat_map(|h| parse_challenges(h)).collect();
         tracing::debug!(registry, url, ?challenges, "registry challenged");
+        if let Some(realm) = challenges
+            .iter()
+            .find_map(|c| c.param("realm").filter(|r| !r.is_empty()))
+        {
+            self.inner
+                .state
+                .lock()
+                .realms
+                .insert(registry.to_string(), realm.to_string());
+        }
         if let Some(c) = challenges.iter().find(|c| c.scheme == "bearer") {
             let realm = c
                 .param("realm")
