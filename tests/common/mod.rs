@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use storectl_fixtures::{snapshot, Tree};
 
+pub mod tmux;
+
 /// The `storectl` binary under test.
 pub const STORECTL: &str = env!("CARGO_BIN_EXE_storectl");
 
@@ -58,6 +60,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// A finished process's output as a `Run` (of `args`).
+    pub fn from_output(args: Vec<String>, out: Output) -> Run {
+        Run::from(args, out)
+    }
+
     fn from(args: Vec<String>, out: Output) -> Run {
         Run {
             args,

@@ -237,7 +237,7 @@ impl pb::images_server::Images for Service {
             r.path.clone()
         };
         let op = Op::new("load", shown);
-        let (_tx, _sub, stream) = self.stream(&op, CredSource::Fixed(None), false);
+        let (tx, _sub, stream) = self.stream(&op, CredSource::Fixed(None), false);
         let opts = LoadOptions {
             name: (!r.name.is_empty()).then(|| r.name.clone()),
             max_layer_size: (r.max_layer_size != 0).then_some(r.max_layer_size),
@@ -274,9 +274,25 @@ impl pb::images_server::Images for Service {
                         return;
                     }
                     Ok(None) => return,
-                    Err(_) => {
-                        // The client went away mid-upload.
+                    Err(s) => {
+                        // A message the daemon would not take (too large,
+                        // malformed), or the client went away mid-upload:
+                        // the call ends with that status.
                         op2.cancel.cancel();
+                        // tonic says OUT_OF_RANGE for a message over the
+                        // limit; gRPC's own servers say RESOURCE_EXHAUSTED.
+                        let code = match s.code() {
+                            tonic::Code::OutOfRange if s.message().contains("too large") => {
+                                tonic::Code::ResourceExhausted
+                            }
+                            c => c,
+                        };
+                        let _ = tx
+                            .send(Err(Status::new(
+                                code,
+                                format!("reading the archive from the client: {}", s.message()),
+                            )))
+                            .await;
                         return;
                     }
                 }
