@@ -1,7 +1,9 @@
 //! `storectl`: the command-line front end of the storectl image store.
 //!
 //! Rendering only: every verb is a thin layer over `storectl-storage` /
-//! `storectl-remote`, in its own file under `commands/`. Argument errors are
+//! `storectl-transfer` / `storectl-remote`, in its own file under
+//! `commands/`; with `--host` it runs through the daemon instead
+//! (`daemon/`, which is also `storectl serve`). Argument errors are
 //! clap's (usage on stderr, exit code 2); every other error prints as one
 //! line on stderr (`storectl: error: …`, control characters escaped) with
 //! exit code 1. Standard output goes through one buffered writer
