@@ -1,4 +1,4 @@
-# Shared by bench/load.sh and bench/pull.sh (sourced, not run).
+# Shared by the bench/*.sh scripts (sourced, not run).
 #
 # Sets: here (the checkout), work (BENCH_DIR, default bench/out), storectl (the
 # release binary), img (the cached bench image: `storectl-fixture bench-image`,
@@ -43,4 +43,32 @@ fresh_fs() {
     mkdir -p "$scratch"
     mount -o loop "$fsimage" "$scratch"
     sync
+}
+
+# A docker-registry on a free loopback port with fresh storage in DIR: sets
+# port and reg_pid; stop_registry stops it (call it from your EXIT trap).
+reg_pid=
+stop_registry() {
+    if [ -n "$reg_pid" ]; then kill "$reg_pid" 2>/dev/null || true; wait "$reg_pid" 2>/dev/null || true; fi
+}
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+start_registry() {
+    local regdir=$1 started=0
+    rm -rf "$regdir"; mkdir -p "$regdir"
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        port=$((20000 + RANDOM % 40000))
+        port_free "$port" || continue
+        printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/data\nhttp:\n  addr: 127.0.0.1:%s\n' \
+            "$regdir" "$port" >"$regdir/config.yml"
+        docker-registry serve "$regdir/config.yml" >"$regdir/registry.log" 2>&1 &
+        reg_pid=$!
+        for _ in $(seq 1 100); do
+            if ! port_free "$port"; then started=1; break; fi
+            kill -0 "$reg_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        [ "$started" = 1 ] && break
+        stop_registry; reg_pid=
+    done
+    [ "$started" = 1 ] || { echo "$0: docker-registry did not start" >&2; cat "$regdir/registry.log" >&2; exit 1; }
 }

@@ -29,40 +29,8 @@ done
 . "$(dirname "$0")/lib.sh"
 
 regdir="$work/pull-registry"
-reg_pid=
-stop_registry() {
-    if [ -n "$reg_pid" ]; then kill "$reg_pid" 2>/dev/null || true; wait "$reg_pid" 2>/dev/null || true; fi
-}
 trap 'cleanup; stop_registry; rm -rf "$regdir"' EXIT
-
-# A registry on a free loopback port, with fresh storage.
-rm -rf "$regdir"; mkdir -p "$regdir"
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-started=0
-for _ in 1 2 3 4 5 6 7 8 9 10; do
-    port=$((20000 + RANDOM % 40000))
-    port_free "$port" || continue
-    cat >"$regdir/config.yml" <<EOF
-version: 0.1
-log:
-  level: error
-storage:
-  filesystem:
-    rootdirectory: $regdir/data
-http:
-  addr: 127.0.0.1:$port
-EOF
-    docker-registry serve "$regdir/config.yml" >"$regdir/registry.log" 2>&1 &
-    reg_pid=$!
-    for _ in $(seq 1 100); do
-        if ! port_free "$port"; then started=1; break; fi
-        kill -0 "$reg_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    [ "$started" = 1 ] && break
-    stop_registry; reg_pid=
-done
-[ "$started" = 1 ] || { echo "bench/pull.sh: docker-registry did not start" >&2; cat "$regdir/registry.log" >&2; exit 1; }
+start_registry "$regdir"
 ref="127.0.0.1:$port/bench:1"
 skopeo --insecure-policy copy --quiet --dest-tls-verify=false "oci:$img/oci:latest" "docker://$ref"
 echo "image: $(du -sh "$regdir/data" | cut -f1) in the registry (3 gzip layers)," \
