@@ -1,9 +1,10 @@
-//! Property tests of the pure parsers: references and the on-disk records
-//! (auth challenges and platforms: storectl-transfer's). Any input either parses or is
+//! Property tests of the pure parsers: references, platforms and the on-disk
+//! records (auth challenges: storectl-transfer's). Any input either parses or is
 //! refused, never panics; what parses normalizes stably.
 
 use proptest::prelude::*;
 
+use crate::import::platform::Platform;
 use crate::reference::{self, normalize_name};
 
 /// Strings shaped like image references (valid and not quite).
@@ -54,6 +55,14 @@ proptest! {
             prop_assert_eq!(&a.path, &b.path);
             prop_assert_eq!(&a.digest, &b.digest);
             prop_assert_eq!(a.tag.as_deref().or(a.digest.is_none().then_some("latest")), b.tag.as_deref());
+        }
+    }
+
+    /// What parses as a platform prints as something that parses the same.
+    #[test]
+    fn platforms_round_trip(s in "[a-z0-9_]{0,8}(/[a-z0-9_]{0,8}){0,3}") {
+        if let Ok(p) = Platform::parse(&s) {
+            prop_assert_eq!(Platform::parse(&p.to_string()), Ok(p));
         }
     }
 

@@ -15,6 +15,7 @@
 mod blobs;
 mod docker;
 mod oci;
+pub mod platform;
 pub mod spec;
 
 use std::io::Read;

@@ -83,8 +83,8 @@ pub(super) fn open(blobs: &Blobs, tag: Option<&str>) -> Result<SourceImage> {
             [] => return Err(Error::archive(path, "index.json lists no images")),
             [one] => one,
             many if many.iter().all(|d| d.platform.is_some()) => {
-                let host = spec::host_platform();
-                let first = spec::pick_platform(many, &host).ok_or_else(|| {
+                let host = spec::Platform::host();
+                let first = super::platform::pick_best(many, &host).ok_or_else(|| {
                     Error::archive(path, "no image for this host's platform in the layout")
                 })?;
                 let same = many.iter().filter(|d| d.platform == first.platform).count();
@@ -172,8 +172,8 @@ fn resolve_manifest(blobs: &Blobs, desc: &Descriptor, depth: u32) -> Result<(Vec
     }
     let index: Index = serde_json::from_slice(&bytes)
         .map_err(|e| Error::archive(blobs.path(), format!("index {}: {e}", desc.digest)))?;
-    let platform = spec::host_platform();
-    let next = spec::pick_platform(&index.manifests, &platform).ok_or_else(|| {
+    let platform = spec::Platform::host();
+    let next = super::platform::pick_best(&index.manifests, &platform).ok_or_else(|| {
         Error::archive(
             blobs.path(),
             format!(

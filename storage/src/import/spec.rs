@@ -1,5 +1,7 @@
-//! The parts of the OCI image spec (and Docker schema 2) that import needs,
-//! parsed leniently: unknown fields are ignored, missing optional ones default.
+//! The parts of the OCI image spec (and Docker schema 2) that import and the
+//! registry client need — the one set of media types, descriptors and
+//! platforms of the project — parsed leniently: unknown fields are ignored,
+//! missing optional ones default.
 //! (oci-spec's types reject some real-world Docker configs, e.g. `null` lists.)
 
 use std::collections::BTreeMap;
@@ -17,14 +19,19 @@ pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Platform {
-    #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub os: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+pub use super::platform::Platform;
+
+/// Whether `media_type` is an index (OCI image index or Docker manifest list).
+pub fn is_index_media_type(media_type: &str) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_LIST
+}
+
+/// Whether `media_type` is any manifest or index type.
+pub fn is_manifest_media_type(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        OCI_INDEX | OCI_MANIFEST | DOCKER_LIST | DOCKER_MANIFEST
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,81 +112,9 @@ pub fn parse_config(bytes: &[u8]) -> Result<Config, String> {
     Ok(config)
 }
 
-/// The host platform in OCI terms (`linux`, `amd64`/`arm64`/…).
-pub fn host_platform() -> Platform {
-    let architecture = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
-    };
-    Platform {
-        architecture: architecture.to_string(),
-        os: std::env::consts::OS.to_string(),
-        variant: None,
-    }
-}
-
-/// Pick the manifest for `want` from an index: os and architecture must match;
-/// a wanted variant must match, otherwise the first entry wins (pure).
-pub fn pick_platform<'a>(manifests: &'a [Descriptor], want: &Platform) -> Option<&'a Descriptor> {
-    manifests.iter().find(|d| {
-        d.platform.as_ref().is_some_and(|p| {
-            p.os == want.os
-                && p.architecture == want.architecture
-                && (want.variant.is_none() || p.variant == want.variant)
-        })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn desc(arch: &str, variant: Option<&str>) -> Descriptor {
-        Descriptor {
-            media_type: OCI_MANIFEST.into(),
-            digest: format!("sha256:{arch}"),
-            size: 1,
-            annotations: None,
-            platform: Some(Platform {
-                architecture: arch.into(),
-                os: "linux".into(),
-                variant: variant.map(Into::into),
-            }),
-        }
-    }
-
-    #[test]
-    fn platform_pick() {
-        let list = vec![
-            desc("arm", Some("v6")),
-            desc("arm", Some("v7")),
-            desc("amd64", None),
-        ];
-        let want = |a: &str, v: Option<&str>| Platform {
-            architecture: a.into(),
-            os: "linux".into(),
-            variant: v.map(Into::into),
-        };
-        assert_eq!(
-            pick_platform(&list, &want("amd64", None)).unwrap().digest,
-            "sha256:amd64"
-        );
-        assert_eq!(
-            pick_platform(&list, &want("arm", Some("v7")))
-                .unwrap()
-                .platform,
-            list[1].platform
-        );
-        assert_eq!(
-            pick_platform(&list, &want("arm", None)).unwrap().digest,
-            list[0].digest
-        );
-        assert!(pick_platform(&list, &want("s390x", None)).is_none());
-    }
 
     #[test]
     fn config_parsing_checks_diff_ids() {

@@ -57,19 +57,12 @@ use ureq::http;
 pub use auth::{parse_challenges, AuthFile, Challenge, Credentials, CredentialsProvider};
 pub use blob::BlobReader;
 pub use error::{RegistryError, Result};
-pub use platform::{host_arch, pick_manifest, Platform};
+pub use platform::pick_manifest;
+pub use storectl_storage::import::platform::{host_arch, Platform};
+use storectl_storage::import::spec::{self, is_manifest_media_type};
+pub use storectl_storage::import::spec::{is_index_media_type, Descriptor};
 
 use storectl_storage::reference::{Reference, DEFAULT_DOMAIN};
-
-/// OCI image index.
-pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// OCI image manifest.
-pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// Docker manifest list (schema 2).
-pub const MEDIA_TYPE_DOCKER_LIST: &str =
-    "application/vnd.docker.distribution.manifest.list.v2+json";
-/// Docker image manifest (schema 2).
-pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// The `Accept` header of manifest requests.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -79,24 +72,6 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 
 /// The largest manifest accepted (containerd's limit).
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
-
-/// Whether `media_type` is an index (OCI image index or Docker manifest list).
-pub fn is_index_media_type(media_type: &str) -> bool {
-    media_type == MEDIA_TYPE_OCI_INDEX || media_type == MEDIA_TYPE_DOCKER_LIST
-}
-
-/// A content descriptor as found in indexes and manifests.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    #[serde(default)]
-    pub media_type: String,
-    pub digest: String,
-    #[serde(default)]
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-}
 
 /// A manifest (or index) as received, with its media type and verified digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -882,6 +857,7 @@ impl RegistryClient {
                 media_type,
                 digest,
                 size,
+                annotations: None,
                 platform: None,
             });
         }
@@ -890,6 +866,7 @@ impl RegistryClient {
             media_type: m.media_type,
             digest: m.digest,
             size: m.bytes.len() as u64,
+            annotations: None,
             platform: None,
         })
     }
@@ -1178,16 +1155,6 @@ fn is_digest(s: &str) -> bool {
     storectl_storage::reference::validate_digest(s).is_ok()
 }
 
-fn is_manifest_media_type(m: &str) -> bool {
-    matches!(
-        m,
-        MEDIA_TYPE_OCI_INDEX
-            | MEDIA_TYPE_OCI_MANIFEST
-            | MEDIA_TYPE_DOCKER_LIST
-            | MEDIA_TYPE_DOCKER_MANIFEST
-    )
-}
-
 /// The media type of a manifest: the `Content-Type` when it is a manifest
 /// type, else the document's `mediaType`, else guessed from its shape.
 fn manifest_media_type(content_type: Option<&str>, bytes: &[u8]) -> String {
@@ -1210,11 +1177,11 @@ fn manifest_media_type(content_type: Option<&str>, bytes: &[u8]) -> String {
         }) if !m.is_empty() => m,
         Ok(Probe {
             manifests: Some(_), ..
-        }) => MEDIA_TYPE_OCI_INDEX.to_string(),
+        }) => spec::OCI_INDEX.to_string(),
         _ if !ct.is_empty() && ct != "application/json" && ct != "application/octet-stream" => {
             ct.to_string()
         }
-        _ => MEDIA_TYPE_OCI_MANIFEST.to_string(),
+        _ => spec::OCI_MANIFEST.to_string(),
     }
 }
 
@@ -1480,26 +1447,23 @@ mod unit_tests {
         assert_eq!(body_snippet(b"  not\n found  "), "not found");
         assert_eq!(body_snippet(&[b'x'; 300]).chars().count(), 201);
         let m = |ct: Option<&str>, body: &str| manifest_media_type(ct, body.as_bytes());
-        assert_eq!(
-            m(Some(MEDIA_TYPE_DOCKER_LIST), "{}"),
-            MEDIA_TYPE_DOCKER_LIST
-        );
+        assert_eq!(m(Some(spec::DOCKER_LIST), "{}"), spec::DOCKER_LIST);
         assert_eq!(
             m(
                 Some("application/vnd.oci.image.index.v1+json; charset=utf-8"),
                 "{}"
             ),
-            MEDIA_TYPE_OCI_INDEX
+            spec::OCI_INDEX
         );
         assert_eq!(
             m(
                 Some("application/json"),
                 r#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#
             ),
-            MEDIA_TYPE_DOCKER_MANIFEST
+            spec::DOCKER_MANIFEST
         );
-        assert_eq!(m(None, r#"{"manifests":[]}"#), MEDIA_TYPE_OCI_INDEX);
-        assert_eq!(m(None, r#"{"layers":[]}"#), MEDIA_TYPE_OCI_MANIFEST);
+        assert_eq!(m(None, r#"{"manifests":[]}"#), spec::OCI_INDEX);
+        assert_eq!(m(None, r#"{"layers":[]}"#), spec::OCI_MANIFEST);
         let d = storectl_storage::digest::sha256_digest(b"abc");
         assert!(verify_digest(b"abc", &d, || "x".into()).is_ok());
         match verify_digest(b"abd", &d, || "x".into()) {

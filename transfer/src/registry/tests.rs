@@ -101,7 +101,7 @@ fn real_registry_pull_and_push() {
 
     // The manifest, by tag and by digest, with its digest verified.
     let m = client.get_manifest(&repo, "v1").unwrap();
-    assert_eq!(m.media_type, MEDIA_TYPE_OCI_MANIFEST);
+    assert_eq!(m.media_type, spec::OCI_MANIFEST);
     assert_eq!(m.digest, storectl_storage::digest::sha256_digest(&m.bytes));
     assert_eq!(
         m.bytes,
@@ -115,7 +115,7 @@ fn real_registry_pull_and_push() {
         (d.digest.as_str(), d.size),
         (m.digest.as_str(), m.bytes.len() as u64)
     );
-    assert_eq!(d.media_type, MEDIA_TYPE_OCI_MANIFEST);
+    assert_eq!(d.media_type, spec::OCI_MANIFEST);
     assert_eq!(client.list_tags(&repo).unwrap(), vec!["v1".to_string()]);
 
     // Every blob, streamed and checked; a read from an offset; HEAD.
@@ -159,17 +159,17 @@ fn real_registry_pull_and_push() {
     let host = Platform::host();
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_OCI_INDEX,
+        "mediaType": spec::OCI_INDEX,
         "manifests": [
-            {"mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": m.digest, "size": m.bytes.len(),
+            {"mediaType": spec::OCI_MANIFEST, "digest": m.digest, "size": m.bytes.len(),
              "platform": {"os": "linux", "architecture": "mips64le"}},
-            {"mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": m.digest, "size": m.bytes.len(),
+            {"mediaType": spec::OCI_MANIFEST, "digest": m.digest, "size": m.bytes.len(),
              "platform": host},
         ],
     }))
     .unwrap();
     let index_digest = client
-        .put_manifest(&repo, "multi", &index, MEDIA_TYPE_OCI_INDEX)
+        .put_manifest(&repo, "multi", &index, spec::OCI_INDEX)
         .unwrap();
     let (top, picked) = client.get_platform_manifest(&repo, "multi", &host).unwrap();
     let top = top.expect("an index");
@@ -228,7 +228,7 @@ fn real_registry_pull_and_push() {
     assert_eq!(mono, BlobPushed::Uploaded);
     let manifest = built.oci_manifest();
     let pushed = client
-        .put_manifest(&dest, "v2", &manifest, MEDIA_TYPE_OCI_MANIFEST)
+        .put_manifest(&dest, "v2", &manifest, spec::OCI_MANIFEST)
         .unwrap();
     assert_eq!(pushed, m.digest);
     let seen = skopeo_inspect(&reg, "pushed/img:v2", None);
@@ -253,7 +253,7 @@ fn real_registry_pull_and_push() {
     );
     // A manifest pushed under a digest it does not have is refused here.
     assert!(matches!(
-        client.put_manifest(&dest, &wrong, &manifest, MEDIA_TYPE_OCI_MANIFEST),
+        client.put_manifest(&dest, &wrong, &manifest, spec::OCI_MANIFEST),
         Err(RegistryError::DigestMismatch { .. })
     ));
 }
@@ -364,7 +364,7 @@ fn real_registry_basic_auth() {
             .unwrap();
     }
     client
-        .put_manifest(&dest, "v1", &built.oci_manifest(), MEDIA_TYPE_OCI_MANIFEST)
+        .put_manifest(&dest, "v1", &built.oci_manifest(), spec::OCI_MANIFEST)
         .unwrap();
     let seen = skopeo_inspect(&reg, "private/copy:v1", Some("alice:s3cret"));
     assert_eq!(seen["Digest"], serde_json::json!(m.digest));
@@ -538,10 +538,10 @@ fn bearer_token_flow() {
         }
         match req.path.as_str() {
             "/v2/a/b/manifests/v1" => Reply::new(200, m.clone())
-                .header("Content-Type", MEDIA_TYPE_OCI_MANIFEST)
+                .header("Content-Type", spec::OCI_MANIFEST)
                 .header("Docker-Content-Digest", &d),
             "/v2/a/b/manifests/lying" => Reply::new(200, m.clone())
-                .header("Content-Type", MEDIA_TYPE_OCI_MANIFEST)
+                .header("Content-Type", spec::OCI_MANIFEST)
                 .header(
                     "Docker-Content-Digest",
                     &storectl_storage::digest::sha256_digest(b"x"),
