@@ -26,6 +26,7 @@ pub struct BlobReader {
     total: Option<u64>,
     hasher: Option<Sha256>,
     resumes: u32,
+    retry: super::retry::Retry,
     done: bool,
 }
 
@@ -49,6 +50,8 @@ impl BlobReader {
         offset: u64,
     ) -> Result<Self> {
         let hasher = (offset == 0 && digest.starts_with("sha256:")).then(Sha256::new);
+        let retry =
+            super::retry::Retry::new(client.options().retries, client.options().retry_backoff);
         let mut r = BlobReader {
             client,
             repo,
@@ -58,6 +61,7 @@ impl BlobReader {
             total: None,
             hasher,
             resumes: 0,
+            retry,
             done: false,
         };
         r.connect()?;
@@ -169,16 +173,14 @@ impl BlobReader {
     /// After a failed read: reopen at the current offset, if resumes are left.
     fn resume(&mut self, err: io::Error) -> io::Result<()> {
         self.body = None;
-        if self.resumes >= self.client.options().retries {
+        if !self.retry.again(true, None) {
             return Err(err);
         }
-        let delay = self.client.backoff(self.resumes);
         self.resumes += 1;
         tracing::debug!(
             repo = %self.repo, digest = self.digest, offset = self.offset,
             error = %err, attempt = self.resumes, "resuming blob download"
         );
-        std::thread::sleep(delay);
         self.connect().map_err(io::Error::from)
     }
 }

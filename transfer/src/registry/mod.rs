@@ -29,10 +29,11 @@
 //!   / [`RegistryClient::with_registry_credentials`], the auth file
 //!   ([`AuthFile`]: `$REGISTRY_AUTH_FILE`, else `~/.docker/config.json`), and a
 //!   [`CredentialsProvider`] callback — asked only when a registry challenges.
-//! * **Retries.** Idempotent requests (GET, HEAD, and ones with an in-memory
-//!   body) are retried on transport errors, 5xx and 429, with exponential
-//!   backoff. A blob download that breaks mid-way resumes with `Range`
-//!   ([`BlobReader`]).
+//! * **Retries** ([`retry`]): idempotent requests (GET, HEAD, and ones with
+//!   an in-memory body) are retried on transport errors, 5xx and 429, after
+//!   the registry's `Retry-After` (seconds or a date, up to a minute), else
+//!   exponential backoff with jitter. A blob download that breaks mid-way
+//!   resumes with `Range` ([`BlobReader`]), on the same policy.
 //! * **Integrity.** Manifests are checked against the digest asked for, or the
 //!   `Docker-Content-Digest` the registry sent; blobs read from offset 0 are
 //!   checked at EOF.
@@ -41,6 +42,7 @@ mod auth;
 mod blob;
 mod error;
 mod platform;
+pub mod retry;
 #[cfg(test)]
 mod tests;
 
@@ -58,6 +60,7 @@ pub use auth::{parse_challenges, AuthFile, Challenge, Credentials, CredentialsPr
 pub use blob::BlobReader;
 pub use error::{RegistryError, Result};
 pub use platform::pick_manifest;
+use retry::{retryable_error, retryable_status, Retry};
 pub use storectl_storage::import::platform::{host_arch, Platform};
 use storectl_storage::import::spec::{self, is_manifest_media_type};
 pub use storectl_storage::import::spec::{is_index_media_type, Descriptor};
@@ -595,15 +598,6 @@ impl RegistryClient {
 
     // ---- requests ---------------------------------------------------------
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let d = self
-            .inner
-            .opts
-            .retry_backoff
-            .saturating_mul(1u32 << attempt.min(16));
-        d.min(Duration::from_secs(10))
-    }
-
     /// A bare request (no registry auth), retried on transport errors and
     /// 5xx/429 when `idempotent`.
     fn send_with_retries(
@@ -613,7 +607,7 @@ impl RegistryClient {
         headers: &[(&'static str, String)],
         idempotent: bool,
     ) -> Result<Response> {
-        let mut attempt = 0;
+        let mut retry = self.retry();
         loop {
             let mut b = http::Request::builder().method(method).uri(url);
             for (k, v) in headers {
@@ -621,24 +615,26 @@ impl RegistryClient {
             }
             let req = b.body(()).map_err(|e| transport(url, e))?;
             match self.inner.agent.run(req) {
-                Ok(r)
-                    if idempotent
-                        && retryable_status(r.status().as_u16())
-                        && attempt < self.inner.opts.retries =>
-                {
-                    tracing::debug!(url, status = r.status().as_u16(), attempt, "retrying");
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    if !retry.again(idempotent && retryable_status(status), retry_after(&r)) {
+                        return Ok(r);
+                    }
+                    tracing::debug!(url, status, "retried");
                 }
-                Ok(r) => return Ok(r),
-                Err(e)
-                    if idempotent && retryable_error(&e) && attempt < self.inner.opts.retries =>
-                {
-                    tracing::debug!(url, error = %e, attempt, "retrying");
+                Err(e) => {
+                    if !retry.again(idempotent && retryable_error(&e), None) {
+                        return Err(transport(url, e));
+                    }
+                    tracing::debug!(url, error = %e, "retried");
                 }
-                Err(e) => return Err(transport(url, e)),
             }
-            std::thread::sleep(self.backoff(attempt));
-            attempt += 1;
         }
+    }
+
+    /// A fresh retry budget (see [`retry`]).
+    fn retry(&self) -> Retry {
+        Retry::new(self.inner.opts.retries, self.inner.opts.retry_backoff)
     }
 
     /// Run a registry request: authentication (with one retry after a
@@ -648,7 +644,7 @@ impl RegistryClient {
         // Everything with a replayable body may be retried but a PATCH (a
         // retried chunk could be appended twice).
         let idempotent = replayable && call.method != "PATCH";
-        let mut attempt = 0;
+        let mut retry = self.retry();
         let mut challenged = false;
         loop {
             let auth = self.auth_header(call.registry, &call.scopes)?;
@@ -677,12 +673,13 @@ impl RegistryClient {
                         .map(|r| self.inner.agent.run(r))
                 }
             }?;
-            let retries = self.inner.opts.retries;
             match result {
-                Err(e) if idempotent && retryable_error(&e) && attempt < retries => {
-                    tracing::debug!(url = call.url, error = %e, attempt, "retrying");
+                Err(e) => {
+                    if !retry.again(idempotent && retryable_error(&e), None) {
+                        return Err(transport(&call.url, e));
+                    }
+                    tracing::debug!(url = call.url, error = %e, "retried");
                 }
-                Err(e) => return Err(transport(&call.url, e)),
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     if status == 401 {
@@ -696,14 +693,12 @@ impl RegistryClient {
                         self.handle_challenge(call.registry, &call.url, &call.scopes, &resp)?;
                         continue;
                     }
-                    if !(idempotent && retryable_status(status) && attempt < retries) {
+                    if !retry.again(idempotent && retryable_status(status), retry_after(&resp)) {
                         return Ok(resp);
                     }
-                    tracing::debug!(url = call.url, status, attempt, "retrying");
+                    tracing::debug!(url = call.url, status, "retried");
                 }
             }
-            std::thread::sleep(self.backoff(attempt));
-            attempt += 1;
         }
     }
 
@@ -1210,19 +1205,10 @@ fn header_str(resp: &Response, name: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn retryable_status(status: u16) -> bool {
-    status == 429 || matches!(status, 500 | 502 | 503 | 504)
-}
-
-fn retryable_error(e: &ureq::Error) -> bool {
-    matches!(
-        e,
-        ureq::Error::Io(_)
-            | ureq::Error::Timeout(_)
-            | ureq::Error::ConnectionFailed
-            | ureq::Error::Protocol(_)
-            | ureq::Error::BodyStalled
-    )
+/// The `Retry-After` of a response, as a wait from now.
+fn retry_after(resp: &Response) -> Option<Duration> {
+    header_str(resp, "retry-after")
+        .and_then(|v| retry::parse_retry_after(&v, std::time::SystemTime::now()))
 }
 
 fn transport(url: &str, e: impl std::error::Error + Send + Sync + 'static) -> RegistryError {

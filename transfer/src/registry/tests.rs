@@ -715,3 +715,42 @@ fn transport_errors_are_clear() {
         )
     );
 }
+
+#[test]
+fn retry_after_is_honoured_and_too_long_a_wait_is_not() {
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#.to_vec();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (h, m) = (hits.clone(), manifest.clone());
+    // /v2/busy: 503 with `Retry-After: 0` twice, then the manifest.
+    // /v2/later: 429 asking for an hour.
+    let server = FakeServer::start(Arc::new(move |req: &Req| {
+        let n = h.fetch_add(1, Ordering::SeqCst);
+        if req.path.starts_with("/v2/later/") {
+            return Reply::new(429, "slow down").header("Retry-After", "3600");
+        }
+        if n < 2 {
+            return Reply::new(503, "busy").header("Retry-After", "0");
+        }
+        Reply::new(200, m.clone()).header("Content-Type", spec::OCI_MANIFEST)
+    }));
+    let client = RegistryClient::new(ClientOptions {
+        plain_http: Some(true),
+        retry_backoff: Duration::from_secs(3600), // Retry-After wins over it
+        ..options()
+    });
+    let got = client
+        .get_manifest(&Repository::new(&server.addr, "busy"), "v1")
+        .unwrap();
+    assert_eq!(got.bytes, manifest);
+    assert_eq!(hits.load(Ordering::SeqCst), 3, "two retries");
+    hits.store(10, Ordering::SeqCst);
+    let e = client
+        .get_manifest(&Repository::new(&server.addr, "later"), "v1")
+        .unwrap_err();
+    assert!(e.to_string().contains("HTTP 429"), "{e}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        11,
+        "not retried: the wait is too long"
+    );
+}
