@@ -1114,3 +1114,81 @@ fn reader_pull_reuses_the_shares_layers() {
         changed.join("\n")
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn credential_helpers_answer_for_the_registry() {
+    use std::os::unix::fs::PermissionsExt;
+    if !ready(&["docker-registry", "skopeo", "htpasswd"]) {
+        return;
+    }
+    let env = Env::new();
+    let (user, pass) = ("alice", "s3cret-Pw");
+    let reg = Registry::start(Some((user, pass)));
+    let image = gzip3("helped", "h1");
+    let built = write_oci_layout(&env.path("oci"), std::slice::from_ref(&image))
+        .unwrap()
+        .remove(0);
+    push(
+        &reg,
+        &env.path("oci"),
+        "h1",
+        "private/img:h1",
+        &[&format!("--dest-creds={user}:{pass}")],
+    );
+    let reference = reg.r("private/img:h1");
+    // A helper that knows this registry only, and logs what it is asked.
+    let bin = env.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = env.path("helper.log");
+    let helper = bin.join("docker-credential-storectltest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\necho \"$1 $server\" >> '{}'\n\
+             if [ \"$1\" = get ] && [ \"$server\" = '{}' ]; then\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{pass}\"}}' \"$server\"\n\
+             else echo 'credentials not found in native keychain'; exit 1; fi\n",
+            log.display(),
+            reg.addr
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let config = env.path("home/.docker/config.json");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    for (i, cfg) in [
+        json!({"credHelpers": {reg.addr.clone(): "storectltest"}}),
+        json!({"credsStore": "storectltest"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(&config, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let root = env.path(&format!("helped-{i}"));
+        let out = storectl(&env, &root, &["pull", "-q", &reference], &[("PATH", &path)]).ok();
+        assert_eq!(out.trim(), built.id(), "{cfg}");
+    }
+    let asked = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(asked, format!("get {0}\nget {0}\n", reg.addr), "{asked}");
+    // A helper that is not installed: a warning, then no credentials.
+    std::fs::write(&config, br#"{"credsStore": "storectl-not-installed"}"#).unwrap();
+    let run = storectl(
+        &env,
+        &env.path("unhelped"),
+        &["pull", "-q", &reference],
+        &[("PATH", &path)],
+    );
+    let stderr = run.stderr.clone();
+    let line = run.err_containing("credentials required");
+    assert!(line.contains(&reg.addr), "{line}");
+    assert!(
+        stderr.contains("docker-credential-storectl-not-installed is not installed"),
+        "{stderr}"
+    );
+}

@@ -122,16 +122,18 @@ impl CredentialAnswers {
         })
     }
 
-    /// Credentials for `registry`: `--creds`, the auth file (helpers
-    /// included), or a prompt when standard input is a terminal.
+    /// Credentials for `registry`: `--creds`, the auth file (its credential
+    /// helpers included), or a prompt when standard input is a terminal.
     fn answer(&self, registry: &str) -> Option<storectl_transfer::registry::Credentials> {
         if let Some(c) = &self.creds {
             return Some(c.clone());
         }
-        if let Ok(f) = storectl_transfer::registry::AuthFile::load_default() {
-            if let Some(c) = f.lookup(registry, None) {
-                return Some(c.clone());
-            }
+        let from_file =
+            storectl_transfer::registry::AuthFile::load_default().and_then(|f| f.resolve(registry));
+        match from_file {
+            Ok(Some(c)) => return Some(c),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}"),
         }
         crate::util::prompt_credentials(registry)
     }

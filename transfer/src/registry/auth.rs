@@ -106,22 +106,129 @@ fn normalize_auth_key(key: &str) -> String {
 }
 
 /// A parsed docker `config.json` / containers `auth.json`: the `auths` map,
-/// keyed by registry host (or `host/namespace/repo`, the most specific wins).
+/// keyed by registry host (or `host/namespace/repo`, the most specific wins),
+/// and the credential helpers (`credHelpers` per registry, `credsStore` for
+/// all).
 ///
-/// Only inline credentials are read (`auth` = base64 `user:password`, or
-/// `username` + `password`); credential helpers (`credsStore`, `credHelpers`)
-/// and `identitytoken` entries are not supported and are skipped.
+/// Inline credentials are `auth` = base64 `user:password`, or `username` +
+/// `password`. [`AuthFile::resolve`] asks a helper first, as docker does: the
+/// registry's `credHelpers` entry, else `credsStore` (falling back to the
+/// inline entry when the store has none) — `docker-credential-NAME get`
+/// with the server on stdin. `identitytoken` entries (and helpers answering
+/// with one) are not supported and are skipped.
 #[derive(Debug, Clone, Default)]
 pub struct AuthFile {
     /// Where it was read from (`None` when parsed from memory).
     pub path: Option<PathBuf>,
     entries: BTreeMap<String, Credentials>,
+    /// Registry host → helper name (`credHelpers`).
+    helpers: BTreeMap<String, String>,
+    /// The helper for every registry (`credsStore`).
+    store: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
 struct RawAuthFile {
     #[serde(default)]
     auths: HashMap<String, RawAuthEntry>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: HashMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+}
+
+/// Whether `name` may be a helper's name: it becomes part of a program name
+/// (`docker-credential-NAME`), so no path characters.
+fn valid_helper_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// What a helper names a registry by: Docker Hub's legacy URL, else the host.
+fn helper_server(registry: &str) -> String {
+    if registry_key_aliases(registry).len() > 1 {
+        "https://index.docker.io/v1/".to_string()
+    } else {
+        registry.to_string()
+    }
+}
+
+/// A helper's `get` answer (`{"ServerURL", "Username", "Secret"}`) as
+/// credentials (pure). An identity token (`Username` `<token>`) is none.
+pub fn parse_helper_output(stdout: &[u8]) -> Result<Option<Credentials>, String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(rename = "Username", default)]
+        username: String,
+        #[serde(rename = "Secret", default)]
+        secret: String,
+    }
+    let a: Answer = serde_json::from_slice(stdout).map_err(|e| format!("not JSON: {e}"))?;
+    if a.username.is_empty() || a.username == "<token>" {
+        return Ok(None);
+    }
+    Ok(Some(Credentials::new(a.username, a.secret)))
+}
+
+/// How long a helper may take.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Run `docker-credential-NAME get` for `server`. A helper that is not
+/// installed, or that has nothing for the server, gives none (with a
+/// warning for the former).
+pub fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let program = format!("docker-credential-{name}");
+    let err = |reason: String| RegistryError::CredentialHelper {
+        helper: program.clone(),
+        reason,
+    };
+    let mut child = match Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!("credential helper {program} is not installed; going on without it");
+            return Ok(None);
+        }
+        Err(e) => return Err(err(e.to_string())),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(format!("{server}\n").as_bytes());
+    }
+    let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(err(format!("no answer in {}s", HELPER_TIMEOUT.as_secs())));
+            }
+            Err(e) => return Err(err(e.to_string())),
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        if text.to_ascii_lowercase().contains("credentials not found") {
+            return Ok(None);
+        }
+        let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        return Err(err(format!("{}: {line}", out.status)));
+    }
+    parse_helper_output(&out.stdout).map_err(err)
 }
 
 #[derive(serde::Deserialize)]
@@ -158,10 +265,53 @@ impl AuthFile {
             };
             entries.insert(normalize_auth_key(&key), creds);
         }
+        let mut helpers = BTreeMap::new();
+        for (key, name) in raw.cred_helpers {
+            if !valid_helper_name(&name) {
+                return Err(format!(
+                    "credHelpers[{key:?}]: {name:?} is not a helper name"
+                ));
+            }
+            helpers.insert(normalize_auth_key(&key), name);
+        }
+        let store = match raw.creds_store.filter(|s| !s.is_empty()) {
+            Some(s) if !valid_helper_name(&s) => {
+                return Err(format!("credsStore: {s:?} is not a helper name"))
+            }
+            s => s,
+        };
         Ok(AuthFile {
             path: None,
             entries,
+            helpers,
+            store,
         })
+    }
+
+    /// The credentials for `registry`: its credential helper's, else the
+    /// `credsStore` helper's, else the inline entry (see [`AuthFile`]).
+    pub fn resolve(&self, registry: &str) -> Result<Option<Credentials>> {
+        self.resolve_with(registry, &run_helper)
+    }
+
+    /// [`resolve`](Self::resolve) with `run(helper, server)` standing for
+    /// running a helper.
+    pub fn resolve_with(
+        &self,
+        registry: &str,
+        run: &dyn Fn(&str, &str) -> Result<Option<Credentials>>,
+    ) -> Result<Option<Credentials>> {
+        for host in registry_key_aliases(registry) {
+            if let Some(h) = self.helpers.get(&host) {
+                return run(h, &helper_server(registry));
+            }
+        }
+        if let Some(store) = &self.store {
+            if let Some(c) = run(store, &helper_server(registry))? {
+                return Ok(Some(c));
+            }
+        }
+        Ok(self.lookup(registry, None).cloned())
     }
 
     /// Read and parse `path`. A missing file is an empty auth file.
@@ -171,7 +321,7 @@ impl AuthFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(AuthFile {
                     path: Some(path.to_path_buf()),
-                    entries: BTreeMap::new(),
+                    ..AuthFile::default()
                 })
             }
             Err(e) => {
@@ -230,7 +380,7 @@ impl AuthFile {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.helpers.is_empty() && self.store.is_none()
     }
 }
 
@@ -572,6 +722,63 @@ mod tests {
             e.starts_with(&format!("credentials file {}: ", p.display())),
             "{e}"
         );
+    }
+
+    #[test]
+    fn credential_helpers() {
+        let f = AuthFile::parse(
+            br#"{"auths": {"inline.io": {"username": "in", "password": "line"},
+                          "both.io": {"username": "in", "password": "line"}},
+                "credHelpers": {"helped.io": "one", "docker.io": "hub"},
+                "credsStore": "store"}"#,
+        )
+        .unwrap();
+        let asked = parking_lot::Mutex::new(Vec::new());
+        let run = |helper: &str, server: &str| -> Result<Option<Credentials>> {
+            asked.lock().push(format!("{helper} {server}"));
+            Ok(match (helper, server) {
+                ("one", "helped.io") => Some(Credentials::new("h", "1")),
+                ("hub", "https://index.docker.io/v1/") => Some(Credentials::new("hub", "2")),
+                ("store", "stored.io") => Some(Credentials::new("s", "3")),
+                _ => None,
+            })
+        };
+        let get = |reg: &str| f.resolve_with(reg, &run).unwrap().map(|c| c.username);
+        assert_eq!(get("helped.io").as_deref(), Some("h"));
+        assert_eq!(get("registry-1.docker.io").as_deref(), Some("hub"));
+        assert_eq!(get("stored.io").as_deref(), Some("s"));
+        // The store has none: the inline entry.
+        assert_eq!(get("both.io").as_deref(), Some("in"));
+        assert_eq!(get("nowhere.io"), None);
+        assert_eq!(
+            asked.lock().clone(),
+            [
+                "one helped.io",
+                "hub https://index.docker.io/v1/",
+                "store stored.io",
+                "store both.io",
+                "store nowhere.io"
+            ]
+        );
+        assert!(!f.is_empty());
+        for bad in [
+            r#"{"credHelpers": {"x.io": "../evil"}}"#,
+            r#"{"credsStore": "a/b"}"#,
+        ] {
+            let e = AuthFile::parse(bad.as_bytes()).unwrap_err();
+            assert!(e.contains("is not a helper name"), "{bad}: {e}");
+        }
+        assert_eq!(
+            parse_helper_output(br#"{"ServerURL":"x","Username":"u","Secret":"p"}"#),
+            Ok(Some(Credentials::new("u", "p")))
+        );
+        assert_eq!(
+            parse_helper_output(br#"{"ServerURL":"x","Username":"<token>","Secret":"t"}"#),
+            Ok(None)
+        );
+        assert!(parse_helper_output(b"credentials not found").is_err());
+        // A helper that is not installed: none.
+        assert_eq!(run_helper("storectl-no-such-helper", "x.io").unwrap(), None);
     }
 
     #[test]

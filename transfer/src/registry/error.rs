@@ -60,6 +60,9 @@ pub enum RegistryError {
     /// A credentials file that exists but does not parse.
     #[error("credentials file {path}: {reason}")]
     AuthFile { path: PathBuf, reason: String },
+    /// A credential helper (`docker-credential-NAME get`) failed.
+    #[error("credential helper {helper}: {reason}")]
+    CredentialHelper { helper: String, reason: String },
     /// A local read (of a blob being pushed) failed.
     #[error("{what}: {source}")]
     Io {

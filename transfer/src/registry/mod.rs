@@ -27,7 +27,8 @@
 //!   the challenge's realm for the request's scopes, cached per scope until it
 //!   expires). Credentials come, in order, from [`RegistryClient::with_credentials`]
 //!   / [`RegistryClient::with_registry_credentials`], the auth file
-//!   ([`AuthFile`]: `$REGISTRY_AUTH_FILE`, else `~/.docker/config.json`), and a
+//!   ([`AuthFile`]: `$REGISTRY_AUTH_FILE`, else `~/.docker/config.json`;
+//!   its credential helpers, `credHelpers` and `credsStore`, included), and a
 //!   [`CredentialsProvider`] callback — asked only when a registry challenges.
 //! * **Retries** ([`retry`]): idempotent requests (GET, HEAD, and ones with
 //!   an in-memory body) are retried on transport errors, 5xx and 429, after
@@ -371,23 +372,28 @@ impl RegistryClient {
         if let Some(c) = self.inner.state.lock().creds.get(registry) {
             return Ok(c.clone());
         }
-        let (found, provider) = {
+        let (mut found, file, provider) = {
             let mut cfg = self.inner.config.lock();
-            let mut found = cfg
+            let found = cfg
                 .per_registry
                 .get(registry)
                 .cloned()
                 .or_else(|| cfg.any.clone());
+            let mut file = None;
             if found.is_none() {
                 if let AuthFileState::NotLoaded = cfg.auth_file {
                     cfg.auth_file = AuthFileState::Loaded(AuthFile::load_default()?);
                 }
                 if let AuthFileState::Loaded(f) = &cfg.auth_file {
-                    found = f.lookup(registry, None).cloned();
+                    file = Some(f.clone());
                 }
             }
-            (found, cfg.provider.clone())
+            (found, file, cfg.provider.clone())
         };
+        // Helpers run without holding any lock.
+        if let (None, Some(f)) = (&found, file) {
+            found = f.resolve(registry)?;
+        }
         // The callback is asked without holding any lock (it may prompt).
         let found = match (found, provider) {
             (Some(c), _) => Some(c),
