@@ -73,8 +73,8 @@ impl Cancel {
     }
 }
 
-/// A reader that fails (`Interrupted`-free `Other` error, "cancelled") once
-/// its [`Cancel`] is set.
+/// A reader whose next read fails with "cancelled" (an `io::ErrorKind::Other`
+/// error) once its [`Cancel`] is set.
 pub(crate) struct CancelReader<R> {
     pub inner: R,
     pub cancel: Cancel,
