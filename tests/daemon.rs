@@ -18,6 +18,10 @@
 //! * `socket_permissions_and_peer_credentials` — 0660 root:GROUP; `nobody`
 //!   refused unless in the group; with the mode loosened by hand the daemon
 //!   still refuses it (SO_PEERCRED).
+//! * `reader_daemon_streams_the_refreshers_events` — a daemon on a reader of
+//!   a share: its `ls` is the merged view, and `Events.Subscribe` (Python)
+//!   gets the image and its layers added, then removed, as the writer loads
+//!   and removes it.
 //!
 //! Needs root; tools missing (docker-registry, skopeo, htpasswd, tmux,
 //! setpriv, python3-grpcio) skip a test, saying why.
@@ -721,4 +725,126 @@ fn socket_permissions_and_peer_credentials() {
     as_nobody(Some("4242"), &["ls"]).ok();
     // And root, of course.
     daemon.client(&["ls"]).ok();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn reader_daemon_streams_the_refreshers_events() {
+    require_root!();
+    let python = "/usr/bin/python3";
+    let have_grpc = Command::new(python)
+        .args(["-c", "import grpc, grpc_tools"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_grpc {
+        eprintln!(
+            "skipping: {python} lacks grpc (apt-get install python3-grpcio python3-grpc-tools)"
+        );
+        return;
+    }
+    let env = Env::new();
+    let base = env.dir().canonicalize().unwrap();
+    let share = base.join("share");
+    std::fs::create_dir(&share).unwrap();
+    let share_arg = share.display().to_string();
+    let (writer, reader) = (base.join("writer"), base.join("reader"));
+    env.run_root(
+        &writer,
+        &["init", "--shared", &share_arg, "--role", "writer"],
+    )
+    .ok();
+    env.run_root(
+        &reader,
+        &[
+            "init",
+            "--shared",
+            &share_arg,
+            "--role",
+            "reader",
+            "--refresh-interval-ms",
+            "100",
+        ],
+    )
+    .ok();
+    let socket = socket_in(&env);
+    let daemon = Daemon::start(&reader, &socket, &[]);
+    // A subscriber of our own, waiting for 8 events.
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/daemon_client.py");
+    let mut sub = Command::new(python)
+        .arg(&script)
+        .arg(&daemon.socket)
+        .arg(&proto)
+        .args(["events", "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+
+    // The writer loads an image of 3 layers, then removes it.
+    let layout = base.join("layout");
+    let img = image("localhost/shared:1", 30, &[10_000, 10_000, 10_000]);
+    let built = write_oci_layout(&layout, std::slice::from_ref(&img))
+        .unwrap()
+        .remove(0);
+    let loaded = env
+        .run_root(&writer, &["load", "-q", &layout.display().to_string()])
+        .ok();
+    assert_eq!(loaded.trim(), built.id());
+    // The daemon's merged view has it, as shared.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ls: Value = serde_json::from_str(&daemon.client(&["ls", "--json"]).ok()).unwrap();
+        if ls
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == built.id().as_str() && i["shared"] == true)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reader's daemon never listed it: {ls}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.run_root(&writer, &["rmi", &built.id()]).ok();
+    let events: Vec<Value> = lines
+        .by_ref()
+        .take(8)
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let kinds: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let count = |k: &str| kinds.iter().filter(|(kind, _)| kind == k).count();
+    assert_eq!(count("layer_added"), 3, "{kinds:?}");
+    assert_eq!(count("layer_removed"), 3, "{kinds:?}");
+    let added = kinds
+        .iter()
+        .position(|e| *e == ("image_added".into(), built.id()))
+        .expect("image_added");
+    let removed = kinds
+        .iter()
+        .position(|e| *e == ("image_removed".into(), built.id()))
+        .expect("image_removed");
+    assert!(added < removed, "{kinds:?}");
+    assert_eq!(events[added]["names"][0], "localhost/shared:1");
+    for id in built.chain_ids() {
+        assert!(
+            kinds.contains(&("layer_added".into(), id.clone())),
+            "{id}: {kinds:?}"
+        );
+    }
 }

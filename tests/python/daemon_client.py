@@ -7,6 +7,8 @@ tests/daemon.rs (`python_client_drives_cri_and_images`), which starts the
 daemon and a docker-registry with htpasswd and pushes the images.
 
 Usage: daemon_client.py SOCKET PROTO_DIR SCENARIO_JSON
+       daemon_client.py SOCKET PROTO_DIR events N
+         (subscribe; print the first N events as JSON lines, `ready` first)
 
 SCENARIO_JSON: {"cri_ref", "stream_ref", "user", "password", "registry",
 "stream_blobs": {digest: size}}. Checks as it goes (an assertion failure exits
@@ -33,14 +35,31 @@ def compile_protos(proto_dir, out):
     sys.path.insert(0, out)
 
 
+def events(channel, n):
+    from storectl.v1 import images_pb2 as pb, images_pb2_grpc as pbg
+    stream = pbg.EventsStub(channel).Subscribe(pb.SubscribeRequest())
+    # The call is up once its metadata arrived: only then is "ready" true.
+    stream.initial_metadata()
+    print("ready", flush=True)
+    for i, e in enumerate(stream):
+        kind = e.WhichOneof("kind")
+        ev = getattr(e, kind)
+        print(json.dumps({"kind": kind, "id": ev.id, "names": list(getattr(ev, "names", []))}), flush=True)
+        if i + 1 >= n:
+            break
+
+
 def main():
-    socket, proto_dir, scenario = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    socket, proto_dir = sys.argv[1], sys.argv[2]
     out = tempfile.mkdtemp(prefix="storectl-pb-")
     compile_protos(proto_dir, out)
     from storectl.v1 import images_pb2 as pb, images_pb2_grpc as pbg
     from runtime.v1 import api_pb2 as cri, api_pb2_grpc as crig
 
     channel = grpc.insecure_channel("unix://" + socket)
+    if sys.argv[3] == "events":
+        return events(channel, int(sys.argv[4]))
+    scenario = json.loads(sys.argv[3])
     images = pbg.ImagesStub(channel)
     events_stub = pbg.EventsStub(channel)
     kubelet = crig.ImageServiceStub(channel)
