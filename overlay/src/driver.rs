@@ -115,7 +115,7 @@ fn allow_missing(r: io::Result<()>) -> io::Result<()> {
     }
 }
 
-fn check_id(id: &str) -> Result<()> {
+pub(crate) fn check_layer_id(id: &str) -> Result<()> {
     if is_layer_id(id) {
         Ok(())
     } else {
@@ -285,7 +285,7 @@ impl Driver {
 
     /// `<root>/overlay/l/<short>` for layer `id` (reads its `link` file).
     pub fn short_link_path(&self, id: &str) -> Result<PathBuf> {
-        check_id(id)?;
+        check_layer_id(id)?;
         Ok(self.root.join("l").join(self.read_link(id)?))
     }
 
@@ -304,7 +304,7 @@ impl Driver {
     /// Also cleans up half-published layers: an `RO/<id>` without its
     /// symlink, or a dangling `<id>` symlink.
     pub fn remove_layer(&self, id: &str) -> Result<()> {
-        check_id(id)?;
+        check_layer_id(id)?;
         let top = self.root.join(id);
         let ro = self.root.join("RO").join(id);
         let top_meta = fs::symlink_metadata(&top).ok();
@@ -385,7 +385,7 @@ impl Driver {
     ///
     /// Symlinks are not followed; only regular files count.
     pub fn diff_usage(&self, id: &str) -> Result<u64> {
-        check_id(id)?;
+        check_layer_id(id)?;
         if !self.exists(id) {
             return Err(Error::LayerUnknown(id.to_owned()));
         }
@@ -443,7 +443,7 @@ impl StagedLayer {
     ///
     /// On failure the staging directory is removed (the value is consumed).
     pub fn commit(mut self, id: &str, parents: &[&str]) -> Result<()> {
-        check_id(id)?;
+        check_layer_id(id)?;
         let driver = Driver {
             root: self.root.clone(),
             xattrs: XattrMode::default(),
@@ -451,7 +451,7 @@ impl StagedLayer {
         };
         let mut lower = Vec::with_capacity(parents.len());
         for parent in parents {
-            check_id(parent)?;
+            check_layer_id(parent)?;
             if !driver.exists(parent) {
                 return Err(Error::LayerUnknown((*parent).to_owned()));
             }

@@ -69,6 +69,14 @@ enum NewApiError {
     Failed(String),
 }
 
+/// The writable part of a read-write mount: a layer's `diff/` (overlayfs'
+/// upper directory) and `work/`.
+#[derive(Debug, Clone)]
+struct Upper {
+    diff: Lower,
+    work: Lower,
+}
+
 impl Driver {
     /// Mount the chain `layers` (top first) read-only, `nodev`, `nosuid` at
     /// `target` (created if missing). A one-layer chain gets an extra empty
@@ -76,6 +84,25 @@ impl Driver {
     /// layers; see the module documentation for how, and for the legacy
     /// way's page limit.
     pub fn mount_read_only(&self, layers: &[&str], target: &Path) -> Result<()> {
+        self.mount_chain(layers, None, target)
+    }
+
+    /// Mount the chain `layers` (top first; read-only lowers) under the
+    /// writable layer `upper` (a local layer of this driver made with
+    /// `read_only = false`: its `diff/` is overlayfs' upper directory, its
+    /// `work/` the work directory) read-write and `nodev` at `target` — a
+    /// container's root. Writes land in `upper`'s `diff/`; the lowers are
+    /// never written. At most [`MAX_LOWERS`]` - 1` lowers.
+    pub fn mount_read_write(&self, layers: &[&str], upper: &str, target: &Path) -> Result<()> {
+        crate::driver::check_layer_id(upper)?;
+        let dir = self.dir().join(upper);
+        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Err(Error::LayerUnknown(upper.to_owned()));
+        }
+        self.mount_chain(layers, Some(upper), target)
+    }
+
+    fn mount_chain(&self, layers: &[&str], upper: Option<&str>, target: &Path) -> Result<()> {
         let mount_err = |reason: String| Error::Mount {
             target: target.to_path_buf(),
             reason,
@@ -83,9 +110,10 @@ impl Driver {
         if layers.is_empty() {
             return Err(mount_err("no layers to mount".into()));
         }
-        if layers.len() > MAX_LOWERS {
+        let max = MAX_LOWERS - usize::from(upper.is_some());
+        if layers.len() > max {
             return Err(mount_err(format!(
-                "{} layers; overlayfs stacks at most {MAX_LOWERS}",
+                "{} layers; overlayfs stacks at most {max}",
                 layers.len()
             )));
         }
@@ -107,7 +135,7 @@ impl Driver {
                 short,
             });
         }
-        if lowers.len() == 1 {
+        if lowers.len() == 1 && upper.is_none() {
             let empty = root.join(EMPTY_DIR);
             match fs::create_dir(&empty) {
                 Ok(()) => {}
@@ -119,23 +147,35 @@ impl Driver {
                 short: PathBuf::from(EMPTY_DIR),
             });
         }
+        let upper = upper.map(|id| {
+            let part = |name: &str| Lower {
+                abs: root.join(id).join(name),
+                short: Path::new(id).join(name),
+            };
+            Upper {
+                diff: part("diff"),
+                work: part("work"),
+            }
+        });
         // Check the legacy string before anything is created.
         let legacy = if self.mount_api() == MountApi::Legacy || !overlay_takes_fsconfig() {
-            Some(legacy_options(&lowers, self.xattr_mode()).map_err(mount_err)?)
+            Some(legacy_options(&lowers, upper.as_ref(), self.xattr_mode()).map_err(mount_err)?)
         } else {
             None
         };
         fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
         let data = match legacy {
             Some(data) => data,
-            None => match mount_new_api(&lowers, self.xattr_mode(), target) {
+            None => match mount_new_api(&lowers, upper.as_ref(), self.xattr_mode(), target) {
                 Ok(()) => return Ok(()),
                 Err(NewApiError::Failed(why)) => return Err(mount_err(why)),
-                Err(NewApiError::Unsupported(why)) => legacy_options(&lowers, self.xattr_mode())
-                    .map_err(|e| mount_err(format!("{why}; {e}")))?,
+                Err(NewApiError::Unsupported(why)) => {
+                    legacy_options(&lowers, upper.as_ref(), self.xattr_mode())
+                        .map_err(|e| mount_err(format!("{why}; {e}")))?
+                }
             },
         };
-        mount_legacy(&root, &data, target).map_err(mount_err)
+        mount_legacy(&root, &data, upper.is_some(), target).map_err(mount_err)
     }
 }
 
@@ -185,7 +225,12 @@ fn describe(what: &str, e: rustix::io::Errno, fs: Option<&OwnedFd>) -> String {
 
 /// Mount `lowers` at `target` with `fsopen`/`fsconfig("lowerdir+")`/
 /// `fsmount`/`move_mount`.
-fn mount_new_api(lowers: &[Lower], mode: XattrMode, target: &Path) -> Result<(), NewApiError> {
+fn mount_new_api(
+    lowers: &[Lower],
+    upper: Option<&Upper>,
+    mode: XattrMode,
+    target: &Path,
+) -> Result<(), NewApiError> {
     use rustix::io::Errno;
     let fs = match rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
         Ok(fs) => fs,
@@ -249,17 +294,31 @@ fn mount_new_api(lowers: &[Lower], mode: XattrMode, target: &Path) -> Result<(),
             }
         }
     }
+    if let Some(upper) = upper {
+        for (key, dir) in [("upperdir", &upper.diff), ("workdir", &upper.work)] {
+            rustix::mount::fsconfig_set_string(&fs, key, dir.abs.as_os_str()).map_err(|e| {
+                NewApiError::Failed(describe(
+                    &format!("fsconfig {key}={}", dir.abs.display()),
+                    e,
+                    Some(&fs),
+                ))
+            })?;
+        }
+    }
     rustix::mount::fsconfig_create(&fs)
         .map_err(|e| NewApiError::Failed(describe("overlay mount failed", e, Some(&fs))))?;
     drop(held);
-    let mnt = rustix::mount::fsmount(
-        &fs,
-        FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::MOUNT_ATTR_RDONLY
-            | MountAttrFlags::MOUNT_ATTR_NODEV
-            | MountAttrFlags::MOUNT_ATTR_NOSUID,
-    )
-    .map_err(|e| NewApiError::Failed(describe("fsmount", e, Some(&fs))))?;
+    let attrs = match upper {
+        None => {
+            MountAttrFlags::MOUNT_ATTR_RDONLY
+                | MountAttrFlags::MOUNT_ATTR_NODEV
+                | MountAttrFlags::MOUNT_ATTR_NOSUID
+        }
+        // A container's root: setuid programs in it work (as podman's).
+        Some(_) => MountAttrFlags::MOUNT_ATTR_NODEV,
+    };
+    let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+        .map_err(|e| NewApiError::Failed(describe("fsmount", e, Some(&fs))))?;
     rustix::mount::move_mount(
         mnt.as_fd(),
         "",
@@ -273,9 +332,21 @@ fn mount_new_api(lowers: &[Lower], mode: XattrMode, target: &Path) -> Result<(),
 /// The legacy option string for `lowers`, with their short names relative
 /// to the driver directory, if it fits in a page (pure but for the page
 /// size).
-fn legacy_options(lowers: &[Lower], mode: XattrMode) -> Result<CString, String> {
+fn legacy_options(
+    lowers: &[Lower],
+    upper: Option<&Upper>,
+    mode: XattrMode,
+) -> Result<CString, String> {
     let shorts: Vec<PathBuf> = lowers.iter().map(|l| l.short.clone()).collect();
-    let data = overlay_options(&shorts, mode);
+    let mut data = overlay_options(&shorts, mode);
+    if let Some(upper) = upper {
+        for (key, dir) in [("upperdir", &upper.diff), ("workdir", &upper.work)] {
+            data.push(b',');
+            data.extend_from_slice(key.as_bytes());
+            data.push(b'=');
+            data.extend(escape_option(dir.short.as_os_str().as_bytes()));
+        }
+    }
     let page = rustix::param::page_size();
     if data.len() >= page {
         return Err(format!(
@@ -290,7 +361,12 @@ fn legacy_options(lowers: &[Lower], mode: XattrMode) -> Result<CString, String> 
 
 /// `mount(2)` the legacy option string `data` (paths relative to `root`) at
 /// `target`, from a thread whose working directory is `root`.
-fn mount_legacy(root: &Path, data: &CString, target: &Path) -> Result<(), String> {
+fn mount_legacy(root: &Path, data: &CString, writable: bool, target: &Path) -> Result<(), String> {
+    let flags = if writable {
+        MountFlags::NODEV
+    } else {
+        MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID
+    };
     let target = std::path::absolute(target).map_err(|e| format!("{}: {e}", target.display()))?;
     let dir = rustix::fs::open(
         root,
@@ -308,14 +384,8 @@ fn mount_legacy(root: &Path, data: &CString, target: &Path) -> Result<(), String
                     .map_err(|e| format!("unshare(CLONE_FS): {}", io::Error::from(e)))?;
                 rustix::process::fchdir(&dir)
                     .map_err(|e| format!("chdir {}: {}", root.display(), io::Error::from(e)))?;
-                rustix::mount::mount(
-                    "overlay",
-                    &target,
-                    "overlay",
-                    MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID,
-                    Some(data.as_c_str()),
-                )
-                .map_err(|e| format!("overlay mount failed: {}", io::Error::from(e)))
+                rustix::mount::mount("overlay", &target, "overlay", flags, Some(data.as_c_str()))
+                    .map_err(|e| format!("overlay mount failed: {}", io::Error::from(e)))
             })
             .join()
             .unwrap_or_else(|_| Err("the mount thread panicked".to_owned()))
@@ -334,12 +404,20 @@ pub(crate) fn overlay_options(lowers: &[PathBuf], mode: XattrMode) -> Vec<u8> {
         if i > 0 {
             out.push(b':');
         }
-        for &b in dir.as_os_str().as_bytes() {
-            if matches!(b, b':' | b',' | b'\\') {
-                out.push(b'\\');
-            }
-            out.push(b);
+        out.extend(escape_option(dir.as_os_str().as_bytes()));
+    }
+    out
+}
+
+/// `bytes` with the characters overlayfs' option parser treats specially
+/// (`:` `,` `\\`) escaped by a backslash (pure).
+fn escape_option(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        if matches!(b, b':' | b',' | b'\\') {
+            out.push(b'\\');
         }
+        out.push(b);
     }
     out
 }
@@ -567,6 +645,67 @@ mod tests {
         let f1 = target.join("f1").exists();
         unmount(target).unwrap();
         (files, top, f1, opts, sb)
+    }
+
+    /// A read-write mount over a chain (new API and legacy): writes and
+    /// deletions land in the upper layer's `diff/` (a deletion as a
+    /// whiteout), the lowers are untouched, the mount is `rw`, `nodev`, not
+    /// `nosuid`; a missing upper is `LayerUnknown`.
+    #[test]
+    #[ignore = "needs root"]
+    fn read_write_mounts_write_only_the_upper() {
+        require_root("overlay mounts");
+        for api in [MountApi::Auto, MountApi::Legacy] {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = Driver::open(&tmp.path().join("overlay"), true)
+                .unwrap()
+                .with_mount_api(api);
+            let ids = deep_chain(&d, 3, false);
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let before = crate::testutil::tree(d.dir());
+            let upper = d.stage_layer(false).unwrap();
+            upper.commit(&id(100), &refs).unwrap();
+            let target = tmp.path().join("rw");
+            assert!(matches!(
+                d.mount_read_write(&refs, &id(101), &target),
+                Err(Error::LayerUnknown(_))
+            ));
+            d.mount_read_write(&refs, &id(100), &target).unwrap();
+            let (opts, sb) = mount_options(&target);
+            assert!(sb.contains("upperdir="), "{api:?}: {sb}");
+            for flag in ["rw", "nodev"] {
+                assert!(opts.split(',').any(|o| o == flag), "{flag} in {opts}");
+            }
+            assert!(!opts.split(',').any(|o| o == "nosuid"), "{opts}");
+            assert_eq!(fs::read(target.join("top")).unwrap(), b"3");
+            fs::write(target.join("top"), "written").unwrap();
+            fs::write(target.join("new"), "new").unwrap();
+            fs::remove_file(target.join("f2")).unwrap();
+            unmount(&target).unwrap();
+            let diff = d.dir().join(id(100)).join("diff");
+            assert_eq!(fs::read(diff.join("top")).unwrap(), b"written");
+            assert_eq!(fs::read(diff.join("new")).unwrap(), b"new");
+            let wh = fs::symlink_metadata(diff.join("f2")).unwrap();
+            assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+                &wh.file_type()
+            ));
+            let after: Vec<String> = crate::testutil::tree(d.dir())
+                .into_iter()
+                .filter(|l| !l.contains(&id(100)) && !l.starts_with("l/"))
+                .collect();
+            let before: Vec<String> = before
+                .into_iter()
+                .filter(|l| !l.starts_with("l/"))
+                .collect();
+            assert_eq!(after, before, "{api:?}: the lower layers are untouched");
+            assert_eq!(fs::read(d.diff_path(&ids[0]).join("top")).unwrap(), b"3");
+            assert!(d.diff_path(&ids[1]).join("f2").is_file());
+            // Mounted again, the writes are there.
+            d.mount_read_write(&refs, &id(100), &target).unwrap();
+            assert_eq!(fs::read(target.join("top")).unwrap(), b"written");
+            assert!(!target.join("f2").exists());
+            unmount(&target).unwrap();
+        }
     }
 
     /// overlayfs' own maximum, 500 layers (a few shared, a few without a

@@ -135,6 +135,10 @@ impl Layout {
     pub fn overlay_ro(&self) -> PathBuf {
         self.overlay().join("RO")
     }
+    /// `overlay-containers`: container records (always local).
+    pub fn containers(&self) -> PathBuf {
+        self.root.join("overlay-containers")
+    }
     /// `overlay-layers/RO`: shared layer records.
     pub fn layers_ro(&self) -> PathBuf {
         self.layers().join("RO")

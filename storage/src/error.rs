@@ -44,6 +44,23 @@ pub enum Error {
     /// remove a name with `rmi NAME`, or all of them with `--force`).
     #[error("unable to delete image {id} (must force) - image is referenced in multiple repositories: {}", names.join(", "))]
     MustForce { id: String, names: Vec<String> },
+    #[error("no such container: {name}")]
+    ContainerUnknown { name: String },
+    #[error("{name:?} is ambiguous: it matches {count} containers")]
+    AmbiguousContainer { name: String, count: usize },
+    #[error("the container name {name:?} is already in use by container {id}")]
+    ContainerNameInUse { name: String, id: String },
+    #[error("invalid container name: {reason}")]
+    InvalidContainerName { reason: String },
+    /// `rm` of a mounted container without `force`.
+    #[error("container {id} is mounted at {path}; unmount it first (or rm --force)")]
+    ContainerMounted { id: String, path: PathBuf },
+    /// `rmi` of an image containers use, without `force` (as podman).
+    #[error("image {id} is in use by container(s) {}: remove them first, or rmi --force to remove them too", containers.join(", "))]
+    ImageInUse { id: String, containers: Vec<String> },
+    /// A runtime bundle cannot be made (no command, unknown user, …).
+    #[error("container {container}: {reason}")]
+    Bundle { container: String, reason: String },
     #[error("layer {layer}: {source}")]
     Layer {
         layer: String,

@@ -12,6 +12,8 @@
 //!   overlay-images/<id>/images.json    one record per image; <id> = sha256 of config
 //!   overlay-images/<id>/manifest       the manifest it was loaded from
 //!   overlay-images/<id>/config         the image config
+//!   overlay-containers/<id>/container.json  one record per container
+//!                                      (writable layer: overlay/<id>/, always local)
 //!   mounts/<image id>/                 where `mount` puts an image
 //!   generation                         replaced after every publish or removal
 //!   storage.lock                       the single-writer lock (flock; "host H pid P")
@@ -91,7 +93,9 @@
 //! # Ok::<(), storectl_storage::Error>(())
 //! ```
 
+pub mod bundle;
 pub mod config;
+pub mod container;
 pub mod csindex;
 pub mod digest;
 mod error;
@@ -109,14 +113,16 @@ mod proptests;
 pub mod reference;
 mod share_index;
 mod store;
+pub mod usage;
 
 pub use config::{Layout, Role, RootConfig};
+pub use container::Container;
 pub use error::{Error, Result};
 pub use lock::{LockHolder, LockNotice, LockWait};
 pub use meta::{Image, Layer};
 pub use progress::{EventKind, NoopReporter, ProgressEvent, Reporter};
 pub use store::{
-    list_id_entries, list_ids, LayerCheck, LoadOptions, Removed, SharedDelta, State, Store,
-    StoreOptions, IMAGES_JSON, LAYER_JSON, MAX_LAYERS,
+    list_id_entries, list_ids, ContainerOptions, LayerCheck, LoadOptions, Removed, SharedDelta,
+    State, Store, StoreOptions, IMAGES_JSON, LAYER_JSON, MAX_LAYERS,
 };
 pub use storectl_overlay::XattrMode;

@@ -192,8 +192,13 @@ impl LayerCheck {
 pub enum Removed {
     /// The image was named by one of several names: only that name went.
     Untagged { image: String, name: String },
-    /// The image went, with the layers no other image needed (top first).
-    Deleted { image: String, layers: Vec<String> },
+    /// The image went, with the layers no other image needed (top first),
+    /// and (`force`) the containers that used it.
+    Deleted {
+        image: String,
+        layers: Vec<String>,
+        containers: Vec<String>,
+    },
 }
 
 /// The in-memory view of a store: every valid layer and image.
@@ -1294,7 +1299,12 @@ impl Store {
     /// Remove the dot-prefixed debris (`.staging-*`, `.trash-*`, `.tmp-*`)
     /// interrupted writers leave. A reader sweeps only its local dirs.
     fn sweep_debris(&self) -> Result<()> {
-        let mut dirs = vec![self.layers_dir(), self.images_dir(), self.root.clone()];
+        let mut dirs = vec![
+            self.layers_dir(),
+            self.images_dir(),
+            self.layout.containers(),
+            self.root.clone(),
+        ];
         match self.layout.role() {
             Role::Reader => dirs.push(self.layout.overlay()),
             Role::Local | Role::Writer => {
@@ -1374,7 +1384,9 @@ impl Store {
         for (id, shared) in overlay_dirs {
             let record = self.layer_dir_of(&id, shared);
             let has_record = fs::symlink_metadata(&record).is_ok();
-            if !has_record && !gone.iter().any(|(g, _)| *g == id) {
+            // A container's writable layer has a container record instead.
+            let container = !shared && self.is_container_layer(&id);
+            if !has_record && !container && !gone.iter().any(|(g, _)| *g == id) {
                 tracing::info!("removing orphaned overlay directory {id}");
                 match self.driver.remove_layer(&id) {
                     Ok(()) => changed = true,
@@ -2373,6 +2385,20 @@ impl Store {
                 path: mount,
             });
         }
+        // Containers on it: refused, or (force) removed first, as podman.
+        let users = self.containers_of_image(&image.id)?;
+        if !users.is_empty() && !force {
+            return Err(Error::ImageInUse {
+                id: image.id,
+                containers: users
+                    .iter()
+                    .map(|c| c.names.first().unwrap_or(&c.id).clone())
+                    .collect(),
+            });
+        }
+        for c in &users {
+            self.remove_container_locked(c, true)?;
+        }
         let chain: Vec<(String, bool)> = self
             .image_layers(&image)?
             .into_iter()
@@ -2447,6 +2473,7 @@ impl Store {
         Ok(Removed::Deleted {
             image: image.id,
             layers: removed,
+            containers: users.into_iter().map(|c| c.id).collect(),
         })
     }
 
@@ -2607,6 +2634,9 @@ fn link_big_data(dir: &Path, image: &Image, replace: bool) -> Result<()> {
     }
     Ok(())
 }
+
+mod containers;
+pub use containers::ContainerOptions;
 
 #[cfg(test)]
 mod writer_tests;

@@ -4,6 +4,8 @@ use std::path::Path;
 
 use clap::Subcommand;
 
+pub(crate) mod bundle;
+pub(crate) mod containers;
 pub(crate) mod info;
 pub(crate) mod init;
 pub(crate) mod inspect;
@@ -27,10 +29,19 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Load an image from an OCI layout directory or a docker-archive tarball.
     Load(load::Args),
-    /// Mount an image read-only, nodev, nosuid and print the mount path.
+    /// Mount a container read-write (or an image read-only, nodev, nosuid)
+    /// and print the mount path.
     Mount(mount::Args),
-    /// Unmount an image mounted with `storectl mount`.
+    /// Unmount a container or image mounted with `storectl mount`.
     Umount(mount::UmountArgs),
+    /// Create a container (a writable layer over an image); prints its id.
+    Create(containers::CreateArgs),
+    /// List containers.
+    Containers(containers::ListArgs),
+    /// Remove containers (a mounted one needs --force).
+    Rm(containers::RmArgs),
+    /// Write an OCI runtime bundle (DIR/config.json) for a container, for `runc run -b DIR`.
+    Bundle(bundle::Args),
     /// Give an image another name.
     Tag(tag::Args),
     /// Remove an image and the layers no other image needs.
@@ -64,6 +75,10 @@ impl Command {
             Command::Load(a) => load::run(root, a),
             Command::Mount(a) => mount::run(root, a),
             Command::Umount(a) => mount::run_umount(root, a),
+            Command::Create(a) => containers::run_create(root, a),
+            Command::Containers(a) => containers::run_list(root, a),
+            Command::Rm(a) => containers::run_rm(root, a),
+            Command::Bundle(a) => bundle::run(root, a),
             Command::Tag(a) => tag::run(root, a),
             Command::Rmi(a) => rmi::run(root, a),
             Command::Verify(a) => verify::run(root, a),
@@ -90,6 +105,10 @@ impl Command {
             Command::Save(_) => "save",
             Command::Mount(_) => "mount",
             Command::Umount(_) => "umount",
+            Command::Create(_) => "create",
+            Command::Containers(_) => "containers",
+            Command::Rm(_) => "rm",
+            Command::Bundle(_) => "bundle",
             Command::Verify(_) => "verify",
             Command::Init(_) => "init",
             Command::Info(_) => "info",

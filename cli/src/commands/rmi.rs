@@ -18,7 +18,8 @@ pub struct Args {
     /// Image names, ids or unique id prefixes.
     #[arg(required = true)]
     images: Vec<String>,
-    /// Remove an image named by id even when it has several names (all go).
+    /// Remove an image named by id even when it has several names (all
+    /// go), and the containers that use it (else refused, naming them).
     #[arg(short, long)]
     force: bool,
 }
@@ -62,7 +63,14 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     for name in &args.images {
         match store.remove_image(name, args.force) {
             Ok(Removed::Untagged { name, .. }) => outln!("Untagged: {name}"),
-            Ok(Removed::Deleted { image, layers }) => {
+            Ok(Removed::Deleted {
+                image,
+                layers,
+                containers,
+            }) => {
+                for c in &containers {
+                    outln!("Removed container: {c}");
+                }
                 for layer in &layers {
                     outln!("Deleted layer: {layer}");
                 }

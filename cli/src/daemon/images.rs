@@ -37,7 +37,9 @@ pub fn store_status(e: &storectl_storage::Error) -> Status {
         E::InvalidName { .. } | E::AmbiguousImage { .. } | E::Reference(_) => {
             Status::invalid_argument(msg)
         }
-        E::MustForce { .. } | E::ImageMounted { .. } => Status::failed_precondition(msg),
+        E::MustForce { .. } | E::ImageMounted { .. } | E::ImageInUse { .. } => {
+            Status::failed_precondition(msg)
+        }
         E::Locked { .. } | E::ReadOnlyStore { .. } => Status::unavailable(msg),
         _ => Status::internal(msg),
     }
@@ -423,7 +425,7 @@ impl pb::images_server::Images for Service {
                 untagged: name,
                 ..Default::default()
             },
-            Removed::Deleted { image, layers } => pb::RemoveResponse {
+            Removed::Deleted { image, layers, .. } => pb::RemoveResponse {
                 deleted: image,
                 deleted_layers: layers,
                 ..Default::default()
