@@ -36,7 +36,7 @@
 //! (podman's `additionalimagestores`), built by the pure [`csindex`] module:
 //!
 //! ```text
-//! <share>/overlay-layers/layers.json        every shared layer, one record per line
+//! <share>/overlay-layers/layers.json        the shared images' layers, one record per line
 //! <share>/overlay-layers/<id>.tar-split.gz  a hardlink of <id>/<id>.tar-split.gz
 //! <share>/overlay-images/images.json        every shared image, one record per line
 //! <share>/overlay-images/<id>/=<base64 key> big data under containers/storage's names

@@ -77,6 +77,14 @@ fn shared_images(state: &State) -> impl Iterator<Item = (&String, &crate::Image)
     state.images.iter().filter(|(_, i)| i.shared)
 }
 
+/// The shared layers of `image`'s chain (none when it is broken).
+fn chain_of<'a>(state: &'a State, image: &crate::Image) -> Vec<&'a crate::Layer> {
+    let top = image.layer.as_deref().unwrap_or_default();
+    let mut chain = state.chain(top).unwrap_or_default();
+    chain.retain(|l| l.shared);
+    chain
+}
+
 impl IndexCache {
     pub fn is_ready(&self) -> bool {
         self.ready
@@ -102,7 +110,16 @@ impl IndexCache {
     pub fn init(&mut self, share: &Path, state: &State, generation: Option<&str>) -> bool {
         let dups = csindex::duplicate_names(shared_images(state).map(|(_, i)| i));
         let none = BTreeSet::new();
-        self.layers = shared_layers(state)
+        // The layers of the shared images' chains: a layer joins the index
+        // with the first image that uses it.
+        let mut listed: BTreeMap<&String, &crate::Layer> = BTreeMap::new();
+        for (_, image) in shared_images(state) {
+            for l in chain_of(state, image) {
+                listed.entry(&l.id).or_insert(l);
+            }
+        }
+        self.layers = listed
+            .into_iter()
             .map(|(id, l)| (id.clone(), csindex::layer_line(l).into_boxed_slice()))
             .collect();
         self.images = shared_images(state)
@@ -153,13 +170,12 @@ impl IndexCache {
     pub fn sync(&mut self, share: &Path, state: &State) -> Result<Synced> {
         debug_assert!(self.ready);
         // The diff, under the caller's state guard: ids only.
-        let mut add_layers = Vec::new();
         let mut gone_layers = Vec::new();
         merge_walk(
             self.layers.keys(),
             shared_layers(state).map(|(id, _)| id),
             |id| gone_layers.push(id.clone()),
-            |id| add_layers.push(id.clone()),
+            |_| {},
         );
         let mut add_images = Vec::new();
         let mut gone_images = Vec::new();
@@ -172,6 +188,16 @@ impl IndexCache {
         let mut redo: BTreeSet<String> = std::mem::take(&mut self.dirty_images);
         // Names held twice can change only when images do.
         let images_moved = !(add_images.is_empty() && gone_images.is_empty() && redo.is_empty());
+        // Layers join with the first image that uses them: a layer published
+        // for an image still on its way is not listed yet.
+        let mut add_layers: BTreeSet<String> = BTreeSet::new();
+        for id in &add_images {
+            for l in chain_of(state, &state.images[id]) {
+                if !self.layers.contains_key(&l.id) {
+                    add_layers.insert(l.id.clone());
+                }
+            }
+        }
         let dups = if images_moved {
             csindex::duplicate_names(shared_images(state).map(|(_, i)| i))
         } else {
@@ -556,29 +582,24 @@ mod tests {
             "stale"
         );
 
-        // A new layer: layers.json only.
+        // A new layer: not listed until an image uses it.
         let new_layer = hex(1000, "layer");
         let top = st.images.values().next().unwrap().layer.clone();
         let mut l = crate::csindex::tests::layer(&new_layer, top.as_deref());
         l.shared = true;
         st.layers.insert(new_layer.clone(), l);
         let s = cache.sync(share, &st).unwrap();
-        assert_eq!(
-            (s.layers_written, s.images_written, s.serialized),
-            (true, false, 1)
-        );
-        assert_eq!(on_disk(share), expected(&st));
+        let wrote = |s: Synced| (s.layers_written, s.images_written, s.serialized);
+        assert_eq!(wrote(s), (false, false, 0));
+        assert!(!on_disk(share).0.contains(&new_layer));
 
-        // A new image on it: images.json only.
+        // A new image on it: both files, only it and its layer serialized.
         let new_image = hex(1000, "image");
         let mut image = crate::csindex::tests::image(&new_image, &new_layer, &["new:1"]);
         image.shared = true;
         st.images.insert(new_image.clone(), image);
         let s = cache.sync(share, &st).unwrap();
-        assert_eq!(
-            (s.layers_written, s.images_written, s.serialized),
-            (false, true, 1)
-        );
+        assert_eq!(wrote(s), (true, true, 2));
         assert_eq!(on_disk(share), expected(&st));
 
         // A name changes in place.

@@ -1130,7 +1130,19 @@ impl Store {
                 return Ok(());
             }
             let generation = self.synced_generation.lock().clone();
-            cache.init(share, &self.state.read(), generation.as_deref())
+            let started = std::time::Instant::now();
+            let current = cache.init(share, &self.state.read(), generation.as_deref());
+            tracing::debug!(
+                "containers/storage index: every record serialized in {:?}; the files on \
+                 the share are {}",
+                started.elapsed(),
+                if current {
+                    "current"
+                } else {
+                    "not current: rebuilding"
+                }
+            );
+            current
         };
         if !current {
             self.rebuild_index()?;
@@ -1488,12 +1500,31 @@ impl Store {
         if let Some(share) = self.index_share() {
             let mut cache = self.index.lock();
             if cache.is_ready() {
+                let started = std::time::Instant::now();
                 let synced = cache.sync(share, &self.state.read()).inspect_err(|_| {
                     // Unknown now: the next mutation rebuilds it (moving
                     // junk that was in the way aside).
                     cache.invalidate();
                 });
                 let synced = synced?;
+                tracing::debug!(
+                    "containers/storage index: {} records serialized, layers.json {} \
+                     ({} bytes), images.json {} ({} bytes), in {:?}",
+                    synced.serialized,
+                    if synced.layers_written {
+                        "written"
+                    } else {
+                        "kept"
+                    },
+                    synced.layers_size,
+                    if synced.images_written {
+                        "written"
+                    } else {
+                        "kept"
+                    },
+                    synced.images_size,
+                    started.elapsed()
+                );
                 crate::share_index::write_stamp(
                     share,
                     &crate::csindex::Stamp {
