@@ -6,6 +6,8 @@
 #   a. a no-change tick (generation unchanged, no full rescan due)  target < 1 ms
 #   b. a full rescan with nothing changed                          target < 500 ms
 #      and the initial scan of a fresh reader (reported)
+#   f. the initial scan of a reader's next process, from the view the first
+#      saved in its root (generation unchanged)                   target < 200 ms
 #   c. publish of a 3-layer image by a writer thread → the reader's ImageAdded,
 #      with a real refresher thread at the default 1 s interval   target: every sample < 1.5 s
 #   d. heap the reader keeps per image after its initial scan     target < 4 KiB

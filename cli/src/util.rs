@@ -72,7 +72,7 @@ pub fn open_store_scanned(root: &Path) -> anyhow::Result<(Arc<Store>, Option<Arc
     }
     let opts = RefreshOptions::from_config(&store.layout().config);
     let refresher = Arc::new(Refresher::new(Arc::clone(&store), opts)?);
-    refresher.scan_now().context("scanning the share")?;
+    refresher.update().context("scanning the share")?;
     Ok((store, Some(refresher)))
 }
 

@@ -19,6 +19,7 @@
 //! <root>/ (each host's own)
 //!   storectl.json                    {"role": "writer"|"reader", "shared": …, intervals,
 //!                                     "overlay_xattrs": copied from the share}
+//!   share-view                       a reader's validated view of the share (see [`view`])
 //!   overlay/RO        -> <share>/overlay
 //!   overlay-layers/RO -> <share>/overlay-layers
 //!   overlay-images/RO -> <share>/overlay-images
@@ -47,6 +48,13 @@
 //!   present, retries what is not yet valid on later scans — re-reading a
 //!   record only when its file changed, warning once — and applies the result
 //!   to the store under its lock in one short step.
+//! * A scan takes the share's ids from the reader's saved [`view`] when
+//!   `generation` is what it validated last, from the share's [`index`] when
+//!   that is current, and from a listing of the directories otherwise (with
+//!   a warning) and every full rescan. The share's directories' link counts
+//!   check the view and the index ([`scan::links_cover`]). The view lives in
+//!   the reader's own root (`<root>/share-view`), so a one-shot command
+//!   starts from it: a constant number of file reads on the share.
 //! * Every change is a [`StoreEvent`] for [`Refresher::subscribe`]rs.
 //!
 //! ## Example
@@ -69,12 +77,14 @@
 
 mod error;
 pub mod events;
+pub mod index;
 pub mod metrics;
 pub mod refresher;
 pub mod scan;
 pub mod share;
+pub mod view;
 
 pub use error::{Error, Result};
 pub use events::StoreEvent;
-pub use refresher::{RefreshOptions, RefreshStats, Refresher, RefresherHandle, Tick};
+pub use refresher::{RefreshOptions, RefreshStats, Refresher, RefresherHandle, ScanSource, Tick};
 pub use scan::ScanStats;

@@ -1,7 +1,9 @@
 //! Scanning the share: which shared layers and images exist, which of the new
 //! ones are valid, and what the in-memory store must add and drop.
 //!
-//! Only the three `RO` directories are read. Only names of exactly 64
+//! The ids come from a listing of the three directories ([`Scanner::scan`])
+//! or from the share's index (`Scanner::scan_index`, checked against the
+//! directories first). Only the three `RO` directories are read. Only names of exactly 64
 //! lowercase hex count. A record is read only when its id is new (or was not
 //! yet valid), through a directory fd opened with `O_NOFOLLOW`, so a symlink
 //! on the share is never followed; its `(ino, size, mtime, ctime)` stamp is
@@ -15,9 +17,9 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use storectl_storage::meta::{self, Image, Layer};
-use storectl_storage::{list_ids, Layout, SharedDelta, Store, IMAGES_JSON, LAYER_JSON};
+use storectl_storage::{Layout, SharedDelta, Store, IMAGES_JSON, LAYER_JSON};
 
-use crate::error::Result;
+use crate::error::{IoContext, Result};
 use crate::events::StoreEvent;
 
 /// Records larger than this are junk (a real one is a few hundred bytes).
@@ -68,13 +70,29 @@ pub struct Scanner {
     /// so a record rewritten by the writer (`tag`, untag) is read again.
     known_images: HashMap<String, u64>,
     pub(crate) stats: ScanStats,
+    /// What the last full scan found besides ids ([`Baseline`]).
+    pub(crate) baseline: Baseline,
 }
 
+/// A stable fingerprint of a record's stamp (FNV-1a over its fields): kept
+/// in a reader's saved view, so it must not change between builds.
 fn fingerprint(stamp: &Stamp) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    stamp.hash(&mut h);
-    h.finish()
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for word in [
+        stamp.ino,
+        stamp.size,
+        stamp.mtime.0 as u64,
+        stamp.mtime.1 as u64,
+        stamp.ctime.0 as u64,
+        stamp.ctime.1 as u64,
+    ] {
+        for byte in word.to_le_bytes() {
+            h ^= u64::from(byte);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    // 0 means "unknown" in a saved view.
+    h.max(1)
 }
 
 /// The stamp of `path` without following a symlink (None if it is not a file).
@@ -188,14 +206,139 @@ fn refresh_cached<T>(
     }
 }
 
-/// [`list_ids`], in ascending order (which it gives; checked, not assumed).
-fn sorted_ids(dir: &Path) -> Result<Vec<String>> {
-    let mut ids = list_ids(dir)?;
-    if !ids.windows(2).all(|w| w[0] < w[1]) {
-        ids.sort_unstable();
-        ids.dedup();
+/// The share's three directories, in the order of every per-directory array
+/// here: `overlay/`, `overlay-layers/`, `overlay-images/`.
+pub const SHARE_DIRS: [&str; 3] = crate::share::SHARE_DIRS;
+
+/// For each share directory: how many subdirectories it had at the last full
+/// scan that are neither ids nor dot-prefixed (`l/`, a stray directory), or
+/// `None` when its link count does not count subdirectories (btrfs, ext4
+/// past 65,000) or changed while it was listed.
+///
+/// A directory's link count is 2 + its subdirectories on the filesystems
+/// NFS servers export (ext4, xfs), and one `fstat` reads it. When a reader
+/// updates its view from the index, or trusts it because `generation` is
+/// unchanged, the count must cover every id the view keeps plus this
+/// baseline; a directory that vanished without the index saying so (a
+/// hand-removed image, an index that keeps a removed id) makes it fall
+/// short, and the reader rescans the directories. Staging and trash
+/// directories only add, so a busy writer does not trigger it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Baseline(pub [Option<u64>; 3]);
+
+/// Does every share directory's link count (`nlink`) cover `ids` subdirectories
+/// plus its baseline? Pure. `Err` says which does not, for the warning.
+pub fn links_cover(
+    nlink: [u64; 3],
+    ids: [u64; 3],
+    baseline: Baseline,
+) -> std::result::Result<(), String> {
+    for d in 0..3 {
+        let Some(other) = baseline.0[d] else { continue };
+        if nlink[d] < 2 {
+            continue; // the filesystem stopped counting (ext4 past 65,000)
+        }
+        let subdirs = nlink[d] - 2;
+        if subdirs < ids[d].saturating_add(other) {
+            return Err(format!(
+                "{}/ on the share has {subdirs} subdirectories, fewer than the {} ids this \
+                 reader holds and the {other} other directories it had",
+                SHARE_DIRS[d], ids[d]
+            ));
+        }
     }
-    Ok(ids)
+    Ok(())
+}
+
+/// Open share directory `name` (never through a symlink) and read its link
+/// count. Opened rather than `stat`ed: NFS revalidates a directory's
+/// attributes on open (close-to-open), not on a `stat` within its cache time.
+pub(crate) fn open_share_dir(share: &Path, name: &str) -> std::io::Result<(OwnedFd, u64)> {
+    let fd = open_dir_nofollow(&share.join(name))?;
+    let st = rustix::fs::fstat(&fd)?;
+    Ok((fd, st.st_nlink as u64))
+}
+
+/// The share's three directories ([`SHARE_DIRS`]), open, with their link counts.
+#[derive(Debug)]
+pub(crate) struct ShareDirs {
+    pub fds: [OwnedFd; 3],
+    pub nlink: [u64; 3],
+}
+
+impl ShareDirs {
+    /// Open them; `Err` names the one that could not be opened.
+    pub fn open(share: &Path) -> std::result::Result<ShareDirs, (usize, std::io::Error)> {
+        let mut nlink = [0u64; 3];
+        let mut open = |d: usize| {
+            open_share_dir(share, SHARE_DIRS[d]).map(|(fd, n)| {
+                nlink[d] = n;
+                fd
+            })
+        };
+        let fds = [
+            open(0).map_err(|e| (0, e))?,
+            open(1).map_err(|e| (1, e))?,
+            open(2).map_err(|e| (2, e))?,
+        ];
+        Ok(ShareDirs { fds, nlink })
+    }
+}
+
+/// One share directory as a full scan lists it.
+struct Listing {
+    /// Names of exactly 64 lowercase hex, ascending (any file type: the
+    /// validation says what is wrong with a non-directory).
+    ids: Vec<String>,
+    /// Its baseline ([`Baseline`]).
+    other_dirs: Option<u64>,
+}
+
+/// List share directory `name`: its ids, and how many other non-dot
+/// subdirectories it has when its link count accounts for every
+/// subdirectory (read before and after the listing, which must agree).
+fn list_share_dir(share: &Path, name: &str) -> Result<Listing> {
+    let path = share.join(name);
+    let (fd, before) = open_share_dir(share, name).at(&path)?;
+    let mut dir = rustix::fs::Dir::read_from(&fd)
+        .map_err(std::io::Error::from)
+        .at(&path)?;
+    let mut ids = Vec::new();
+    let (mut id_dirs, mut dot_dirs, mut other_dirs) = (0u64, 0u64, 0u64);
+    for entry in dir.by_ref() {
+        let entry = entry.map_err(std::io::Error::from).at(&path)?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => {
+                std::str::from_utf8(name).is_ok_and(|n| has_entry(&fd, n, FileType::Directory))
+            }
+            _ => false,
+        };
+        let text = std::str::from_utf8(name).ok();
+        match text {
+            Some(id) if storectl_storage::digest::is_hex64(id) => {
+                ids.push(id.to_string());
+                id_dirs += u64::from(is_dir);
+            }
+            _ if name.starts_with(b".") => dot_dirs += u64::from(is_dir),
+            _ => other_dirs += u64::from(is_dir),
+        }
+    }
+    let after = rustix::fs::fstat(&fd)
+        .map_err(std::io::Error::from)
+        .at(&path)?
+        .st_nlink as u64;
+    ids.sort_unstable();
+    ids.dedup();
+    let counted = before == after && before >= 2 && before - 2 == id_dirs + dot_dirs + other_dirs;
+    Ok(Listing {
+        ids,
+        other_dirs: counted.then_some(other_dirs),
+    })
 }
 
 /// The ids of ascending `a` that are also in ascending `b`.
@@ -256,7 +399,126 @@ impl Scanner {
             images: HashMap::new(),
             known_images: HashMap::new(),
             stats: ScanStats::default(),
+            baseline: Baseline::default(),
         }
+    }
+
+    /// The share this reader reads.
+    fn share(&self) -> Result<&Path> {
+        self.layout
+            .config
+            .shared
+            .as_deref()
+            .ok_or_else(|| crate::Error::NotShared {
+                root: self.layout.root.clone(),
+            })
+    }
+
+    /// The fingerprint of shared image `id`'s `images.json` when it joined
+    /// (0 = unknown), for a saved view.
+    pub(crate) fn fingerprint_of(&self, id: &str) -> u64 {
+        self.known_images.get(id).copied().unwrap_or(0)
+    }
+
+    /// Images that joined the store from a saved view, with the fingerprints
+    /// their records had (a full scan re-reads one whose record changed).
+    pub(crate) fn remember_images<'a>(&mut self, images: impl Iterator<Item = (&'a str, u64)>) {
+        for (id, fp) in images {
+            self.known_images.insert(id.to_string(), fp);
+        }
+    }
+
+    /// Update the store from the share's index: the ids the store lacks are
+    /// validated from their directories as in a full scan, the ids it has
+    /// and the index lacks go (a writer's removal leaves the index before
+    /// the directories), and only images whose names the index gives
+    /// differently have their record looked at. Before anything changes,
+    /// the index is checked against the directories (`dirs`): a new id's
+    /// directories must be there, and the directories' link counts must
+    /// cover every id the index lists ([`links_cover`]: an id it keeps whose
+    /// directory is gone makes them fall short). `Ok(Err)` says how they
+    /// disagree (nothing was changed: list the directories).
+    pub(crate) fn scan_index(
+        &mut self,
+        store: &Store,
+        index: &crate::index::ShareIndex,
+        dirs: &ShareDirs,
+    ) -> Result<std::result::Result<Vec<StoreEvent>, String>> {
+        let share = self.share()?.to_path_buf();
+        let index_layers: Vec<String> = index.layers.clone();
+        let index_images: Vec<String> = index.images.iter().map(|(id, _)| id.clone()).collect();
+        let (new_layers, gone_layers, new_images, gone_images, renamed) = store.with_state(|st| {
+            let (new_layers, gone_layers) = diff_sorted(
+                &index_layers,
+                known_ids(
+                    st.layers.iter().filter(|(_, l)| l.shared).map(|(id, _)| id),
+                    &st.hidden_layers,
+                ),
+            );
+            let (new_images, gone_images) = diff_sorted(
+                &index_images,
+                known_ids(
+                    st.images.iter().filter(|(_, i)| i.shared).map(|(id, _)| id),
+                    &st.hidden_images,
+                ),
+            );
+            let renamed: Vec<String> = index
+                .images
+                .iter()
+                .filter(|(id, names)| {
+                    st.images
+                        .get(id)
+                        .filter(|i| i.shared)
+                        .or_else(|| st.hidden_images.get(id))
+                        .is_some_and(|i| i.names != *names)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            (new_layers, gone_layers, new_images, gone_images, renamed)
+        });
+        // Ids the index dropped go, whether or not their directories are
+        // still there (a removal leaves the index first). Ids it lists must
+        // have their directories.
+        drop((gone_layers, gone_images));
+        let kind = |d: usize, id: &str| {
+            rustix::fs::statat(&dirs.fds[d], id, AtFlags::SYMLINK_NOFOLLOW)
+                .ok()
+                .map(|st| FileType::from_raw_mode(st.st_mode))
+        };
+        for id in &new_images {
+            if kind(2, id) != Some(FileType::Directory) {
+                return Ok(Err(format!(
+                    "it lists image {id} but overlay-images/{id} is not a directory"
+                )));
+            }
+        }
+        for id in &new_layers {
+            if kind(0, id) != Some(FileType::Directory) || kind(1, id) != Some(FileType::Directory)
+            {
+                return Ok(Err(format!(
+                    "it lists layer {id} but overlay/{id} or overlay-layers/{id} is not a directory"
+                )));
+            }
+        }
+        let counts = [
+            index_layers.len() as u64,
+            index_layers.len() as u64,
+            index_images.len() as u64,
+        ];
+        if links_cover(dirs.nlink, counts, self.baseline).is_err() {
+            // Counted before the index was read: what it added since is not
+            // in them. Count again.
+            let fresh = ShareDirs::open(&share).map_err(|(d, e)| crate::Error::Io {
+                path: share.join(SHARE_DIRS[d]),
+                source: e,
+            })?;
+            if let Err(reason) = links_cover(fresh.nlink, counts, self.baseline) {
+                return Ok(Err(reason));
+            }
+        }
+        drop((new_layers, new_images));
+        self.scan_ids(store, index_layers, index_images, Some(&renamed))
+            .map(Ok)
     }
 
     /// Check a new layer's overlay dir: a real dir with `diff/` and `link`.
@@ -272,18 +534,39 @@ impl Scanner {
         Ok(())
     }
 
-    /// One scan: read the share, compare with the store's shared entries,
-    /// apply the difference to the store, and return it as events.
+    /// A full scan: list the share's three directories, compare with the
+    /// store's shared entries, apply the difference to the store, and return
+    /// it as events. Records are read only for ids the store does not have;
+    /// every known image's `images.json` is `stat`ed for a changed name.
     pub fn scan(&mut self, store: &Store) -> Result<Vec<StoreEvent>> {
-        let overlay_ro = self.layout.overlay_ro();
-        let layers_ro = self.layout.layers_ro();
-        let images_ro = self.layout.images_ro();
+        let share = self.share()?.to_path_buf();
+        let overlay = list_share_dir(&share, SHARE_DIRS[0])?;
+        let records = list_share_dir(&share, SHARE_DIRS[1])?;
+        let images = list_share_dir(&share, SHARE_DIRS[2])?;
+        let baseline = Baseline([overlay.other_dirs, records.other_dirs, images.other_dirs]);
         // Sorted id lists: every set operation below is one merge pass (a
         // rescan of 30,000 layers is then mostly readdir, not hashing).
-        let overlay_ids = sorted_ids(&overlay_ro)?;
-        let fs_layers = intersect_sorted(sorted_ids(&layers_ro)?, &overlay_ids);
-        drop(overlay_ids);
-        let fs_images = sorted_ids(&images_ro)?;
+        let fs_layers = intersect_sorted(records.ids, &overlay.ids);
+        drop(overlay.ids);
+        let events = self.scan_ids(store, fs_layers, images.ids, None)?;
+        self.baseline = baseline;
+        Ok(events)
+    }
+
+    /// The scan of `fs_layers` and `fs_images` (ascending: what is on the
+    /// share, from its directories or its index): ids the store lacks are
+    /// read and validated, ids it has and these lack are removed. `renamed`
+    /// says which known images may have new names (`None`: `stat` every
+    /// known image's record).
+    pub(crate) fn scan_ids(
+        &mut self,
+        store: &Store,
+        fs_layers: Vec<String>,
+        fs_images: Vec<String>,
+        renamed: Option<&[String]>,
+    ) -> Result<Vec<StoreEvent>> {
+        let layers_ro = self.layout.layers_ro();
+        let images_ro = self.layout.images_ro();
         // Forget what left the share.
         self.layers
             .retain(|id, _| fs_layers.binary_search(id).is_ok());
@@ -514,8 +797,18 @@ impl Scanner {
         for id in &gone_images {
             self.known_images.remove(id);
         }
+        let candidates: Vec<(&String, &mut u64)> = match renamed {
+            None => self.known_images.iter_mut().collect(),
+            Some(ids) => {
+                let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
+                self.known_images
+                    .iter_mut()
+                    .filter(|(id, _)| ids.contains(id.as_str()))
+                    .collect()
+            }
+        };
         let mut renamed: Vec<(String, Vec<String>)> = Vec::new();
-        for (id, print) in self.known_images.iter_mut() {
+        for (id, print) in candidates {
             let path = images_ro.join(id).join(IMAGES_JSON);
             let Some(stamp) = stamp_of(&path) else {
                 continue; // going away: the next scan removes it
@@ -613,6 +906,7 @@ impl Scanner {
             remove_images: gone_images.into_iter().collect(),
             remove_layers: gone_layers.into_iter().collect(),
             rename_images: renamed,
+            links_in_step: false,
         });
         Ok(events)
     }

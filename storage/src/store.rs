@@ -83,6 +83,12 @@ pub struct SharedDelta {
     pub remove_layers: Vec<String>,
     /// Shared images whose names changed on the writer: (id, new names).
     pub rename_images: Vec<(String, Vec<String>)>,
+    /// The root's legacy links already match this delta's entries (a
+    /// reader's validated view says so: the process that saved it kept them
+    /// in step). No link is made or checked for them, and the first delta of
+    /// the process does not trigger the full repair; later deltas keep the
+    /// links as usual. See [`Store::links_in_step`].
+    pub links_in_step: bool,
 }
 
 impl SharedDelta {
@@ -311,6 +317,9 @@ struct LinkUpkeep {
     /// The root turned out not writable for us (another user's root, a
     /// read-only mount): stop trying, quietly.
     disabled: bool,
+    /// A link could not be made or removed in this process: the links may
+    /// not match the store ([`Store::links_in_step`] says no).
+    failed: bool,
     /// Messages already warned about.
     warned: BTreeSet<String>,
 }
@@ -342,19 +351,42 @@ pub fn list_ids(dir: &Path) -> Result<Vec<String>> {
 /// Like [`list_ids`], with whether each entry is a symlink (from `readdir`'s
 /// d_type, no extra `stat`).
 pub fn list_id_entries(dir: &Path) -> Result<Vec<(String, bool)>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(dir, e)),
+    list_entries(dir, true)
+}
+
+/// The ids in `dir` as [`list_id_entries`] gives them, without the symlinks
+/// unless `symlinks`. Names are looked at in `readdir`'s buffer: only ids
+/// are copied (a reader's `overlay-layers/` holds a legacy link per shared
+/// layer, which opening its store skips).
+fn list_entries(dir: &Path, symlinks: bool) -> Result<Vec<(String, bool)>> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd = match rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e.into())),
     };
+    let entries = rustix::fs::Dir::new(fd).map_err(|e| Error::io(dir, e.into()))?;
     let mut ids = Vec::new();
     for entry in entries {
-        let entry = entry.at(dir)?;
-        if let Some(name) = entry.file_name().to_str() {
-            if is_hex64(name) {
-                let symlink = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
-                ids.push((name.to_string(), symlink));
-            }
+        let entry = entry.map_err(|e| Error::io(dir, e.into()))?;
+        let Ok(name) = std::str::from_utf8(entry.file_name().to_bytes()) else {
+            continue;
+        };
+        if !is_hex64(name) {
+            continue;
+        }
+        let symlink = match entry.file_type() {
+            FileType::Unknown => fs::symlink_metadata(dir.join(name))
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false),
+            t => t == FileType::Symlink,
+        };
+        if symlinks || !symlink {
+            ids.push((name.to_string(), symlink));
         }
     }
     ids.sort();
@@ -552,11 +584,7 @@ impl Store {
     /// is the writer's legacy name of a shared one), as `(id, false)`, then —
     /// when `with_ro` — the ids under `ro` as `(id, true)`.
     fn entry_ids(&self, local: &Path, ro: &Path, with_ro: bool) -> Result<Vec<(String, bool)>> {
-        let mut ids: Vec<(String, bool)> = list_id_entries(local)?
-            .into_iter()
-            .filter(|(_, symlink)| !symlink)
-            .map(|(id, _)| (id, false))
-            .collect();
+        let mut ids: Vec<(String, bool)> = list_entries(local, false)?;
         if with_ro {
             // The writer never makes a symlink on the share: one there leads
             // anywhere (out of the share), so it is skipped, not followed.
@@ -727,6 +755,8 @@ impl Store {
         let mut unlinked_layers = Vec::new();
         let mut unlinked_images = Vec::new();
         let mut named: Vec<String> = Vec::new();
+        // Ids whose links to keep (none when they are in step already).
+        let track = self.layout.role() == Role::Reader && !delta.links_in_step;
         let collisions = {
             let mut state = self.state.write();
             // Names are compared only when there are local images to collide with.
@@ -737,7 +767,9 @@ impl Store {
                 if state.layers.get(&l.id).is_some_and(|x| !x.shared) {
                     state.hidden_layers.insert(l.id.clone(), l);
                 } else {
-                    linked_layers.push(l.id.clone());
+                    if track {
+                        linked_layers.push(l.id.clone());
+                    }
                     layers.push((l.id.clone(), l));
                 }
             }
@@ -752,7 +784,9 @@ impl Store {
                     );
                     state.hidden_images.insert(i.id.clone(), i);
                 } else {
-                    linked_images.push(i.id.clone());
+                    if track {
+                        linked_images.push(i.id.clone());
+                    }
                     if has_local {
                         named.extend(i.names.iter().cloned());
                     }
@@ -802,7 +836,10 @@ impl Store {
             local_claims(&state, named)
         };
         self.warn_collisions(collisions);
-        if self.layout.role() == Role::Reader {
+        if self.layout.role() == Role::Reader && delta.links_in_step {
+            // Links in step with what was applied: later deltas go by delta.
+            self.links.lock().repaired = true;
+        } else if self.layout.role() == Role::Reader {
             self.keep_links(
                 &linked_layers,
                 &linked_images,
@@ -871,6 +908,26 @@ impl Store {
         }
     }
 
+    /// Can this process write the root (a root of another user, or on a
+    /// read-only mount, opens read-only)?
+    pub fn writable(&self) -> bool {
+        self.read_only.is_none()
+    }
+
+    /// On a reader: do the root's legacy links of shared entries match the
+    /// in-memory store? True once this process repaired them (or was told
+    /// they were in step, [`SharedDelta::links_in_step`]) and kept them
+    /// without a failure since. A reader's saved view records this, so the
+    /// next process need not list and `readlink` every link again.
+    pub fn links_in_step(&self) -> bool {
+        let upkeep = self.links.lock();
+        self.layout.role() == Role::Reader
+            && self.read_only.is_none()
+            && upkeep.repaired
+            && !upkeep.disabled
+            && !upkeep.failed
+    }
+
     /// Warn about a link failure once per message; stop trying when the root
     /// cannot be written by this process.
     fn report_links<T>(&self, result: Result<T>) {
@@ -886,6 +943,7 @@ impl Store {
                 return;
             }
         }
+        upkeep.failed = true;
         let msg = e.to_string();
         if upkeep.warned.insert(msg.clone()) {
             tracing::warn!("legacy links of shared entries: {msg}");
@@ -1630,9 +1688,10 @@ impl Store {
 
     /// Bytes of the image's uncompressed layers.
     pub fn image_size(&self, image: &Image) -> u64 {
-        self.image_layers(image)
-            .map(|ls| ls.iter().filter_map(|l| l.diff_size).sum())
-            .unwrap_or(0)
+        let state = self.state.read();
+        state
+            .chain(image.layer.as_deref().unwrap_or(""))
+            .map_or(0, |ls| ls.iter().filter_map(|l| l.diff_size).sum())
     }
 
     /// A stored document of the image (`manifest`, `config`).

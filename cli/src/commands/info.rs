@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use serde_json::json;
+use storectl_remote::ScanSource;
 
 use crate::outln;
 use crate::util::open_store_scanned;
@@ -30,6 +31,18 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default();
     let pending = refresher.as_ref().map(|r| r.stats().share.pending);
+    // What this command's scan read: the reader's saved view, the share's
+    // index, or its directories (and whether it meant to read less).
+    let scan = refresher.as_ref().map(|r| {
+        let stats = r.stats();
+        let source = match stats.last_source {
+            Some(ScanSource::View) => "view",
+            Some(ScanSource::Index) => "index",
+            Some(ScanSource::Directories) => "directories",
+            None => "none",
+        };
+        (source, stats.fallbacks)
+    });
     let v = json!({
         "root": store.root(),
         "role": cfg.role.to_string(),
@@ -41,6 +54,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         "images": {"local": images.0, "shared": images.1},
         "layers": {"local": layers.0, "shared": layers.1},
         "pending_on_share": pending,
+        "share_scan": scan.map(|(source, fallbacks)| json!({"source": source, "fallbacks": fallbacks})),
     });
     if args.json {
         crate::output::json(&v, true)?;
@@ -73,6 +87,20 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     outln!("layers:            {} local, {} shared", layers.0, layers.1);
     if let Some(p) = pending {
         outln!("pending on share:  {p}");
+    }
+    if let Some((source, fallbacks)) = scan {
+        let read = match source {
+            "view" => "this reader's saved view (generation unchanged)",
+            "index" => "the share's index",
+            "directories" => "the share's directories",
+            other => other,
+        };
+        let fell = if fallbacks > 0 {
+            " (the index or view did not hold up)"
+        } else {
+            ""
+        };
+        outln!("share read from:   {read}{fell}");
     }
     Ok(())
 }

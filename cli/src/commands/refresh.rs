@@ -30,6 +30,11 @@ pub struct Args {
     /// Keep running and print events as they happen.
     #[arg(long)]
     watch: bool,
+    /// List the share's directories instead of trusting this reader's saved
+    /// view and the share's index (for changes made on the share without
+    /// its writer).
+    #[arg(long)]
+    rescan: bool,
 }
 
 /// One event as a line: `+ image ID NAME…`, `~ image ID NAME…`, `- image ID`.
@@ -96,6 +101,11 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
             root.display()
         )
     })?;
+    if args.rescan {
+        refresher
+            .full_scan_now()
+            .context("listing the share's directories")?;
+    }
     if args.watch {
         // The handler first: once the refresher thread runs, a SIGTERM must
         // already mean "stop cleanly".
