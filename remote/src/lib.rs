@@ -79,6 +79,8 @@ mod error;
 pub mod events;
 pub mod index;
 pub mod metrics;
+#[cfg(test)]
+mod proptests;
 pub mod refresher;
 pub mod scan;
 pub mod share;
