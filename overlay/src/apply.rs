@@ -558,9 +558,27 @@ impl Applier<'_, '_> {
 
     /// Mark the directory `fd` (relative path `rel`) opaque: it hides the
     /// lower layers' contents of the same path.
+    ///
+    /// In [`XattrMode::User`] the directory also gets `trusted.overlay.opaque`
+    /// where the filesystem takes it (a local or block-device share, as
+    /// root): containers/storage (podman, CRI-O) mounts a share's layers
+    /// without `userxattr` and reads only that one. Over NFS `trusted.*` does
+    /// not cross and is skipped: a `userxattr` mount ignores it either way.
     fn set_opaque(&self, fd: impl AsFd, rel: &[u8]) -> Result<()> {
+        let fd = fd.as_fd();
         rustix::fs::fsetxattr(fd, self.xattrs.opaque_xattr(), b"y", XattrFlags::empty())
-            .map_err(|e| Error::io(self.path_of(rel), e.into()))
+            .map_err(|e| Error::io(self.path_of(rel), e.into()))?;
+        if self.xattrs == XattrMode::User {
+            // Best effort: EPERM (not root) or EOPNOTSUPP (NFS) leaves the
+            // user marker alone, which is all this store's own mounts read.
+            let _ = rustix::fs::fsetxattr(
+                fd,
+                XattrMode::Trusted.opaque_xattr(),
+                b"y",
+                XattrFlags::empty(),
+            );
+        }
+        Ok(())
     }
 
     /// Read the rest of the entry's data without keeping it (it stays in

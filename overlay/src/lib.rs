@@ -56,9 +56,11 @@
 //! dir/.wh..wh..opq ->  dir/       xattr trusted.overlay.opaque = "y"
 //! ```
 //!
-//! A store wired to a share writes `user.overlay.opaque` instead and mounts
-//! with overlayfs' `userxattr` option ([`XattrMode::User`]), because NFS
-//! carries only `user.*` xattrs.
+//! A store wired to a share writes `user.overlay.opaque` and mounts with
+//! overlayfs' `userxattr` option ([`XattrMode::User`]), because NFS carries
+//! only `user.*` xattrs; where the filesystem takes it, such a layer also
+//! gets `trusted.overlay.opaque` (which `userxattr` mounts ignore) for
+//! containers/storage, which mounts a share's layers without `userxattr`.
 
 pub mod apply;
 pub mod compression;
