@@ -66,12 +66,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Open the store and, on a reader, scan the share once so shared images are
 /// visible. Returns the refresher too (for verbs that keep watching).
 pub fn open_store_scanned(root: &Path) -> anyhow::Result<(Arc<Store>, Option<Arc<Refresher>>)> {
+    // On a reader, its saved view of the share is read while the store
+    // opens: both take tens of milliseconds next to a big share.
+    let preload = match storectl_storage::RootConfig::load(root) {
+        Ok(cfg) if cfg.role == Role::Reader => cfg.shared.map(|share| {
+            let root = root.to_path_buf();
+            std::thread::spawn(move || storectl_remote::view::load(&root, &share))
+        }),
+        _ => None,
+    };
     let store = Arc::new(open_store(root)?);
     if store.layout().role() != Role::Reader {
         return Ok((store, None));
     }
     let opts = RefreshOptions::from_config(&store.layout().config);
     let refresher = Arc::new(Refresher::new(Arc::clone(&store), opts)?);
+    if let Some(view) = preload.and_then(|h| h.join().ok()) {
+        refresher.preload_view(view);
+    }
     refresher.update().context("scanning the share")?;
     Ok((store, Some(refresher)))
 }

@@ -112,6 +112,11 @@ struct Inner {
     last_error: Option<String>,
     /// Reasons for reading the directories already warned about.
     warned: HashSet<String>,
+    /// What the first scan took from the saved view, until its events are
+    /// sent (with that scan's, or the next successful one's).
+    seeded: Option<Seeded>,
+    /// The saved view, read ahead by the caller ([`Refresher::preload_view`]).
+    preloaded: Option<Option<crate::view::View>>,
 }
 
 /// How hard [`Refresher::run`] looks.
@@ -195,6 +200,8 @@ impl Refresher {
                 stats: RefreshStats::default(),
                 last_error: None,
                 warned: HashSet::new(),
+                seeded: None,
+                preloaded: None,
             }),
             subscribers: Mutex::new(Vec::new()),
         })
@@ -239,6 +246,16 @@ impl Refresher {
     /// then makes no event per entry, unless someone subscribed.
     pub fn update(&self) -> Result<()> {
         self.run(Force::Update, false).map(|_| ())
+    }
+
+    /// Give the first scan the saved view, read by the caller ahead of time
+    /// ([`crate::view::load`] of this root and share, `None` if there was
+    /// none): a one-shot command reads it while the store opens.
+    pub fn preload_view(&self, view: Option<crate::view::View>) {
+        let mut inner = self.inner.lock();
+        if !inner.started {
+            inner.preloaded = Some(view);
+        }
     }
 
     /// List the share's directories now, whatever `generation` and the index
@@ -299,14 +316,20 @@ impl Refresher {
             }
         };
         let started = Instant::now();
-        let seeded = if first {
+        let mut from_view = false;
+        if first {
             inner.started = true;
             inner.last_full = Some(started);
-            crate::view::load(&layout.root, &share).map(|v| self.seed(&mut inner, v, want_events))
-        } else {
-            None
-        };
-        let plan = if force == Force::Full || due || (first && seeded.is_none()) {
+            let view = match inner.preloaded.take() {
+                Some(view) => view.filter(|v| v.share == share),
+                None => crate::view::load(&layout.root, &share),
+            };
+            if let Some(view) = view {
+                from_view = true;
+                inner.seeded = self.seed(&mut inner, view, want_events);
+            }
+        }
+        let plan = if force == Force::Full || due || (first && !from_view) {
             ScanSource::Directories
         } else if generation.is_some() && generation == inner.generation {
             ScanSource::View
@@ -338,9 +361,11 @@ impl Refresher {
         inner.last_error = None;
         crate::metrics::scanned(started.elapsed(), true, inner.stats.share.pending);
         self.save_view(&mut inner, &share, !events.is_empty());
-        let events = match seeded {
-            Some(Some(seeded)) => self.first_events(&seeded, events),
-            _ => events,
+        // The entries seeded from the view join now (kept for the next
+        // successful scan if this one failed).
+        let events = match inner.seeded.take() {
+            Some(seeded) => self.first_events(&seeded, events),
+            None => events,
         };
         drop(inner);
         if !events.is_empty() {

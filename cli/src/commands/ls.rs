@@ -59,17 +59,42 @@ pub struct Listed {
 
 /// The store's images, newest first, with their layers.
 pub fn listing(store: &Store) -> anyhow::Result<Listing> {
-    let mut images = Vec::new();
-    for image in sorted_images(store) {
-        images.push(Listed {
-            size: store.image_size(&image),
-            layers: store.image_layers(&image)?,
-            image,
-        });
-    }
+    listing_with(store, true)
+}
+
+/// [`listing`], with each image's layers only when `with_layers` (a table
+/// without `--layers` does not show them: 30,000 records not copied on a
+/// reader of a 10,000-image share).
+fn listing_with(store: &Store, with_layers: bool) -> anyhow::Result<Listing> {
+    // One look at the state: each image's chain is walked once, for its
+    // layers and its size.
+    let (images, shadowed) = store.with_state(|st| {
+        let mut sorted: Vec<&Image> = st.images.values().collect();
+        sorted.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+        let images = sorted
+            .into_iter()
+            .map(|image| {
+                let top = image.layer.as_deref().unwrap_or("");
+                let chain = st
+                    .chain(top)
+                    .ok_or_else(|| storectl_storage::Error::LayerUnknown { id: top.into() })?;
+                let size = chain.iter().filter_map(|l| l.diff_size).sum();
+                let layers = match with_layers {
+                    true => chain.into_iter().rev().cloned().collect(),
+                    false => Vec::new(),
+                };
+                Ok(Listed {
+                    image: image.clone(),
+                    size,
+                    layers,
+                })
+            })
+            .collect::<Result<Vec<Listed>, storectl_storage::Error>>();
+        (images, st.shadowed_names())
+    });
     Ok(Listing {
-        images,
-        shadowed: store.with_state(|st| st.shadowed_names()),
+        images: images?,
+        shadowed,
         reader: store.layout().role() == storectl_storage::Role::Reader,
     })
 }
@@ -81,13 +106,6 @@ fn split_name(name: &str) -> (&str, &str) {
         Some((repo, tag)) if !tag.contains('/') => (repo, tag),
         _ => (name, "<none>"),
     }
-}
-
-/// The store's images, newest first.
-fn sorted_images(store: &Store) -> Vec<Image> {
-    let mut images = store.images();
-    images.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
-    images
 }
 
 /// What `ls --json` prints.
@@ -183,8 +201,14 @@ fn show_digest(digest: Option<&str>, no_trunc: bool) -> String {
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
-    let (store, _refresher) = open_store_scanned(root)?;
-    render(&listing(&store)?, &args)
+    let (store, refresher) = open_store_scanned(root)?;
+    let json = args.json || args.format == Format::Json;
+    let listed = listing_with(&store, json || args.layers)?;
+    render(&listed, &args)?;
+    // The process ends here: freeing every record of a big share one by one
+    // (tens of thousands on a reader) would only delay the exit.
+    std::mem::forget((listed, refresher, store));
+    Ok(())
 }
 
 /// `ls` through a daemon.
