@@ -16,6 +16,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
@@ -108,14 +109,100 @@ pub(crate) fn remove_link(path: &Path, target: &Path) -> io::Result<Outcome> {
 /// symlink on the share (the entry and the file are opened `O_NOFOLLOW`; the
 /// file must be a regular file, at most 64 bytes are read), validated.
 pub(crate) fn read_short_name(overlay_ro: &Path, id: &str) -> Option<String> {
-    let ro = rustix::fs::open(
-        overlay_ro,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
+    read_short_name_at(&open_overlay_ro(overlay_ro)?, id)
+}
+
+/// The symlinks in `l_dir`: (short name, the layer id its target names, if it
+/// has the `../<id>/diff` form). A missing `l_dir` has none.
+pub(crate) fn short_links(l_dir: &Path) -> io::Result<Vec<(String, Option<String>)>> {
+    match LinkDir::open(l_dir) {
+        Ok(l) => l.short_links(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// One of the root's own directories, opened once, where many links are made
+/// relative to its fd (`symlinkat`, `readlinkat`): no path walk per link.
+pub(crate) struct LinkDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl LinkDir {
+    /// Open `path` (a directory of the root; created by the store).
+    pub(crate) fn open(path: &Path) -> io::Result<LinkDir> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(LinkDir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The target of the symlink `name` (one `readlinkat`), `None` if it is
+    /// not a symlink (or absent).
+    pub(crate) fn target(&self, name: &str) -> Option<PathBuf> {
+        rustix::fs::readlinkat(&self.fd, name, Vec::new())
+            .ok()
+            .map(|t| PathBuf::from(OsString::from_vec(t.into_bytes())))
+    }
+
+    /// [`add_link`] for `name` in this directory.
+    pub(crate) fn add(&self, name: &str, target: &Path, replace: bool) -> io::Result<Outcome> {
+        match rustix::fs::symlinkat(target, &self.fd, name) {
+            Ok(()) => return Ok(Outcome::Done),
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match self.target(name) {
+            Some(t) if t == target => Ok(Outcome::Unchanged),
+            Some(_) if replace => {
+                let tmp = format!(".tmp-link-{}", crate::fsutil::unique_suffix());
+                rustix::fs::symlinkat(target, &self.fd, tmp.as_str())?;
+                rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name).inspect_err(|_| {
+                    let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
+                })?;
+                Ok(Outcome::Done)
+            }
+            _ => Ok(Outcome::Occupied),
+        }
+    }
+
+    /// [`short_links`] of this directory (an `overlay/l`).
+    pub(crate) fn short_links(&self) -> io::Result<Vec<(String, Option<String>)>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.path)? {
+            let entry = entry?;
+            if !entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                continue;
+            }
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let target = self.target(&name);
+            out.push((name, target.as_deref().and_then(id_of_short_target)));
+        }
+        Ok(out)
+    }
+
+    /// Remove the entry `name` (a link found stale). Gone already is fine.
+    pub(crate) fn remove(&self, name: &str) -> io::Result<bool> {
+        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// [`read_short_name`] with the share's `overlay` dir already open (`ro`).
+pub(crate) fn read_short_name_at(ro: &OwnedFd, id: &str) -> Option<String> {
     let dir = rustix::fs::openat(
-        &ro,
+        ro,
         id,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
@@ -128,6 +215,7 @@ pub(crate) fn read_short_name(overlay_ro: &Path, id: &str) -> Option<String> {
         Mode::empty(),
     )
     .ok()?;
+    drop(dir);
     let st = rustix::fs::fstat(&fd).ok()?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return None;
@@ -141,34 +229,15 @@ pub(crate) fn read_short_name(overlay_ro: &Path, id: &str) -> Option<String> {
     is_short_name(short).then(|| short.to_string())
 }
 
-/// The target of the symlink at `path` (one `readlink`), `None` if it is not one.
-pub(crate) fn read_target(path: &Path) -> Option<PathBuf> {
-    rustix::fs::readlinkat(rustix::fs::CWD, path, Vec::new())
-        .ok()
-        .map(|t| PathBuf::from(OsString::from_vec(t.into_bytes())))
-}
-
-/// The symlinks in `l_dir`: (short name, the layer id its target names, if it
-/// has the `../<id>/diff` form).
-pub(crate) fn short_links(l_dir: &Path) -> io::Result<Vec<(String, Option<String>)>> {
-    let entries = match std::fs::read_dir(l_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        if !entry.file_type().is_ok_and(|t| t.is_symlink()) {
-            continue;
-        }
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        let target = read_target(&entry.path());
-        out.push((name, target.as_deref().and_then(id_of_short_target)));
-    }
-    Ok(out)
+/// The share's `overlay` dir (`overlay_ro`, a symlink in the root), opened
+/// for [`read_short_name_at`].
+pub(crate) fn open_overlay_ro(overlay_ro: &Path) -> Option<OwnedFd> {
+    rustix::fs::open(
+        overlay_ro,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
 }
 
 /// Is `path` a real directory (not a symlink)?
@@ -218,6 +287,43 @@ mod tests {
         assert_eq!(add_link(&link, &target, true).unwrap(), Outcome::Occupied);
         assert_eq!(remove_link(&link, &target).unwrap(), Outcome::Occupied);
         assert!(is_real_dir(&link));
+    }
+
+    #[test]
+    fn link_dirs_add_replace_and_leave_local_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = LinkDir::open(dir.path()).unwrap();
+        let target = id_target(A);
+        assert_eq!(d.add(A, &target, true).unwrap(), Outcome::Done);
+        assert_eq!(d.add(A, &target, true).unwrap(), Outcome::Unchanged);
+        assert_eq!(d.target(A), Some(target.clone()));
+        // A link elsewhere is replaced only when asked, atomically (no temp left).
+        std::fs::remove_file(dir.path().join(A)).unwrap();
+        std::os::unix::fs::symlink("elsewhere", dir.path().join(A)).unwrap();
+        assert_eq!(d.add(A, &target, false).unwrap(), Outcome::Occupied);
+        assert_eq!(d.add(A, &target, true).unwrap(), Outcome::Done);
+        assert_eq!(std::fs::read_link(dir.path().join(A)).unwrap(), target);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(d.remove(A).unwrap());
+        assert!(!d.remove(A).unwrap(), "gone already");
+        // A local directory keeps its name; it is not a link.
+        std::fs::create_dir(dir.path().join(A)).unwrap();
+        assert_eq!(d.add(A, &target, true).unwrap(), Outcome::Occupied);
+        assert_eq!(d.target(A), None);
+        assert!(is_real_dir(&dir.path().join(A)));
+        // Short links list with the layer their target names.
+        let l = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(short_target(A), l.path().join("SHORT")).unwrap();
+        std::os::unix::fs::symlink("junk", l.path().join("JUNK")).unwrap();
+        std::fs::write(l.path().join("FILE"), "").unwrap();
+        let mut links = short_links(l.path()).unwrap();
+        links.sort();
+        assert_eq!(
+            links,
+            vec![("JUNK".into(), None), ("SHORT".into(), Some(A.to_string()))]
+        );
+        assert!(short_links(&l.path().join("missing")).unwrap().is_empty());
     }
 
     #[test]
@@ -324,6 +430,46 @@ mod tests {
             );
         }
         assert!(share.join("overlay").join(A).join("diff/file").is_file());
+    }
+
+    /// The first scan's repair in one go: stale links (ids and short names)
+    /// go, a link elsewhere is replaced, missing ones are made, and a local
+    /// layer's directory and short name stay; a second repair does nothing.
+    #[test]
+    fn a_reader_repair_fixes_every_kind_of_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, share) = reader_root(dir.path());
+        let (overlay, l) = (root.join("overlay"), root.join("overlay/l"));
+        std::fs::create_dir_all(&l).unwrap();
+        let (stale, local) = ("c".repeat(64), "d".repeat(64));
+        std::os::unix::fs::symlink(id_target(&stale), root.join("overlay-images").join(&stale))
+            .unwrap();
+        std::os::unix::fs::symlink(short_target(&stale), l.join("STALE")).unwrap();
+        std::os::unix::fs::symlink("RO/elsewhere", overlay.join(A)).unwrap();
+        std::fs::create_dir_all(overlay.join(&local).join("diff")).unwrap();
+        std::os::unix::fs::symlink(short_target(&local), l.join("LOCAL")).unwrap();
+        let store = reader_store(&root, &share);
+        store.apply_shared(crate::SharedDelta {
+            add_layers: vec![shared_layer()],
+            ..Default::default()
+        });
+        assert_eq!(std::fs::read_link(overlay.join(A)).unwrap(), id_target(A));
+        assert_eq!(
+            std::fs::read_link(root.join("overlay-layers").join(A)).unwrap(),
+            id_target(A)
+        );
+        assert_eq!(
+            std::fs::read_link(l.join("SHORTSHORT")).unwrap(),
+            short_target(A)
+        );
+        assert!(std::fs::symlink_metadata(l.join("STALE")).is_err());
+        assert!(std::fs::symlink_metadata(root.join("overlay-images").join(&stale)).is_err());
+        assert!(is_real_dir(&overlay.join(&local)));
+        assert_eq!(
+            std::fs::read_link(l.join("LOCAL")).unwrap(),
+            short_target(&local)
+        );
+        assert_eq!(store.repair_shared_links().unwrap(), (0, 0));
     }
 
     #[test]

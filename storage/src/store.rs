@@ -401,6 +401,42 @@ fn removal_hint(path: &Path) -> String {
     )
 }
 
+/// The `<id> -> RO/<id>` links in `dir` (one of a reader's own directories,
+/// listed as `entries`) for exactly the ids `want`: a link of an id not
+/// wanted goes, a missing one (or one pointing elsewhere) is made, a real
+/// entry (a local layer or image) is left alone. Returns (made, removed).
+fn repair_id_links(
+    dir: &Path,
+    entries: Vec<(String, bool)>,
+    want: &BTreeSet<String>,
+) -> Result<(usize, usize)> {
+    let d = crate::links::LinkDir::open(dir).at(dir)?;
+    let (mut made, mut removed) = (0, 0);
+    // readdir's d_type tells links (local entries are directories); one
+    // readlink each checks their target (a link elsewhere would lead the
+    // driver, which takes `overlay/<id>` first, astray).
+    let mut have = BTreeSet::new();
+    for (id, symlink) in entries {
+        if !symlink {
+            have.insert(id); // a local entry holds the name
+        } else if want.contains(&id) {
+            if d.target(&id) == Some(crate::links::id_target(&id)) {
+                have.insert(id);
+            }
+        } else {
+            tracing::debug!("removing the stale link {}", dir.join(&id).display());
+            removed += usize::from(d.remove(&id).at(dir.join(&id))?);
+        }
+    }
+    for id in want.iter().filter(|id| !have.contains(*id)) {
+        let outcome = d
+            .add(id, &crate::links::id_target(id), true)
+            .at(dir.join(id))?;
+        made += usize::from(outcome == crate::links::Outcome::Done);
+    }
+    Ok((made, removed))
+}
+
 fn create_dir(path: &Path) -> Result<()> {
     match fs::create_dir_all(path) {
         Ok(()) => Ok(()),
@@ -1037,64 +1073,90 @@ impl Store {
                     .collect(),
             )
         });
-        let (mut made, mut removed) = (0, 0);
         let overlay = self.layout.overlay();
-        for (dir, want) in [
-            (overlay.clone(), &layers),
-            (self.layers_dir(), &layers),
-            (self.images_dir(), &images),
-        ] {
-            // readdir's d_type tells links (local entries are directories);
-            // one readlink each checks their target (a link elsewhere would
-            // lead the driver, which takes `overlay/<id>` first, astray).
-            let mut have = BTreeSet::new();
-            for (id, symlink) in list_id_entries(&dir)? {
-                if !symlink {
-                    continue;
-                }
-                if want.contains(&id) {
-                    let target = crate::links::read_target(&dir.join(&id));
-                    if target.is_some_and(|t| t == crate::links::id_target(&id)) {
-                        have.insert(id);
-                    }
-                } else {
-                    let path = dir.join(&id);
-                    tracing::debug!("removing the stale link {}", path.display());
-                    match std::fs::remove_file(&path) {
-                        Ok(()) => removed += 1,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(Error::io(&path, e)),
-                    }
-                }
-            }
-            for id in want.iter().filter(|id| !have.contains(*id)) {
-                let path = dir.join(id);
-                let outcome =
-                    crate::links::add_link(&path, &crate::links::id_target(id), true).at(&path)?;
-                made += usize::from(outcome == crate::links::Outcome::Done);
-            }
-        }
-        // Short names: stale ones (their layer is neither shared nor local)
-        // go; a shared layer without one gets it.
+        let overlay_entries = list_id_entries(&overlay)?;
+        // Local layers are real directories in `overlay/`: their names and
+        // short names are theirs.
+        let local: BTreeSet<String> = overlay_entries
+            .iter()
+            .filter(|(_, symlink)| !symlink)
+            .map(|(id, _)| id.clone())
+            .collect();
         let l_dir = overlay.join("l");
-        let mut short_of = BTreeSet::new();
-        for (short, id) in crate::links::short_links(&l_dir).at(&l_dir)? {
-            let Some(id) = id else { continue };
-            if layers.contains(&id) || crate::links::is_real_dir(&overlay.join(&id)) {
-                short_of.insert(id);
-            } else {
-                let path = l_dir.join(&short);
-                crate::links::remove_link(&path, &crate::links::short_target(&id)).at(&path)?;
-                removed += 1;
-            }
-        }
-        for id in layers.iter().filter(|id| !short_of.contains(*id)) {
-            if !crate::links::is_real_dir(&overlay.join(id)) && self.link_short_name(id)? {
-                made += 1;
-            }
+        create_dir(&l_dir)?;
+        let (layers_dir, images_dir) = (self.layers_dir(), self.images_dir());
+        // The four directories are independent, and a fresh reader makes
+        // ~3 links per layer (each an inode the kernel allocates under the
+        // directory's lock): one thread per directory.
+        let jobs: [&(dyn Fn() -> Result<(usize, usize)> + Sync); 4] = [
+            &|| repair_id_links(&overlay, overlay_entries.clone(), &layers),
+            &|| repair_id_links(&layers_dir, list_id_entries(&layers_dir)?, &layers),
+            &|| repair_id_links(&images_dir, list_id_entries(&images_dir)?, &images),
+            &|| self.repair_short_links(&l_dir, &layers, &local),
+        ];
+        let results: Vec<Result<(usize, usize)>> = std::thread::scope(|scope| {
+            let running: Vec<_> = jobs.iter().map(|job| scope.spawn(job)).collect();
+            running
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let (mut made, mut removed) = (0, 0);
+        for result in results {
+            let (m, r) = result?;
+            made += m;
+            removed += r;
         }
         if made + removed > 0 {
             tracing::info!("legacy links of shared entries: {made} made, {removed} removed");
+        }
+        Ok((made, removed))
+    }
+
+    /// The short names in `l_dir` (`overlay/l`): stale ones (their layer is
+    /// neither shared nor `local`) go; a shared layer without one gets it
+    /// (its `link` file on the share read beneath its dir, validated).
+    fn repair_short_links(
+        &self,
+        l_dir: &Path,
+        layers: &BTreeSet<String>,
+        local: &BTreeSet<String>,
+    ) -> Result<(usize, usize)> {
+        let (mut made, mut removed) = (0, 0);
+        let l = crate::links::LinkDir::open(l_dir).at(l_dir)?;
+        let mut short_of = BTreeSet::new();
+        for (short, id) in l.short_links().at(l_dir)? {
+            let Some(id) = id else { continue };
+            if layers.contains(&id) || local.contains(&id) {
+                short_of.insert(id);
+            } else {
+                let path = l_dir.join(&short);
+                let outcome =
+                    crate::links::remove_link(&path, &crate::links::short_target(&id)).at(&path)?;
+                removed += usize::from(outcome == crate::links::Outcome::Done);
+            }
+        }
+        let overlay_ro = self.layout.overlay_ro();
+        let Some(ro) = crate::links::open_overlay_ro(&overlay_ro) else {
+            return Ok((made, removed)); // mounts fall back to RO/<id>/diff
+        };
+        for id in layers
+            .iter()
+            .filter(|id| !short_of.contains(*id) && !local.contains(*id))
+        {
+            let Some(short) = crate::links::read_short_name_at(&ro, id) else {
+                continue;
+            };
+            let outcome = l
+                .add(&short, &crate::links::short_target(id), false)
+                .at(l_dir.join(&short))?;
+            if outcome == crate::links::Outcome::Occupied {
+                tracing::debug!(
+                    "shared layer {id}: its short name {short} is another layer's; \
+                     not linked (it mounts through RO/{id}/diff)"
+                );
+            }
+            made += usize::from(outcome == crate::links::Outcome::Done);
         }
         Ok((made, removed))
     }
