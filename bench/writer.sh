@@ -52,6 +52,12 @@ empty="$work/writer-share-empty"
 rm -rf "$empty"
 mkdir -p "$empty"
 "$storectl" --root "$empty/root" init --shared "$empty/share" --role writer >/dev/null
+# rmi deletes the layers at once (no grace period: each load re-extracts).
+for s in "$big/share" "$empty/share"; do
+    sed -i 's/"removed_layers_grace_secs": *[0-9]*/"removed_layers_grace_secs": 0/' "$s/storectl-share.json"
+    grep -q '"removed_layers_grace_secs": *0' "$s/storectl-share.json" ||
+        sed -i 's/}$/,"removed_layers_grace_secs":0}/' "$s/storectl-share.json"
+done
 
 id=""
 # Untimed warm-up: each writer's first write sweeps and repairs once (a new

@@ -10,6 +10,13 @@
 //!   — busybox under runc from `storectl bundle`; on a reader whose image is
 //!   on a read-only bind mount of the share, the writable layer is local
 //!   and the share is byte-for-byte the same afterwards.
+//! * `a_writer_rmi_leaves_a_readers_container_working_for_the_grace_period`
+//!   — the writer removes the image a reader's container runs on (under
+//!   runc, reading its files in a loop) and is mounted: the image vanishes
+//!   from every listing at once, the reader's `refresh --watch` reports
+//!   `ImageRemovedInUse` with the time the layers go, the container keeps
+//!   working (runc exits 0, a new mount works) while `gc` and a crash sweep
+//!   on the writer keep the layers; past the grace period `gc` deletes them.
 //! * `kill_during_create_and_rm_leaves_whole_containers` — `kill -9` at
 //!   random moments of `create` and `rm`: every listed container is whole,
 //!   and the next mutation leaves no debris.
@@ -70,7 +77,7 @@ fn image(name: &str) -> Image {
     ];
     if let Some(bb) = busybox() {
         base.push(Entry::file("bin/busybox", fs::read(bb).unwrap()).mode(0o755));
-        for applet in ["sh", "cat", "ls", "echo", "test", "id"] {
+        for applet in ["sh", "cat", "ls", "echo", "test", "id", "sleep"] {
             base.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
         }
     }
@@ -474,4 +481,359 @@ fn kill_during_create_and_rm_leaves_whole_containers() {
     assert!(n >= 1);
     env.run(&["rm", &c]).ok();
     assert_eq!(debris(&env.root), Vec::<String>::new());
+}
+
+/// Set the share's grace period for removed layers.
+fn set_grace(share: &Path, secs: u64) {
+    let path = share.join("storectl-share.json");
+    let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(
+        v["removed_layers_grace_secs"], 3600,
+        "a new share says its default grace: {v}"
+    );
+    v["removed_layers_grace_secs"] = serde_json::json!(secs);
+    fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_writer_rmi_leaves_a_readers_container_working_for_the_grace_period() {
+    require_root!();
+    if let Some(why) = missing_runc() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    const GRACE: u64 = 6;
+    let env = Env::new();
+    let sh = Shared::new(&env);
+    set_grace(&sh.share, GRACE);
+    let id = load(&env, &sh.writer, image("localhost/bb:gone"));
+    let layers: Vec<String> = {
+        let out = env.run_root(&sh.writer, &["ls", "--json"]).ok();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        common::strings(&v[0]["layers"])
+    };
+    let c = env
+        .run_root(&sh.reader, &["create", &id, "--name", "victim"])
+        .ok()
+        .trim()
+        .to_string();
+    // A watching reader (a daemon's refresher) and a running container.
+    let mut watch = Command::new(common::STORECTL)
+        .arg("--root")
+        .arg(&sh.reader)
+        .args(["refresh", "--watch", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bundle = env.path("bundle-victim");
+    env.run_root(
+        &sh.reader,
+        &[
+            "bundle",
+            "victim",
+            &bundle.display().to_string(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "i=0; while [ $i -lt 40 ]; do cat /etc/hello >/dev/null || exit 9; \
+             i=$((i+1)); sleep 0.1; done; echo survived",
+        ],
+    )
+    .ok();
+    let state = env.path("runc-state");
+    let name = format!("storectl-victim-{}", std::process::id());
+    let runc = Command::new("runc")
+        .arg("--root")
+        .arg(&state)
+        .args(["run", "-b"])
+        .arg(&bundle)
+        .arg(&name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // the watcher has scanned
+    let out = env.run_root(&sh.writer, &["rmi", &id]).ok();
+    assert!(out.contains("Kept 2 layer(s) on the share until"), "{out}");
+    // Gone from every listing at once; the layers wait on the share.
+    assert!(env
+        .run_root(&sh.writer, &["ls", "-q"])
+        .ok()
+        .trim()
+        .is_empty());
+    assert!(env
+        .run_root(&sh.reader, &["ls", "-q"])
+        .ok()
+        .trim()
+        .is_empty());
+    for l in &layers {
+        assert!(sh.share.join("overlay").join(l).join("diff").is_dir());
+    }
+    let runc_out = runc.wait_with_output().unwrap();
+    let _ = Command::new("runc")
+        .arg("--root")
+        .arg(&state)
+        .args(["delete", "--force", &name])
+        .output();
+    assert!(
+        runc_out.status.success(),
+        "the running container broke: {}",
+        String::from_utf8_lossy(&runc_out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&runc_out.stdout), "survived\n");
+    // The watcher's event and warning.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = watch.kill();
+    let watched = watch.wait_with_output().unwrap();
+    let events = String::from_utf8_lossy(&watched.stdout);
+    let in_use: Value = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "ImageRemovedInUse")
+        .unwrap_or_else(|| panic!("no ImageRemovedInUse event in {events}"));
+    assert_eq!(in_use["id"], id.as_str());
+    assert_eq!(in_use["containers"][0], "victim");
+    let until = in_use["layers_deleted_after"].as_str().unwrap().to_string();
+    let warnings = String::from_utf8_lossy(&watched.stderr);
+    assert!(
+        warnings.contains(&until) && warnings.contains("victim"),
+        "the warning says when: {warnings}"
+    );
+    // Within the grace period: gc and a crashed writer's sweep keep them,
+    // and the reader's container mounts and lists.
+    let gc = env.run_root(&sh.writer, &["gc"]).ok();
+    assert!(gc.contains("Waiting"), "{gc}");
+    fs::write(sh.share.join("writer.lock"), "host crashed pid 1\n").unwrap();
+    env.run_root(&sh.writer, &["gc"]).ok();
+    for l in &layers {
+        assert!(
+            sh.share.join("overlay").join(l).join("diff").is_dir(),
+            "kept by the sweep"
+        );
+    }
+    let path = PathBuf::from(env.run_root(&sh.reader, &["mount", "victim"]).ok().trim());
+    assert_eq!(
+        fs::read_to_string(path.join("etc/hello")).unwrap(),
+        "hello from layer 2\n"
+    );
+    env.run_root(&sh.reader, &["umount", "victim"]).ok();
+    let list = containers(&env, &sh.reader);
+    assert_eq!(list[0]["image_present"], false);
+    assert_eq!(list[0]["image_layers_deleted_after"], until.as_str());
+    // Past it, gc deletes them.
+    std::thread::sleep(Duration::from_secs(GRACE));
+    let gc = env.run_root(&sh.writer, &["gc"]).ok();
+    for l in &layers {
+        assert!(gc.contains(l.as_str()), "{gc}");
+        assert!(!sh.share.join("overlay").join(l).exists());
+    }
+    assert!(
+        !sh.share.join("storectl-removed.json").exists()
+            || !fs::read_to_string(sh.share.join("storectl-removed.json"))
+                .unwrap()
+                .contains(&id)
+    );
+    env.run_root(&sh.reader, &["mount", "victim"])
+        .err_containing("layer");
+    env.run_root(&sh.reader, &["rm", "victim"]).ok();
+    assert!(!sh.reader.join("overlay").join(&c).exists());
+}
+
+/// `du -s -c ARGS…`'s total with `flag` (`-b` = apparent bytes, `--inodes`).
+fn du_total(flag: &str, paths: &[PathBuf]) -> u64 {
+    let out = Command::new("du")
+        .args(["-s", "-c", flag])
+        .args(paths)
+        .output()
+        .expect("du");
+    assert!(out.status.success(), "du {flag} {paths:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("du said {text}"))
+}
+
+/// `got` is within 1% of `want`.
+fn assert_close(what: &str, got: u64, want: u64) {
+    let diff = got.abs_diff(want);
+    assert!(
+        diff * 100 <= want.max(1),
+        "{what}: df says {got}, du {want} (more than 1% apart)"
+    );
+}
+
+/// Check `df --json` of `root` against `du`: the image filesystem entry of
+/// `source` over the layer dirs `layer_dirs`, the container filesystem and
+/// each container's writable layer.
+fn check_df(env: &Env, root: &Path, source: &str, layer_dirs: &[PathBuf]) -> Value {
+    let df: Value = serde_json::from_str(&env.run_root(root, &["df", "--json"]).ok()).unwrap();
+    let fs_of = |list: &Value, source: &str| -> Value {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["source"] == source)
+            .unwrap_or_else(|| panic!("no {source} filesystem in {df}"))
+            .clone()
+    };
+    let images = fs_of(&df["image_filesystems"], source);
+    assert!(images["timestamp"].as_i64().unwrap() > 0);
+    assert!(images["fs_id"]["mountpoint"].as_str().is_some());
+    assert_close(
+        "image bytes",
+        images["used_bytes"].as_u64().unwrap(),
+        du_total("-b", layer_dirs),
+    );
+    assert_close(
+        "image inodes",
+        images["inodes_used"].as_u64().unwrap(),
+        du_total("--inodes", layer_dirs),
+    );
+    let ids: Vec<String> = df["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    let dirs: Vec<PathBuf> = ids.iter().map(|c| root.join("overlay").join(c)).collect();
+    if !dirs.is_empty() {
+        let cfs = fs_of(&df["container_filesystems"], "local");
+        assert_close(
+            "container bytes",
+            cfs["used_bytes"].as_u64().unwrap(),
+            du_total("-b", &dirs),
+        );
+        assert_close(
+            "container inodes",
+            cfs["inodes_used"].as_u64().unwrap(),
+            du_total("--inodes", &dirs),
+        );
+    }
+    for (c, dir) in df["containers"].as_array().unwrap().iter().zip(&dirs) {
+        let diff = [dir.join("diff")];
+        let w = &c["writable_layer"];
+        assert_close(
+            "writable bytes",
+            w["used_bytes"].as_u64().unwrap(),
+            du_total("-b", &diff),
+        );
+        assert_close(
+            "writable inodes",
+            w["inodes_used"].as_u64().unwrap(),
+            du_total("--inodes", &diff),
+        );
+    }
+    df
+}
+
+#[test]
+#[ignore = "needs root"]
+fn df_matches_du_on_a_local_store_and_a_reader() {
+    require_root!();
+    let env = Env::new();
+    let a = load(&env, &env.root, image("localhost/a:1"));
+    let mut other = image("localhost/b:1");
+    other.layers[1] = Layer::new(
+        vec![Entry::file("etc/b", vec![7u8; 300_000])],
+        Compression::Gzip,
+    );
+    let b = load(&env, &env.root, other);
+    let c = env
+        .run(&["create", &a, "--name", "du"])
+        .ok()
+        .trim()
+        .to_string();
+    let path = PathBuf::from(env.run(&["mount", "du"]).ok().trim());
+    fs::write(path.join("big"), vec![1u8; 250_000]).unwrap();
+    fs::create_dir_all(path.join("d/e")).unwrap();
+    for i in 0..50 {
+        fs::write(path.join(format!("d/e/f{i}")), format!("{i}")).unwrap();
+    }
+    env.run(&["umount", "du"]).ok();
+    let mut layers: Vec<String> = env.image_layers(&a);
+    layers.extend(env.image_layers(&b));
+    layers.sort();
+    layers.dedup();
+    assert_eq!(layers.len(), 3, "the base is shared");
+    let dirs: Vec<PathBuf> = layers
+        .iter()
+        .map(|l| env.root.join("overlay").join(l))
+        .collect();
+    let df = check_df(&env, &env.root, "local", &dirs);
+    assert!(
+        env.root.join("usage-cache.json").is_file(),
+        "layer figures are kept"
+    );
+    // Per image: the base counts as shared, the top as unique.
+    let img = |id: &str| {
+        df["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let (ia, ib) = (img(&a), img(&b));
+    assert_eq!(ia["shared_size"], ib["shared_size"]);
+    assert!(ib["unique_size"].as_u64().unwrap() > 300_000);
+    assert_eq!(
+        ia["size"].as_u64().unwrap(),
+        ia["shared_size"].as_u64().unwrap() + ia["unique_size"].as_u64().unwrap()
+    );
+    assert_eq!(ia["containers"], 1);
+    let w = df["containers"][0]["writable_layer"]["used_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(w > 250_000, "{w}");
+    // A removed image's layer leaves the figures.
+    env.run(&["rmi", &b]).ok();
+    let dirs: Vec<PathBuf> = env
+        .image_layers(&a)
+        .iter()
+        .map(|l| env.root.join("overlay").join(l))
+        .collect();
+    check_df(&env, &env.root, "local", &dirs);
+    env.run(&["rm", &c]).ok();
+
+    // A reader: the share's figures apart from the local disk.
+    let sh = Shared::new(&env);
+    let s = load(&env, &sh.writer, image("localhost/s:1"));
+    let layers = env.run_root(&sh.writer, &["ls", "--json"]).ok();
+    let layers: Value = serde_json::from_str(&layers).unwrap();
+    let layers = common::strings(&layers[0]["layers"]);
+    let rc = env
+        .run_root(&sh.reader, &["create", &s])
+        .ok()
+        .trim()
+        .to_string();
+    let p = PathBuf::from(env.run_root(&sh.reader, &["mount", &rc]).ok().trim());
+    fs::write(p.join("reader-file"), vec![2u8; 123_456]).unwrap();
+    env.run_root(&sh.reader, &["umount", &rc]).ok();
+    let share_dirs: Vec<PathBuf> = layers
+        .iter()
+        .map(|l| sh.share.join("overlay").join(l))
+        .collect();
+    let df = check_df(&env, &sh.reader, "share", &share_dirs);
+    let local = df["image_filesystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["source"] == "local")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        local["used_bytes"], 0,
+        "no local image layers on the reader"
+    );
+    assert!(
+        !sh.share.join("usage-cache.json").exists(),
+        "a reader never writes the share"
+    );
+    env.run_root(&sh.reader, &["rm", &rc]).ok();
+    let _ = c;
 }

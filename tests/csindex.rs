@@ -47,6 +47,8 @@ fn writer(env: &Env) -> (PathBuf, PathBuf) {
         ],
     )
     .ok();
+    // Removal mechanics: no grace period (tests/containers.rs tests it).
+    common::set_removed_layers_grace(&share, 0);
     (root, share)
 }
 

@@ -753,6 +753,7 @@ fn reader_daemon_streams_the_refreshers_events() {
         &["init", "--shared", &share_arg, "--role", "writer"],
     )
     .ok();
+    common::set_removed_layers_grace(&share, 0);
     env.run_root(
         &reader,
         &[

@@ -525,6 +525,7 @@ fn reader_sees_the_writers_image_and_refresh_metrics() {
         &["init", "--shared", &share_arg, "--role", "writer"],
     )
     .ok();
+    common::set_removed_layers_grace(&share, 0);
     env.run_root(
         &reader,
         &[

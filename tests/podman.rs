@@ -183,6 +183,7 @@ impl Setup {
         let share_s = share.display().to_string();
         env.run_root(&writer, &["init", "--shared", &share_s, "--role", "writer"])
             .ok();
+        common::set_removed_layers_grace(&share, 0);
         sh(Command::new("mount").arg("--bind").arg(&share).arg(&ro));
         sh(Command::new("mount")
             .args(["-o", "remount,bind,ro"])

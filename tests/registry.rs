@@ -1049,6 +1049,7 @@ fn reader_pull_reuses_the_shares_layers() {
         &[],
     )
     .ok();
+    common::set_removed_layers_grace(&share, 0);
     storectl(
         &env,
         &reader,

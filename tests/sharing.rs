@@ -265,6 +265,11 @@ impl World {
         let share = self.share.display().to_string();
         let out = run(&root, &["init", "--shared", &share, "--role", "writer"]).ok();
         assert!(out.contains("writer"), "{out}");
+        // Removal mechanics: no grace period (tests/containers.rs tests it).
+        let settings = self.share.join("storectl-share.json");
+        let mut v: Value = serde_json::from_slice(&fs::read(&settings).unwrap()).unwrap();
+        v["removed_layers_grace_secs"] = serde_json::json!(0);
+        fs::write(&settings, serde_json::to_vec(&v).unwrap()).unwrap();
         root
     }
 

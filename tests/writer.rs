@@ -426,6 +426,7 @@ fn a_writer_skips_a_share_record_with_an_invalid_name() {
         "writer",
     ])
     .ok();
+    common::set_removed_layers_grace(&share, 0);
     let id = small_image(&env.path("img"), "named");
     env.run(&["load", &env.path("img").display().to_string()])
         .ok();

@@ -46,6 +46,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             StoreEvent::ImageRemoved { id } => tracing::info!("image removed {id}"),
             StoreEvent::LayerAdded { id } => tracing::debug!("layer added {id}"),
             StoreEvent::LayerRemoved { id } => tracing::debug!("layer removed {id}"),
+            StoreEvent::ImageRemovedInUse {
+                id,
+                containers,
+                layers_deleted_after,
+                ..
+            } => tracing::warn!(
+                "image {id} removed while containers {containers:?} use it;                  its layers go after {layers_deleted_after:?}"
+            ),
         }
     }
     Ok(())

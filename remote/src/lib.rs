@@ -14,7 +14,9 @@
 //!   overlay-images/<id>/ images.json manifest config
 //!   generation                       replaced by the writer after every change
 //!   writer.lock                      the single-writer lock (flock)
-//!   storectl-share.json              {"overlay_xattrs": "user"|"trusted"}, fixed by the first writer
+//!   storectl-share.json              {"overlay_xattrs": "user"|"trusted", fixed by the first
+//!                                     writer; "removed_layers_grace_secs": 3600}
+//!   storectl-removed.json            removed images' layers waiting out the grace period
 //!
 //! <root>/ (each host's own)
 //!   storectl.json                    {"role": "writer"|"reader", "shared": …, intervals,

@@ -368,6 +368,9 @@ impl Refresher {
             None => events,
         };
         drop(inner);
+        let mut events = events;
+        let in_use = in_use_events(&self.store, &events);
+        events.extend(in_use);
         if !events.is_empty() {
             self.subscribers
                 .lock()
@@ -676,6 +679,55 @@ impl Refresher {
             thread: Some(thread),
         }
     }
+}
+
+/// For each removed image this host still uses (containers made from it,
+/// or its mount), an [`StoreEvent::ImageRemovedInUse`] and a warning that
+/// says when its layers go.
+fn in_use_events(store: &Store, events: &[StoreEvent]) -> Vec<StoreEvent> {
+    let mut out = Vec::new();
+    let mut removals = None;
+    for e in events {
+        let StoreEvent::ImageRemoved { id } = e else {
+            continue;
+        };
+        let containers: Vec<String> = match store.containers_of_image(id) {
+            Ok(cs) => cs
+                .into_iter()
+                .map(|c| c.names.first().cloned().unwrap_or(c.id))
+                .collect(),
+            Err(e) => {
+                tracing::warn!("listing containers: {e}");
+                Vec::new()
+            }
+        };
+        let mounted = store.mounted_ids(id).is_ok_and(|m| m.contains(id));
+        if containers.is_empty() && !mounted {
+            continue;
+        }
+        let removals = removals.get_or_insert_with(|| store.removals());
+        let until = removals.images.get(id).map(|i| i.delete_after.clone());
+        let users = match (containers.is_empty(), mounted) {
+            (false, true) => format!("container(s) {} and its mount", containers.join(", ")),
+            (false, false) => format!("container(s) {}", containers.join(", ")),
+            _ => "its mount".to_string(),
+        };
+        match &until {
+            Some(t) => tracing::warn!(
+                "image {id} was removed on the writer host while {users} use it:                  they keep working until its layers are deleted from the share                  after {t} (the share's grace period)"
+            ),
+            None => tracing::warn!(
+                "image {id} was removed on the writer host while {users} use it:                  the share lists no grace period for its layers; they may be gone already"
+            ),
+        }
+        out.push(StoreEvent::ImageRemovedInUse {
+            id: id.clone(),
+            containers,
+            mounted,
+            layers_deleted_after: until,
+        });
+    }
+    out
 }
 
 /// The content of the share's `generation` file, or `None` when it cannot be

@@ -23,6 +23,15 @@ pub struct ShareConfig {
     /// the file existed (absent file = `trusted`).
     #[serde(default)]
     pub overlay_xattrs: XattrMode,
+    /// How long the layers of an image the writer removed stay on the
+    /// share (for readers' containers and mounts on it), in seconds; absent
+    /// = one hour. 0 deletes them with the image.
+    #[serde(default = "default_grace")]
+    pub removed_layers_grace_secs: u64,
+}
+
+fn default_grace() -> u64 {
+    storectl_storage::grace::DEFAULT_GRACE_SECS
 }
 
 impl ShareConfig {
@@ -44,6 +53,7 @@ impl ShareConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(ShareConfig {
                     overlay_xattrs: XattrMode::Trusted,
+                    removed_layers_grace_secs: default_grace(),
                 })
             }
             Err(source) => {
@@ -77,7 +87,10 @@ fn new_share_config(share: &Path, creating: bool) -> ShareConfig {
     } else {
         XattrMode::Trusted
     };
-    ShareConfig { overlay_xattrs }
+    ShareConfig {
+        overlay_xattrs,
+        removed_layers_grace_secs: default_grace(),
+    }
 }
 
 /// Does the driver dir `overlay` (absent = no) hold a layer of its own? The

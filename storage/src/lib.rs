@@ -100,6 +100,7 @@ pub mod csindex;
 pub mod digest;
 mod error;
 pub mod fsutil;
+pub mod grace;
 pub mod import;
 mod layer_tar;
 mod links;
@@ -122,7 +123,8 @@ pub use lock::{LockHolder, LockNotice, LockWait};
 pub use meta::{Image, Layer};
 pub use progress::{EventKind, NoopReporter, ProgressEvent, Reporter};
 pub use store::{
-    list_id_entries, list_ids, ContainerOptions, LayerCheck, LoadOptions, Removed, SharedDelta,
-    State, Store, StoreOptions, IMAGES_JSON, LAYER_JSON, MAX_LAYERS,
+    list_id_entries, list_ids, ContainerOptions, ContainerUsage, DiskUsage, FsUsage, GcReport,
+    ImageUsage, LayerCheck, LoadOptions, Removed, SharedDelta, State, Store, StoreOptions,
+    IMAGES_JSON, LAYER_JSON, MAX_LAYERS,
 };
 pub use storectl_overlay::XattrMode;

@@ -1306,7 +1306,9 @@ impl Store {
             cache.init(share, &state, None);
             cache.sync(share, &state)?
         };
-        match self.synced_generation.lock().clone() {
+        // Not matched on the guard: `bump_generation` takes the lock again.
+        let synced_generation = self.synced_generation.lock().clone();
+        match synced_generation {
             Some(generation) => crate::share_index::write_stamp(
                 share,
                 &crate::csindex::Stamp {
@@ -1464,6 +1466,13 @@ impl Store {
         let state = self.state();
         let referenced = state.referenced_layers();
         let writer = self.publishes_shared();
+        // Removed shared layers in their grace period are not orphans.
+        let removals = if writer {
+            self.removals()
+        } else {
+            crate::grace::Removals::default()
+        };
+        let now = removals::now_secs();
         let records = self.entry_ids(&self.layers_dir(), &self.layout.layers_ro(), writer)?;
         let mut gone = Vec::new();
         for (id, shared) in records {
@@ -1474,7 +1483,10 @@ impl Store {
             .ok()
             .and_then(|b| meta::parse_layer(&b, &id).ok())
             .is_some_and(|l| l.incomplete);
-            if incomplete || (state.layers.contains_key(&id) && !referenced.contains(&id)) {
+            let waiting = shared && removals.protects(&id, now);
+            if incomplete
+                || (state.layers.contains_key(&id) && !referenced.contains(&id) && !waiting)
+            {
                 gone.push((id, shared));
             }
         }
@@ -2558,6 +2570,34 @@ impl Store {
             .map(|l| (l.id, l.shared))
             .collect();
         let image_dir = self.image_dir(&image.id);
+        // A writer keeps the shared layers only this image used for the
+        // share's grace period (a reader's container may run on them),
+        // listed in the share's removals file before the image goes.
+        let keep = image.shared && self.keeps_removed_layers();
+        if keep {
+            let waiting: Vec<String> = self.with_state(|st| {
+                let used: BTreeSet<&str> = st
+                    .images
+                    .values()
+                    .filter(|i| i.id != image.id)
+                    .filter_map(|i| st.chain(i.layer.as_deref()?))
+                    .flatten()
+                    .map(|l| l.id.as_str())
+                    .collect();
+                chain
+                    .iter()
+                    .take_while(|(id, _)| !used.contains(id.as_str()))
+                    .filter(|(_, shared)| *shared)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            });
+            if !waiting.is_empty() {
+                let mut removals = self.removals();
+                let grace = self.removed_layers_grace().unwrap_or(0);
+                removals.add(&image.id, &waiting, removals::now_secs(), grace);
+                self.write_removals(&removals)?;
+            }
+        }
         if self.index_share().is_some() {
             // containers/storage's index forgets the image and the layers
             // only it used (images.json first), and `generation` moves on,
@@ -2565,8 +2605,10 @@ impl Store {
             let mut state = self.state.write();
             state.images.remove(&image.id);
             let used = state.referenced_layers();
-            for (id, _) in chain.iter().take_while(|(id, _)| !used.contains(id)) {
-                state.layers.remove(id);
+            for (id, shared) in chain.iter().take_while(|(id, _)| !used.contains(id)) {
+                if !(keep && *shared) {
+                    state.layers.remove(id);
+                }
             }
             drop(state);
             self.bump_generation()?;
@@ -2591,6 +2633,9 @@ impl Store {
             }
             if shared && !self.publishes_shared() {
                 continue; // a reader's local image on shared layers: not ours to remove
+            }
+            if shared && keep {
+                continue; // waits for the grace period (see above)
             }
             self.remove_layer_files(&id, shared)?;
             let twin = {
@@ -2621,6 +2666,10 @@ impl Store {
         }
         if !removed.is_empty() {
             self.bump_generation()?;
+        }
+        if keep {
+            // Layers of earlier removals whose grace period is over.
+            self.collect_expired(removals::now_secs(), None)?;
         }
         Ok(Removed::Deleted {
             image: image.id,
@@ -2788,7 +2837,11 @@ fn link_big_data(dir: &Path, image: &Image, replace: bool) -> Result<()> {
 }
 
 mod containers;
+mod removals;
+mod usage;
 pub use containers::ContainerOptions;
+pub use removals::GcReport;
+pub use usage::{ContainerUsage, DiskUsage, FsUsage, ImageUsage};
 
 #[cfg(test)]
 mod writer_tests;

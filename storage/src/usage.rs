@@ -79,6 +79,26 @@ pub fn walk(dir: &Path) -> Result<Usage> {
     Ok(usage)
 }
 
+/// `dir` itself and its direct entries that are not directories (what
+/// [`walk`] adds besides its subdirectories' trees).
+pub fn walk_shallow(dir: &Path) -> Result<Usage> {
+    let top = std::fs::symlink_metadata(dir).at(dir)?;
+    let mut usage = Usage {
+        bytes: top.len(),
+        inodes: 1,
+    };
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let path = entry.path();
+        let m = std::fs::symlink_metadata(&path).at(&path)?;
+        if !m.is_dir() {
+            usage.bytes += m.len();
+            usage.inodes += 1;
+        }
+    }
+    Ok(usage)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -399,3 +399,14 @@ pub fn assert_hardlinks(mount: &Path, groups: &[Vec<String>], what: &str) {
         );
     }
 }
+
+/// Set the share's grace period for removed layers
+/// (`removed_layers_grace_secs` in `storectl-share.json`; 0 = a writer's
+/// `rmi` deletes them with the image, which tests of removal mechanics use).
+pub fn set_removed_layers_grace(share: &Path, secs: u64) {
+    let path = share.join("storectl-share.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).expect("storectl-share.json"))
+        .expect("storectl-share.json is JSON");
+    v["removed_layers_grace_secs"] = serde_json::json!(secs);
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).expect("storectl-share.json");
+}

@@ -70,6 +70,12 @@ pub fn container_json(store: &Store, c: &Container) -> anyhow::Result<serde_json
         "mounted": store.container_mounted(c),
         "mount_path": store.container_mount_path(c),
         "writable_layer": {"used_bytes": usage.bytes, "inodes_used": usage.inodes},
+        // A shared image the writer removed: when its layers go.
+        "image_layers_deleted_after": store
+            .removals()
+            .images
+            .get(&c.image)
+            .map(|r| r.delete_after.clone()),
     }))
 }
 

@@ -6,6 +6,8 @@ use clap::Subcommand;
 
 pub(crate) mod bundle;
 pub(crate) mod containers;
+pub(crate) mod df;
+pub(crate) mod gc;
 pub(crate) mod info;
 pub(crate) mod init;
 pub(crate) mod inspect;
@@ -40,6 +42,10 @@ pub enum Command {
     Containers(containers::ListArgs),
     /// Remove containers (a mounted one needs --force).
     Rm(containers::RmArgs),
+    /// Disk usage of images and containers (CRI ImageFsInfo figures).
+    Df(df::Args),
+    /// On a writer: delete removed shared layers whose grace period is over.
+    Gc(gc::Args),
     /// Write an OCI runtime bundle (DIR/config.json) for a container, for `runc run -b DIR`.
     Bundle(bundle::Args),
     /// Give an image another name.
@@ -79,6 +85,8 @@ impl Command {
             Command::Containers(a) => containers::run_list(root, a),
             Command::Rm(a) => containers::run_rm(root, a),
             Command::Bundle(a) => bundle::run(root, a),
+            Command::Gc(a) => gc::run(root, a),
+            Command::Df(a) => df::run(root, a),
             Command::Tag(a) => tag::run(root, a),
             Command::Rmi(a) => rmi::run(root, a),
             Command::Verify(a) => verify::run(root, a),
@@ -109,6 +117,8 @@ impl Command {
             Command::Containers(_) => "containers",
             Command::Rm(_) => "rm",
             Command::Bundle(_) => "bundle",
+            Command::Gc(_) => "gc",
+            Command::Df(_) => "df",
             Command::Verify(_) => "verify",
             Command::Init(_) => "init",
             Command::Info(_) => "info",

@@ -58,6 +58,21 @@ fn event_line(e: &StoreEvent) -> Option<String> {
             Some(format!("~ image {} {}", one_word(id), words(names)))
         }
         StoreEvent::ImageRemoved { id } => Some(format!("- image {}", one_word(id))),
+        StoreEvent::ImageRemovedInUse {
+            id,
+            containers,
+            layers_deleted_after,
+            ..
+        } => Some(format!(
+            "! image {} in use by {} until {}",
+            one_word(id),
+            if containers.is_empty() {
+                "its mount".to_string()
+            } else {
+                words(containers)
+            },
+            layers_deleted_after.as_deref().map_or("-".into(), one_word)
+        )),
         // Layers only in JSON; the text form speaks of images.
         StoreEvent::LayerAdded { .. } | StoreEvent::LayerRemoved { .. } => None,
     }

@@ -75,6 +75,13 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
                     outln!("Deleted layer: {layer}");
                 }
                 outln!("Deleted: {image}");
+                if let Some(r) = store.removals().images.get(&image) {
+                    outln!(
+                        "Kept {} layer(s) on the share until {} (its grace period; storectl gc deletes them then)",
+                        r.layers.len(),
+                        r.delete_after
+                    );
+                }
             }
             Err(e) => {
                 failed += 1;

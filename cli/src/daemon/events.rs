@@ -141,6 +141,18 @@ pub fn forward_refresher(refresher: &Arc<Refresher>, hub: &Hub) -> anyhow::Resul
                         format!("layer removed {id}"),
                         Kind::LayerRemoved(pb::LayerEvent { id }),
                     ),
+                    // Not in the API's event kinds (yet): logged only.
+                    StoreEvent::ImageRemovedInUse {
+                        id,
+                        layers_deleted_after,
+                        ..
+                    } => {
+                        log(format!(
+                            "image removed in use {id} layers until {}",
+                            layers_deleted_after.as_deref().unwrap_or("-")
+                        ));
+                        continue;
+                    }
                 };
                 log(line.trim_end());
                 let _ = tx.send(event(ev));
