@@ -20,14 +20,16 @@
 # Usage: bench/refresh.sh [extra args for cargo bench]
 # Environment:
 #   STORECTL_BENCH_IMAGES        images in the share (default 10000; 1000 for a quick run)
-#   STORECTL_BENCH_RUNS          runs per metric (default 9; ticks: at least 15 × 1000 ticks)
+#   STORECTL_BENCH_RUNS          runs per metric (default 9; ticks: at least 15 × 1000 ticks;
+#                                the initial scan: at most 3)
 #   STORECTL_BENCH_LATENCY_RUNS  publish → ImageAdded samples (default 7)
 #   STORECTL_BENCH_DIR           cache and output dir (default bench/out)
 #   CARGO_TARGET_DIR             as usual
 # The first run at a given size generates the share (about a minute at full
 # size); later runs reuse it. `rm -rf bench/out/refresh-share-*` to regenerate.
 # Reader roots (and the symlink baseline's dirs) are kept until every figure is
-# taken, then deleted: about 0.4 GB each at full size, 5 GB for 9 runs.
+# taken, then deleted: about 0.4 GB each at full size, 2.2 GB in all (the
+# initial scan takes at most 3 fresh readers).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
