@@ -1,0 +1,80 @@
+//! The layer store's per-layer work: removing a layer's files (never
+//! through a reader's legacy link), and re-hashing a layer from its files
+//! and tar-split.
+
+use flate2::read::GzDecoder;
+
+use super::*;
+
+impl Store {
+    /// Remove a layer's record (and its legacy `RO` link), then its overlay dir.
+    pub(super) fn remove_layer_files(&self, id: &str, shared: bool) -> Result<()> {
+        if !self.publishes_shared() {
+            // Only local entries, never through a legacy link to the share:
+            // a reader's `overlay/<id> -> RO/<id>` is not its to delete through.
+            let overlay = self.layout.overlay().join(id);
+            let record = self.layers_dir().join(id);
+            if shared || fs::symlink_metadata(&overlay).is_ok_and(|m| m.is_symlink()) {
+                if crate::links::is_real_dir(&record) {
+                    fsutil::remove_dir_atomic(&record)?;
+                }
+                return Ok(());
+            }
+        }
+        if shared && self.index_share().is_some() {
+            // containers/storage's names of it on the share (the index no
+            // longer lists it).
+            let split = self.layout.layers_ro().join(format!("{id}.tar-split.gz"));
+            match fs::remove_file(&split) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&split, e))
+                }
+                _ => {}
+            }
+            let overlay_ro = self.layout.overlay_ro();
+            if let Some(short) = crate::links::read_short_name(&overlay_ro, id) {
+                let path = overlay_ro.join("l").join(short);
+                crate::links::remove_link(&path, &crate::links::short_target(id)).at(&path)?;
+            }
+        }
+        let record = self.layer_dir_of(id, shared);
+        if record.exists() {
+            fsutil::remove_dir_atomic(&record)?;
+        }
+        let link = self.layers_dir().join(id);
+        if shared && fs::symlink_metadata(&link).is_ok() {
+            fs::remove_file(&link).at(&link)?;
+        }
+        match self.driver.remove_layer(id) {
+            Ok(()) | Err(storectl_overlay::Error::LayerUnknown(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Rebuild layer `id`'s tar from its diff and tar-split and hash it.
+    pub fn verify_layer(&self, id: &str) -> Result<LayerCheck> {
+        let layer = self.layer(id)?;
+        let expected = layer.diff_digest.clone().unwrap_or_default();
+        let split_path = self
+            .layer_record_dir(&layer)
+            .join(format!("{id}.tar-split.gz"));
+        let found = (|| -> std::result::Result<String, String> {
+            let file = fs::File::open(&split_path)
+                .map_err(|e| format!("{}: {e}", split_path.display()))?;
+            let mut split = GzDecoder::new(std::io::BufReader::new(file));
+            let mut hasher = HashWriter(Sha256::new());
+            storectl_overlay::tarsplit::reassemble(
+                &self.overlay_dir(&layer).join("diff"),
+                &mut split,
+                &mut hasher,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(format!("sha256:{}", hex::encode(hasher.0.finalize())))
+        })();
+        Ok(LayerCheck {
+            layer: id.to_string(),
+            expected,
+            found,
+        })
+    }
+}
