@@ -79,6 +79,24 @@ pub fn walk(dir: &Path) -> Result<Usage> {
     Ok(usage)
 }
 
+/// The mount point of the filesystem holding `path` (absolute, canonical),
+/// per a `/proc/self/mountinfo` text: the longest mount point that is
+/// `path` or an ancestor (`/` when none is). Pure.
+pub fn mount_point(mountinfo: &str, path: &str) -> String {
+    let mut best = "/".to_string();
+    for line in mountinfo.lines() {
+        let Some(mp) = line.split(' ').nth(4) else {
+            continue;
+        };
+        let mp = mp.replace("\\040", " ");
+        let inside = path == mp || path.starts_with(&format!("{}/", mp.trim_end_matches('/')));
+        if inside && mp.len() >= best.len() {
+            best = mp;
+        }
+    }
+    best
+}
+
 /// `dir` itself and its direct entries that are not directories (what
 /// [`walk`] adds besides its subdirectories' trees).
 pub fn walk_shallow(dir: &Path) -> Result<Usage> {
@@ -102,6 +120,16 @@ pub fn walk_shallow(dir: &Path) -> Result<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_are_the_longest_ancestor() {
+        let mi = "22 1 0:21 / / rw - ext4 /dev/sda1 rw\n\
+                  30 22 0:25 / /var/lib rw - ext4 /dev/sdb rw\n\
+                  31 22 0:26 / /var/lib\\040x rw - tmpfs t rw\n";
+        assert_eq!(mount_point(mi, "/var/lib/storectl"), "/var/lib");
+        assert_eq!(mount_point(mi, "/var/libx"), "/");
+        assert_eq!(mount_point(mi, "/var/lib x/s"), "/var/lib x");
+    }
 
     #[test]
     fn counts_as_du_does() {

@@ -24,6 +24,7 @@ fn fs_json(f: &FsUsage) -> serde_json::Value {
     json!({
         "timestamp": f.timestamp,
         "fs_id": {"mountpoint": f.mountpoint},
+        "path": f.path,
         "used_bytes": f.used_bytes,
         "inodes_used": f.inodes_used,
         "source": f.source,
@@ -73,7 +74,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         for f in list {
             rows.push(vec![
                 format!("{kind} ({})", f.source),
-                f.mountpoint.display().to_string(),
+                f.path.display().to_string(),
                 human_size(f.used_bytes),
                 f.inodes_used.to_string(),
             ]);

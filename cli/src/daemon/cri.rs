@@ -7,12 +7,12 @@
 //!   `Images.Pull` clients; its `auth` (username/password, or `auth` =
 //!   base64 `user:password`) answers the registry's challenge.
 //! * `RemoveImage` removes by id with all names, and is idempotent.
-//! * `ImageFsInfo`: the store root's filesystem (its mount point), the bytes
-//!   its local layers use on disk and the inodes under the root.
+//! * `ImageFsInfo`: `Store::disk_usage` (as `storectl df`): the local image
+//!   layers, the share's apart (on a writer or reader), and the containers'
+//!   layers, each with the mount point of its filesystem; kept incrementally.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use storectl_storage::meta::{Image, CONFIG};
@@ -115,40 +115,6 @@ fn auth_credentials(a: &cri::AuthConfig) -> Result<Option<Credentials>, Status> 
         ));
     }
     Ok(None)
-}
-
-/// The mount point holding `path`, from the text of `/proc/self/mountinfo` (pure).
-fn mount_point(mountinfo: &str, path: &str) -> String {
-    let mut best = "/".to_string();
-    for line in mountinfo.lines() {
-        let Some(mp) = line.split(' ').nth(4) else {
-            continue;
-        };
-        let mp = mp.replace("\\040", " ");
-        let inside = path == mp || path.starts_with(&format!("{}/", mp.trim_end_matches('/')));
-        if inside && mp.len() >= best.len() {
-            best = mp;
-        }
-    }
-    best
-}
-
-/// Entries under `dir` (not following symlinks), itself included.
-fn count_inodes(dir: &std::path::Path) -> u64 {
-    let mut n = 1;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            n += 1;
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            }
-        }
-    }
-    n
 }
 
 #[tonic::async_trait]
@@ -330,39 +296,26 @@ impl cri::image_service_server::ImageService for Service {
         &self,
         _req: Request<cri::ImageFsInfoRequest>,
     ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
-        let usage = self
+        let du = self
             .0
-            .blocking(|d| {
-                let root = d.store.root().to_path_buf();
-                let used: u64 = d
-                    .store
-                    .layers()
-                    .iter()
-                    .filter(|l| !l.shared)
-                    .map(|l| l.disk_size.or(l.diff_size).unwrap_or(0))
-                    .sum();
-                let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-                let canonical = root.canonicalize().unwrap_or(root.clone());
-                let timestamp = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as i64)
-                    .unwrap_or(1)
-                    .max(1);
-                cri::FilesystemUsage {
-                    timestamp,
-                    fs_id: Some(cri::FilesystemIdentifier {
-                        mountpoint: mount_point(&mountinfo, &canonical.to_string_lossy()),
-                    }),
-                    used_bytes: Some(cri::UInt64Value { value: used }),
-                    inodes_used: Some(cri::UInt64Value {
-                        value: count_inodes(&root),
-                    }),
-                }
-            })
-            .await?;
+            .blocking(|d| d.store.disk_usage())
+            .await?
+            .map_err(|e| store_status(&e))?;
+        let convert = |f: &storectl_storage::FsUsage| cri::FilesystemUsage {
+            timestamp: f.timestamp.max(1),
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: f.mountpoint.to_string_lossy().into_owned(),
+            }),
+            used_bytes: Some(cri::UInt64Value {
+                value: f.used_bytes,
+            }),
+            inodes_used: Some(cri::UInt64Value {
+                value: f.inodes_used,
+            }),
+        };
         Ok(Response::new(cri::ImageFsInfoResponse {
-            image_filesystems: vec![usage],
-            container_filesystems: Vec::new(),
+            image_filesystems: du.image_filesystems.iter().map(convert).collect(),
+            container_filesystems: du.container_filesystems.iter().map(convert).collect(),
         }))
     }
 }
@@ -370,6 +323,7 @@ impl cri::image_service_server::ImageService for Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use storectl_storage::usage::mount_point;
 
     #[test]
     fn pure_helpers() {

@@ -219,3 +219,82 @@ impl Store {
         Ok(ids)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storectl_fixtures::{
+        write_oci_layout, Compression, Entry, Image as Fixture, Layer as FixtureLayer,
+    };
+
+    /// A local store with images `a` and `b` (each one layer of its own
+    /// file), loaded from OCI layouts.
+    fn store(tmp: &Path) -> (Store, Image, Image) {
+        let store = Store::open(StoreOptions::new(tmp.join("root"))).unwrap();
+        let mut out = Vec::new();
+        for name in ["a", "b"] {
+            let oci = tmp.join(format!("oci-{name}"));
+            let fixture = Fixture::new(vec![FixtureLayer::new(
+                vec![Entry::file(name, format!("{name}\n"))],
+                Compression::Gzip,
+            )])
+            .named(&format!("localhost/{name}:1"));
+            write_oci_layout(&oci, &[fixture]).unwrap();
+            let image = store
+                .load(
+                    &oci.display().to_string(),
+                    &LoadOptions::default(),
+                    &crate::NoopReporter,
+                )
+                .unwrap();
+            out.push(image);
+        }
+        let b = out.pop().unwrap();
+        let a = out.pop().unwrap();
+        (store, a, b)
+    }
+
+    #[test]
+    fn images_resolve_by_id_name_and_prefix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, a, b) = store(tmp.path());
+        assert_eq!(store.resolve_image(&a.id).unwrap().id, a.id);
+        assert_eq!(
+            store.resolve_image(&format!("sha256:{}", a.id)).unwrap().id,
+            a.id
+        );
+        assert_eq!(store.resolve_image("localhost/b:1").unwrap().id, b.id);
+        assert_eq!(store.resolve_image(&b.id[..12]).unwrap().id, b.id);
+        assert!(matches!(
+            store.resolve_image("localhost/c:1"),
+            Err(Error::ImageUnknown { .. })
+        ));
+        assert!(matches!(
+            store.resolve_image(""),
+            Err(Error::ImageUnknown { .. })
+        ));
+    }
+
+    #[test]
+    fn chains_documents_and_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, a, b) = store(tmp.path());
+        let layers = store.image_layers(&a).unwrap();
+        assert_eq!(layers.len(), 1);
+        assert_eq!(Some(&layers[0].id), a.layer.as_ref());
+        assert_eq!(store.image_size(&a), layers[0].diff_size.unwrap());
+        let config = store.image_big_data(&a, CONFIG).unwrap();
+        assert_eq!(
+            crate::digest::sha256_digest(&config),
+            format!("sha256:{}", a.id)
+        );
+        assert!(store.image_big_data(&a, "nope").is_err());
+        // A name names one image: tagging b with a's name takes it from a.
+        store.tag(&b.id, "localhost/a:1").unwrap();
+        assert_eq!(store.resolve_image("localhost/a:1").unwrap().id, b.id);
+        assert!(store.resolve_image(&a.id).unwrap().names.is_empty());
+        let reopened = Store::open(StoreOptions::new(store.root())).unwrap();
+        assert_eq!(reopened.resolve_image("localhost/a:1").unwrap().id, b.id);
+        assert!(store.tag(&a.id, "not a name!").is_err());
+    }
+}

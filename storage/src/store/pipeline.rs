@@ -627,3 +627,94 @@ impl Store {
         self.bump_generation()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storectl_fixtures::{
+        write_oci_layout, Compression, Entry, Image as Fixture, Layer as FixtureLayer,
+    };
+
+    fn fixture(top: &str) -> Fixture {
+        Fixture::new(vec![
+            FixtureLayer::new(vec![Entry::file("base", "base\n")], Compression::Gzip),
+            FixtureLayer::new(vec![Entry::file("top", top)], Compression::None),
+        ])
+        .named(&format!("localhost/{top}:1"))
+    }
+
+    /// Dot-free entries of `dir` (what a listing would show).
+    fn visible(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.') && n != "l" && n != "RO")
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn only_missing_layers_are_extracted_and_published_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreOptions::new(tmp.path().join("root"))).unwrap();
+        for (i, top) in ["one", "two"].iter().enumerate() {
+            let oci = tmp.path().join(top);
+            let built = write_oci_layout(&oci, &[fixture(top)]).unwrap();
+            let image = store
+                .load(
+                    &oci.display().to_string(),
+                    &LoadOptions::default(),
+                    &crate::NoopReporter,
+                )
+                .unwrap();
+            assert_eq!(image.id, built[0].id());
+            assert_eq!(
+                image.layer.as_deref(),
+                built[0].chain_ids().last().map(String::as_str)
+            );
+            // The base is stored once: one new layer for the second image.
+            assert_eq!(store.layers().len(), 2 + i);
+        }
+        for layer in store.layers() {
+            assert!(store.verify_layer(&layer.id).unwrap().ok());
+        }
+    }
+
+    #[test]
+    fn a_bad_blob_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreOptions::new(tmp.path().join("root"))).unwrap();
+        let oci = tmp.path().join("oci");
+        let built = write_oci_layout(&oci, &[fixture("bad")]).unwrap();
+        // Flip a byte of the (uncompressed) top layer's blob.
+        let hex = built[0].layers[1]
+            .blob_digest
+            .trim_start_matches("sha256:")
+            .to_string();
+        let blob = oci.join("blobs/sha256").join(hex);
+        let mut bytes = fs::read(&blob).unwrap();
+        bytes[600] ^= 1;
+        fs::write(&blob, bytes).unwrap();
+        let err = store
+            .load(
+                &oci.display().to_string(),
+                &LoadOptions::default(),
+                &crate::NoopReporter,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::DigestMismatch { .. } | Error::Layer { .. }),
+            "{err}"
+        );
+        assert!(store.images().is_empty() && store.layers().is_empty());
+        for sub in ["overlay", "overlay-layers", "overlay-images"] {
+            assert_eq!(
+                visible(&tmp.path().join("root").join(sub)),
+                Vec::<String>::new(),
+                "{sub}"
+            );
+        }
+    }
+}

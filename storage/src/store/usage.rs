@@ -32,8 +32,11 @@ struct Cache {
 pub struct FsUsage {
     /// Nanoseconds since the epoch when the figures were taken.
     pub timestamp: i64,
-    /// CRI `fs_id.mountpoint`: the directory the figures are of.
+    /// CRI `fs_id.mountpoint`: the mount point of the filesystem holding
+    /// [`FsUsage::path`].
     pub mountpoint: PathBuf,
+    /// The directory the figures are of.
+    pub path: PathBuf,
     pub used_bytes: u64,
     pub inodes_used: u64,
     /// `local` (this host's root) or `share` (a writer's or reader's share).
@@ -118,6 +121,11 @@ impl Store {
     /// Disk usage of images and containers (see the module documentation).
     pub fn disk_usage(&self) -> Result<DiskUsage> {
         let timestamp = now_ns();
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mount_of = |dir: &Path| -> PathBuf {
+            let canonical = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+            PathBuf::from(usage::mount_point(&mountinfo, &canonical.to_string_lossy()))
+        };
         let sizes = self.layer_usages()?;
         let containers = self.containers()?;
         let (layers, images) = self.with_state(|st| {
@@ -138,7 +146,8 @@ impl Store {
         }
         let mut image_filesystems = vec![FsUsage {
             timestamp,
-            mountpoint: self.layout.overlay(),
+            mountpoint: mount_of(&self.layout.overlay()),
+            path: self.layout.overlay(),
             used_bytes: local.bytes,
             inodes_used: local.inodes,
             source: "local",
@@ -146,7 +155,8 @@ impl Store {
         if let Some(dir) = &self.layout.config.shared {
             image_filesystems.push(FsUsage {
                 timestamp,
-                mountpoint: dir.join("overlay"),
+                mountpoint: mount_of(&dir.join("overlay")),
+                path: dir.join("overlay"),
                 used_bytes: share.bytes,
                 inodes_used: share.inodes,
                 source: "share",
@@ -218,7 +228,8 @@ impl Store {
             image_filesystems,
             container_filesystems: vec![FsUsage {
                 timestamp,
-                mountpoint: self.layout.overlay(),
+                mountpoint: mount_of(&self.layout.overlay()),
+                path: self.layout.overlay(),
                 used_bytes: total.bytes,
                 inodes_used: total.inodes,
                 source: "local",
