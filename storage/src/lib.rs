@@ -15,6 +15,7 @@
 //!   overlay-containers/<id>/container.json  one record per container
 //!                                      (writable layer: overlay/<id>/, always local)
 //!   mounts/<image id>/                 where `mount` puts an image
+//!   usage-cache.json                   layer figures for `df` ([`Store::disk_usage`])
 //!   generation                         replaced after every publish or removal
 //!   storage.lock                       the single-writer lock (flock; "host H pid P")
 //! ```
@@ -54,6 +55,10 @@
 //! it read, with both sizes matching, knows the index is that generation's
 //! ([`csindex::Stamp`]); anything else (no stamp, an older generation, other
 //! sizes) means "use the directories".
+//!
+//! A writer also keeps `<share>/storectl-removed.json`: the layers of
+//! removed shared images waiting out the share's grace period
+//! ([`grace`], [`Store::gc`]).
 //!
 //! ## Rules
 //!
