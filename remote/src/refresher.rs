@@ -714,10 +714,13 @@ fn in_use_events(store: &Store, events: &[StoreEvent]) -> Vec<StoreEvent> {
         };
         match &until {
             Some(t) => tracing::warn!(
-                "image {id} was removed on the writer host while {users} use it:                  they keep working until its layers are deleted from the share                  after {t} (the share's grace period)"
+                "image {id} was removed on the writer host while {users} use it: \
+                 they keep working until its layers are deleted from the share \
+                 after {t} (the share's grace period)"
             ),
             None => tracing::warn!(
-                "image {id} was removed on the writer host while {users} use it:                  the share lists no grace period for its layers; they may be gone already"
+                "image {id} was removed on the writer host while {users} use it: \
+                 the share lists no grace period for its layers; they may be gone already"
             ),
         }
         out.push(StoreEvent::ImageRemovedInUse {
