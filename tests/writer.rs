@@ -411,7 +411,9 @@ fn a_killed_load_of_a_deep_image_leaves_few_staging_dirs() {
 
 /// A record on a writer's share that the writer did not write is checked as a
 /// reader checks it: a name that is not a reference (one that would forge a
-/// line) skips the record with a warning, on the writer too.
+/// line) skips the record with a warning, on the writer too. (A writer whose
+/// index is current opens from it and never reads that record; one that
+/// reads the records — here after a crashed holder — skips it.)
 #[test]
 #[ignore = "needs root"]
 fn a_writer_skips_a_share_record_with_an_invalid_name() {
@@ -443,7 +445,15 @@ fn a_writer_skips_a_share_record_with_an_invalid_name() {
         serde_json::to_vec(&v).unwrap(),
     )
     .unwrap();
-    // The writer's next process opens the store from disk.
+    // From the index (current, the last holder let go): not even read.
+    let run = env.run(&["ls", "--json"]);
+    let out = run.ok();
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("ls --json");
+    let ids: Vec<&str> = listed.iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(ids, [id.as_str()], "only the real image: {out}");
+    // The writer's next process opens the store from the records (the last
+    // holder of the lock crashed).
+    fs::write(share.join("writer.lock"), "host elsewhere pid 1\n").expect("lock file");
     let run = env.run(&["ls", "--json"]);
     let stderr = run.stderr.clone();
     let out = run.ok();

@@ -77,8 +77,11 @@
 //!   dot-prefixed debris (`.staging-*`, `.trash-*`, `.tmp-*`) and layers no
 //!   image uses; otherwise a mutation trusts the in-memory state and re-reads
 //!   records only when `generation` changed: its work does not grow with
-//!   the store. At most [`MAX_LAYERS`] layers per image, extracted `jobs` at
-//!   a time.
+//!   the store. A writer opens (and re-reads) its shared layers and images
+//!   from containers/storage's index on the share when the index can stand
+//!   for their records (current stamp, a holder that let go normally, every
+//!   record clean: `index_state.rs`), not from 40,000 per-id records. At
+//!   most [`MAX_LAYERS`] layers per image, extracted `jobs` at a time.
 //! * **Everything is checked.** Every blob's sha256 against its descriptor,
 //!   every layer's uncompressed sha256 against the config's `rootfs.diff_ids`;
 //!   a mismatch leaves nothing behind.
@@ -107,6 +110,7 @@ mod error;
 pub mod fsutil;
 pub mod grace;
 pub mod import;
+mod index_state;
 mod layer_tar;
 mod links;
 pub mod lock;

@@ -191,7 +191,7 @@ impl WriterLock {
         let mut previous = String::new();
         file.rewind().at(path)?;
         let _ = (&file).take(4096).read_to_string(&mut previous);
-        let previous_released = previous.split_whitespace().any(|w| w == RELEASED);
+        let previous_released = released(&previous);
         let host = rustix::system::uname()
             .nodename()
             .to_string_lossy()
@@ -240,6 +240,20 @@ impl Drop for WriterLock {
         let _ = self.file.rewind();
         let _ = self.file.write_all(text.as_bytes());
     }
+}
+
+/// Does a lock file's text say its last holder let go normally? Pure.
+pub(crate) fn released(text: &str) -> bool {
+    text.split_whitespace().any(|w| w == RELEASED)
+}
+
+/// Did the last holder of the lock at `path` let go normally? Read without
+/// taking the lock (a holder now, or a crashed one, says no).
+pub(crate) fn last_released(path: &Path) -> bool {
+    crate::fsutil::read_small_file(path, 4096)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .is_some_and(|t| released(&t))
 }
 
 /// The holder a lock file names (best effort: unknown when unreadable).

@@ -242,4 +242,42 @@ proptest! {
             prop_assert_eq!(crate::csindex::go_timestamp(&g), Some(g.clone()));
         }
     }
+
+    /// `used_among` says of its layers what `referenced_layers` says, on
+    /// random forests of layers (some chains broken, some looping) and
+    /// images on random tops.
+    #[test]
+    fn used_among_agrees_with_referenced_layers(
+        parents in proptest::collection::vec(proptest::option::of(0usize..24), 1..24),
+        tops in proptest::collection::vec(0usize..30, 0..12),
+        among in proptest::collection::vec(0usize..30, 0..10),
+    ) {
+        let id = |n: usize| format!("{n:064x}");
+        let mut st = crate::State::default();
+        for (n, p) in parents.iter().enumerate() {
+            let mut l: crate::Layer = serde_json::from_str(&format!(r#"{{"id":"{}"}}"#, id(n))).unwrap();
+            l.parent = p.map(id);
+            st.layers.insert(l.id.clone(), l);
+        }
+        for (k, top) in tops.iter().enumerate() {
+            let mut i: crate::Image = serde_json::from_str(&format!(r#"{{"id":"{}"}}"#, id(100 + k))).unwrap();
+            i.layer = Some(id(*top));
+            st.images.insert(i.id.clone(), i);
+        }
+        let among: Vec<String> = among.into_iter().map(id).collect();
+        let refs: Vec<&str> = among.iter().map(String::as_str).collect();
+        let all = st.referenced_layers();
+        let want: std::collections::BTreeSet<String> =
+            among.iter().filter(|a| all.contains(*a)).cloned().collect();
+        prop_assert_eq!(st.used_among(&refs), want);
+        // As if the first image were gone.
+        if let Some(first) = st.images.keys().next().cloned() {
+            let mut without = st.clone();
+            without.images.remove(&first);
+            let all = without.referenced_layers();
+            let want: std::collections::BTreeSet<String> =
+                among.iter().filter(|a| all.contains(*a)).cloned().collect();
+            prop_assert_eq!(st.used_among_except(&refs, Some(&first)), want);
+        }
+    }
 }

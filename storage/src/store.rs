@@ -193,6 +193,19 @@ fn keep_shared(new: &mut State, old: &State) {
     );
 }
 
+/// A writer's state as read from containers/storage's index
+/// ([`Store::state_from_index`]).
+struct FromIndex {
+    state: State,
+    /// Each record's line in the files, by id (for the index cache).
+    layer_lines: Vec<(String, crate::share_index::Line)>,
+    image_lines: Vec<(String, crate::share_index::Line)>,
+    /// Of `layers.json` and `images.json`.
+    sizes: (u64, u64),
+    /// The `generation` text the index is for.
+    generation: String,
+}
+
 /// The result of re-hashing one layer ([`Store::verify_layer`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerCheck {
@@ -289,6 +302,69 @@ impl State {
             .filter(|n| local.contains(n.as_str()))
             .cloned()
             .collect()
+    }
+
+    /// Which of the layers `among` some image's (whole) chain uses: what
+    /// [`State::referenced_layers`] would say of them, without collecting
+    /// every layer of every image (a walk stops where an earlier one
+    /// found the rest of its chain used).
+    pub fn used_among(&self, among: &[&str]) -> BTreeSet<String> {
+        self.used_among_except(among, None)
+    }
+
+    /// [`State::used_among`], as if image `except` were gone.
+    ///
+    /// A layer is used when an image's chain holds it, that is when the
+    /// image's top layer is the layer or below it: the layers below `among`
+    /// are found level by level (one pass over the layers' parents each),
+    /// and only the image tops among them have their chains walked — work
+    /// that follows the chains `among` is on, not every image's.
+    pub fn used_among_except(&self, among: &[&str], except: Option<&str>) -> BTreeSet<String> {
+        use std::collections::HashSet;
+        let wanted: HashSet<&str> = among
+            .iter()
+            .copied()
+            .filter(|id| self.layers.contains_key(*id))
+            .collect();
+        if wanted.is_empty() {
+            return BTreeSet::new();
+        }
+        let tops: HashSet<&str> = self
+            .images
+            .values()
+            .filter(|i| Some(i.id.as_str()) != except)
+            .filter_map(|i| i.layer.as_deref())
+            .collect();
+        let mut found: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|id| tops.contains(id))
+            .collect();
+        let mut seen = wanted.clone();
+        let mut level = wanted.clone();
+        while !level.is_empty() {
+            let mut below = HashSet::new();
+            for (id, layer) in &self.layers {
+                let under = layer.parent.as_deref().is_some_and(|p| level.contains(p));
+                if under && seen.insert(id.as_str()) {
+                    below.insert(id.as_str());
+                    if tops.contains(id.as_str()) {
+                        found.push(id);
+                    }
+                }
+            }
+            level = below;
+        }
+        let mut used = BTreeSet::new();
+        for top in found {
+            // Only a whole chain counts (as in `referenced_layers`).
+            for layer in self.chain(top).unwrap_or_default() {
+                if wanted.contains(layer.id.as_str()) {
+                    used.insert(layer.id.clone());
+                }
+            }
+        }
+        used
     }
 
     /// Layers some image's chain uses.
@@ -518,9 +594,15 @@ impl Store {
             warned: parking_lot::Mutex::new(BTreeSet::new()),
             index: Default::default(),
         };
-        *store.synced_generation.lock() = store.read_generation();
-        let state = store.read_state()?;
-        *store.state.write() = state;
+        let released = crate::lock::last_released(&store.layout.writer_lock());
+        match store.state_from_index(released) {
+            Some(opened) => store.install_from_index(opened),
+            None => {
+                *store.synced_generation.lock() = store.read_generation();
+                let state = store.read_state()?;
+                *store.state.write() = state;
+            }
+        }
         Ok(store)
     }
 
@@ -670,9 +752,175 @@ impl Store {
     /// A reader reads only its local records here: shared ones enter through
     /// the refresher's validated scan ([`Store::apply_shared`]).
     fn read_state(&self) -> Result<State> {
+        self.read_state_with(None)
+    }
+
+    /// On a writer: the store's state with its shared layers and images
+    /// taken from containers/storage's index on the share, when the index
+    /// can stand for their records ([`crate::index_state`]: the stamp names
+    /// the current `generation`, the sizes agree, `released` — the writer
+    /// lock's last holder let go normally — and every record is clean);
+    /// `None` otherwise, and the caller reads the records. Local records
+    /// are read as always.
+    fn state_from_index(&self, released: bool) -> Option<FromIndex> {
+        let (Role::Writer, Some(share)) = (self.layout.role(), &self.layout.config.shared) else {
+            return None;
+        };
+        let started = std::time::Instant::now();
+        let fallback = |why: String| {
+            tracing::debug!("opening from the per-id records, not the index: {why}");
+            None
+        };
+        let generation = self.read_generation();
+        let stamp = crate::share_index::read_stamp(share);
+        let read = |path: &Path| fsutil::read_small_file(path, crate::csindex::MAX_INDEX).ok();
+        let layers = read(&crate::share_index::layers_index(share));
+        let images = read(&crate::share_index::images_index(share));
+        let size = |b: &Option<Vec<u8>>| b.as_ref().map(|b| b.len() as u64);
+        let sizes = (size(&layers), size(&images));
+        if let Err(why) =
+            crate::index_state::trusted(generation.as_deref(), released, stamp.as_ref(), sizes)
+        {
+            return fallback(why);
+        }
+        let (Some(layers), Some(images), Some(generation)) = (layers, images, generation) else {
+            return None; // `trusted` saw them all
+        };
+        // The lines stay in the files' buffers (ranges), not copied out.
+        let (layers, images) = (std::sync::Arc::new(layers), std::sync::Arc::new(images));
+        let records = match crate::index_state::parse(&layers, &images) {
+            Ok(r) => r,
+            Err(why) => return fallback(format!("the index is not clean: {why}")),
+        };
+        if self.read_generation().as_ref() != Some(&generation) {
+            return fallback("the share changed while the index was read".into());
+        }
+        let line = |file: &std::sync::Arc<Vec<u8>>, raw: &[u8]| {
+            let start = raw.as_ptr() as usize - file.as_ptr() as usize;
+            crate::share_index::Line::In(std::sync::Arc::clone(file), start..start + raw.len())
+        };
+        let keep_lines = self.index_share().is_some();
+        let mut layer_lines = Vec::new();
+        let mut image_lines = Vec::new();
+        let mut shared_layers: Vec<Layer> = Vec::with_capacity(records.layers.len());
+        let mut shared_images = Vec::with_capacity(records.images.len());
+        for (layer, raw) in records.layers {
+            if keep_lines {
+                layer_lines.push((layer.id.clone(), line(&layers, raw)));
+            }
+            shared_layers.push(layer);
+        }
+        for (image, raw) in records.images {
+            if keep_lines {
+                image_lines.push((image.id.clone(), line(&images, raw)));
+            }
+            shared_images.push(image);
+        }
+        // Layers an `rmi` left waiting out the share's grace period are on
+        // the share but in no image's chain, so not in the index: read from
+        // their records, as opening from the records reads them.
+        let mut waiting = Vec::new();
+        for id in self.removals().layers.keys() {
+            let indexed = shared_layers
+                .binary_search_by(|l| l.id.as_str().cmp(id))
+                .is_ok();
+            if indexed {
+                continue;
+            }
+            match self.read_waiting_layer(id) {
+                Ok(Some(layer)) => waiting.push(layer),
+                Ok(None) => {} // gone already: the next gc forgets it
+                Err(why) => return fallback(format!("waiting layer {id}: {why}")),
+            }
+        }
+        if !waiting.is_empty() {
+            let known = |id: &str, w: &[Layer]| {
+                shared_layers
+                    .binary_search_by(|l| l.id.as_str().cmp(id))
+                    .is_ok()
+                    || w.iter().any(|l| l.id == id)
+            };
+            let orphan = waiting
+                .iter()
+                .find(|l| l.parent.as_deref().is_some_and(|p| !known(p, &waiting)));
+            if let Some(l) = orphan {
+                return fallback(format!("waiting layer {}: its parent is not there", l.id));
+            }
+            shared_layers.extend(waiting);
+            shared_layers.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        let (n_layers, n_images) = (shared_layers.len(), shared_images.len());
+        let state = match self.read_state_with(Some((shared_layers, shared_images))) {
+            Ok(state) => state,
+            Err(e) => return fallback(e.to_string()),
+        };
+        tracing::debug!(
+            "opened from containers/storage's index: {n_layers} shared layers, \
+             {n_images} shared images in {:?}",
+            started.elapsed()
+        );
+        Some(FromIndex {
+            state,
+            layer_lines,
+            image_lines,
+            sizes: (layers.len() as u64, images.len() as u64),
+            generation,
+        })
+    }
+
+    /// A shared layer the index does not list (one waiting out the grace
+    /// period), read and checked as [`Store::read_state`] reads it:
+    /// `Ok(None)` when its record is gone, `Err` for anything that would
+    /// make opening from the records skip it (with a warning).
+    fn read_waiting_layer(&self, id: &str) -> std::result::Result<Option<Layer>, String> {
+        let path = self.layer_dir_of(id, true).join(LAYER_JSON);
+        let bytes = match fsutil::read_small_file(&path, fsutil::MAX_RECORD) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let layer = meta::parse_layer(&bytes, id)?;
+        let (mut layer, notes) = meta::check_shared_layer(layer);
+        if let Some(note) = notes.first() {
+            return Err(note.clone());
+        }
+        if layer.incomplete {
+            return Err("incomplete".into());
+        }
+        layer.shared = true;
+        let dir = self.overlay_dir(&layer);
+        let real = fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
+        if !(real && dir.join("diff").is_dir()) {
+            return Err("its overlay directory is missing".into());
+        }
+        Ok(Some(layer))
+    }
+
+    /// Make what [`Store::state_from_index`] read the store's state, and
+    /// the lines it read what the writer's index cache knows.
+    fn install_from_index(&self, opened: FromIndex) {
+        *self.state.write() = opened.state;
+        *self.synced_generation.lock() = Some(opened.generation);
+        let mut cache = self.index.lock();
+        cache.invalidate();
+        if self.index_share().is_some() {
+            cache.seed(opened.layer_lines, opened.image_lines, opened.sizes);
+        }
+    }
+
+    /// [`Store::read_state`], with the shared layers and images given
+    /// (from the index: [`Store::state_from_index`]) instead of read from
+    /// their records; the local records are read as always.
+    fn read_state_with(&self, shared: Option<(Vec<Layer>, Vec<Image>)>) -> Result<State> {
         let mut state = State::default();
         let writer = self.layout.role() == Role::Writer;
-        let layer_ids = self.entry_ids(&self.layers_dir(), &self.layout.layers_ro(), writer)?;
+        let (shared_layers, shared_images) = match shared {
+            Some((l, i)) => (Some(l), Some(i)),
+            None => (None, None),
+        };
+        let given = shared_layers.is_some();
+        let with_ro = writer && !given;
+        let layer_ids = self.entry_ids(&self.layers_dir(), &self.layout.layers_ro(), with_ro)?;
         for (id, shared) in layer_ids {
             let path = self.layer_dir_of(&id, shared).join(LAYER_JSON);
             let layer = match fsutil::read_small_file(&path, fsutil::MAX_RECORD) {
@@ -713,6 +961,12 @@ impl Store {
                 )),
             }
         }
+        if let Some(layers) = shared_layers {
+            insert_batch(
+                &mut state.layers,
+                layers.into_iter().map(|l| (l.id.clone(), l)).collect(),
+            );
+        }
         // A layer whose chain is broken is not usable — except, on a reader, a
         // local layer on top of a shared one, which the refresher adds.
         let reader = self.layout.role() == Role::Reader;
@@ -722,9 +976,12 @@ impl Store {
                     .missing_ancestor(id)
                     .is_some_and(|m| self.layout.overlay_ro().join(m).is_dir())
         };
+        // Given shared layers have whole chains among themselves (checked).
         let broken: Vec<String> = state
             .layers
-            .keys()
+            .iter()
+            .filter(|(_, l)| !(given && l.shared))
+            .map(|(id, _)| id)
             .filter(|id| state.chain(id).is_none() && !waits_for_share(&state, id))
             .cloned()
             .collect();
@@ -743,7 +1000,7 @@ impl Store {
         for id in &broken {
             state.layers.remove(id);
         }
-        let image_ids = self.entry_ids(&self.images_dir(), &self.layout.images_ro(), writer)?;
+        let image_ids = self.entry_ids(&self.images_dir(), &self.layout.images_ro(), with_ro)?;
         for (id, shared) in image_ids {
             let path = self.image_dir_of(&id, shared).join(IMAGES_JSON);
             // A shared record is checked as a reader checks it (names are
@@ -784,6 +1041,13 @@ impl Store {
                     removal_hint(&self.image_dir_of(&id, shared))
                 )),
             }
+        }
+        // Given shared images have whole chains of given layers (checked).
+        if let Some(images) = shared_images {
+            insert_batch(
+                &mut state.images,
+                images.into_iter().map(|i| (i.id.clone(), i)).collect(),
+            );
         }
         Ok(state)
     }
@@ -1038,11 +1302,22 @@ impl Store {
         if !lock.previous_released() || reader {
             self.sweep_debris()?;
         }
-        self.reload()?;
         // Another process changed the share (or this is the first
-        // mutation): what this one knew of the index is void.
-        self.index.lock().invalidate();
-        *self.synced_generation.lock() = self.read_generation();
+        // mutation): re-read it — from the index when that process let go
+        // normally and left it current, else from the records — and what
+        // this one knew of the index is void.
+        let from_index = match lock.previous_released() && !reader {
+            true => self.state_from_index(true),
+            false => None,
+        };
+        match from_index {
+            Some(opened) => self.install_from_index(opened),
+            None => {
+                self.reload()?;
+                self.index.lock().invalidate();
+                *self.synced_generation.lock() = self.read_generation();
+            }
+        }
         if !lock.previous_released() || reader {
             self.remove_orphans()?;
         }
@@ -1321,7 +1596,10 @@ impl Store {
     /// Remove the layers `ids` (published by a failed import, base first)
     /// that no image uses, top first. False when one could not be removed.
     fn unpublish_layers(&self, ids: &[String]) -> bool {
-        let used = self.state.read().referenced_layers();
+        let used = {
+            let among: Vec<&str> = ids.iter().map(String::as_str).collect();
+            self.state.read().used_among(&among)
+        };
         let mut all = true;
         let doomed: Vec<(&String, bool)> = {
             let state = self.state.read();
@@ -1419,28 +1697,24 @@ impl Store {
             .rev()
             .map(|l| (l.id, l.shared))
             .collect();
+        // The layers of its chain another image uses (parents of a used
+        // layer are used too): found once, they stay so while the lock is held.
+        let used = {
+            let ids: Vec<&str> = chain.iter().map(|(id, _)| id.as_str()).collect();
+            self.with_state(|st| st.used_among_except(&ids, Some(&image.id)))
+        };
         let image_dir = self.image_dir(&image.id);
         // A writer keeps the shared layers only this image used for the
         // share's grace period (a reader's container may run on them),
         // listed in the share's removals file before the image goes.
         let keep = image.shared && self.keeps_removed_layers();
         if keep {
-            let waiting: Vec<String> = self.with_state(|st| {
-                let used: BTreeSet<&str> = st
-                    .images
-                    .values()
-                    .filter(|i| i.id != image.id)
-                    .filter_map(|i| st.chain(i.layer.as_deref()?))
-                    .flatten()
-                    .map(|l| l.id.as_str())
-                    .collect();
-                chain
-                    .iter()
-                    .take_while(|(id, _)| !used.contains(id.as_str()))
-                    .filter(|(_, shared)| *shared)
-                    .map(|(id, _)| id.clone())
-                    .collect()
-            });
+            let waiting: Vec<String> = chain
+                .iter()
+                .take_while(|(id, _)| !used.contains(id.as_str()))
+                .filter(|(_, shared)| *shared)
+                .map(|(id, _)| id.clone())
+                .collect();
             if !waiting.is_empty() {
                 let mut removals = self.removals();
                 let grace = self.removed_layers_grace().unwrap_or(0);
@@ -1454,7 +1728,6 @@ impl Store {
             // before their directories go.
             let mut state = self.state.write();
             state.images.remove(&image.id);
-            let used = state.referenced_layers();
             for (id, shared) in chain.iter().take_while(|(id, _)| !used.contains(id)) {
                 if !(keep && *shared) {
                     state.layers.remove(id);
@@ -1475,10 +1748,9 @@ impl Store {
         }
         self.state.write().images.remove(&image.id);
         self.bump_generation()?;
-        let still_used = self.state.read().referenced_layers();
         let mut removed = Vec::new();
         for (id, shared) in chain {
-            if still_used.contains(&id) {
+            if used.contains(&id) {
                 break; // parents of a used layer are used too
             }
             if shared && !self.publishes_shared() {

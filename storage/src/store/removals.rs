@@ -81,15 +81,17 @@ impl Store {
         if removals.layers.is_empty() && removals.images.is_empty() {
             return Ok(report);
         }
-        let (used, known): (BTreeSet<String>, BTreeSet<String>) =
-            self.with_state(|st| (st.referenced_layers(), st.layers.keys().cloned().collect()));
-        // Needed by an image again (re-loaded), or gone already.
-        let stale: Vec<String> = removals
-            .layers
-            .keys()
-            .filter(|id| used.contains(*id) || !known.contains(*id))
-            .cloned()
-            .collect();
+        // Needed by an image again (re-loaded), or gone already: asked of
+        // the listed layers only, not of every image's chain.
+        let stale: Vec<String> = self.with_state(|st| {
+            let listed: Vec<&str> = removals.layers.keys().map(String::as_str).collect();
+            let used = st.used_among(&listed);
+            listed
+                .into_iter()
+                .filter(|id| used.contains(*id) || !st.layers.contains_key(*id))
+                .map(str::to_string)
+                .collect()
+        });
         removals.forget(&stale);
         let due = |p: &grace::PendingLayer| match grace {
             None => p.delete_after_secs <= now,
