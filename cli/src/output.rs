@@ -77,7 +77,11 @@ fn write_bytes(bytes: &[u8], flush: bool) -> Result<(), OutputError> {
 
 /// Print one line, its control characters escaped.
 pub fn line(text: impl Display) -> Result<(), OutputError> {
-    let mut s = escape_controls(&text.to_string()).into_owned();
+    let text = text.to_string();
+    let mut s = match escape_controls(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(escaped) => escaped,
+    };
     s.push('\n');
     write_bytes(s.as_bytes(), false)
 }

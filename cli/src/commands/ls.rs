@@ -59,13 +59,14 @@ pub struct Listed {
 
 /// The store's images, newest first, with their layers.
 pub fn listing(store: &Store) -> anyhow::Result<Listing> {
-    listing_with(store, true)
+    listing_with(store, true, true)
 }
 
 /// [`listing`], with each image's layers only when `with_layers` (a table
 /// without `--layers` does not show them: 30,000 records not copied on a
-/// reader of a 10,000-image share).
-fn listing_with(store: &Store, with_layers: bool) -> anyhow::Result<Listing> {
+/// reader of a 10,000-image share), and its big-data names, sizes and
+/// digests only when `big_data` (`ls` shows none of them).
+fn listing_with(store: &Store, with_layers: bool, big_data: bool) -> anyhow::Result<Listing> {
     // One look at the state: each image's chain is walked once, for its
     // layers and its size.
     let (images, shadowed) = store.with_state(|st| {
@@ -83,8 +84,22 @@ fn listing_with(store: &Store, with_layers: bool) -> anyhow::Result<Listing> {
                     true => chain.into_iter().rev().cloned().collect(),
                     false => Vec::new(),
                 };
+                let image = match big_data {
+                    true => image.clone(),
+                    false => Image {
+                        id: image.id.clone(),
+                        digest: image.digest.clone(),
+                        names: image.names.clone(),
+                        layer: image.layer.clone(),
+                        created: image.created.clone(),
+                        big_data_names: Vec::new(),
+                        big_data_sizes: Default::default(),
+                        big_data_digests: Default::default(),
+                        shared: image.shared,
+                    },
+                };
                 Ok(Listed {
-                    image: image.clone(),
+                    image,
                     size,
                     layers,
                 })
@@ -151,30 +166,42 @@ type Row = Vec<String>;
 /// last column unpadded). Cells are escaped first, so widths are what a
 /// terminal shows.
 pub fn table(rows: &[Vec<String>]) -> Vec<String> {
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| r.iter().map(|c| escape_controls(c).into_owned()).collect())
+    table_of(rows.iter())
+}
+
+/// [`table`] of borrowed rows (a big listing is not copied to be laid out).
+fn table_of<'a>(rows: impl Iterator<Item = &'a Vec<String>> + Clone) -> Vec<String> {
+    // Each cell escaped once (borrowed when it needs nothing) with its width.
+    let cells: Vec<Vec<(std::borrow::Cow<'a, str>, usize)>> = rows
+        .map(|r| {
+            r.iter()
+                .map(|c| {
+                    let c = escape_controls(c);
+                    let w = c.chars().count();
+                    (c, w)
+                })
+                .collect()
+        })
         .collect();
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let cols = cells.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|i| {
-            rows.iter()
+            cells
+                .iter()
                 .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
+                .map(|(_, w)| *w)
                 .max()
                 .unwrap_or(0)
         })
         .collect();
-    rows.iter()
+    cells
+        .iter()
         .map(|r| {
-            let mut line = String::new();
-            for (i, cell) in r.iter().enumerate() {
-                if i + 1 == r.len() {
-                    line.push_str(cell);
-                } else {
-                    line.push_str(cell);
-                    let pad = widths[i] - cell.chars().count() + 2;
-                    line.extend(std::iter::repeat_n(' ', pad));
+            let mut line = String::with_capacity(widths.iter().sum::<usize>() + 2 * cols);
+            for (i, (cell, w)) in r.iter().enumerate() {
+                line.push_str(cell);
+                if i + 1 != r.len() {
+                    line.extend(std::iter::repeat_n(' ', widths[i] - w + 2));
                 }
             }
             line
@@ -203,7 +230,7 @@ fn show_digest(digest: Option<&str>, no_trunc: bool) -> String {
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     let (store, refresher) = open_store_scanned(root)?;
     let json = args.json || args.format == Format::Json;
-    let listed = listing_with(&store, json || args.layers)?;
+    let listed = listing_with(&store, json || args.layers, false)?;
     render(&listed, &args)?;
     // The process ends here: freeing every record of a big share one by one
     // (tens of thousands on a reader) would only delay the exit.
@@ -319,11 +346,9 @@ pub fn render(listing: &Listing, args: &Args) -> anyhow::Result<()> {
         }
         blocks.push((rows, layers));
     }
-    let mut image_rows = vec![header];
-    image_rows.extend(blocks.iter().flat_map(|(r, _)| r.iter().cloned()));
-    let image_lines = table(&image_rows);
-    let layer_rows: Vec<Vec<String>> = blocks.iter().flat_map(|(_, l)| l.iter().cloned()).collect();
-    let mut layer_lines = table(&layer_rows).into_iter();
+    let image_lines =
+        table_of(std::iter::once(&header).chain(blocks.iter().flat_map(|(r, _)| r.iter())));
+    let mut layer_lines = table_of(blocks.iter().flat_map(|(_, l)| l.iter())).into_iter();
     let mut image_lines = image_lines.into_iter();
     outln!("{}", image_lines.next().unwrap_or_default());
     for (rows, layers) in &blocks {
