@@ -45,7 +45,6 @@ mkdir -p "$work"
 cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p storectl -p storectl-fixtures
 storectl="$target/release/storectl"
 fixture="$target/release/storectl-fixture"
-now() { date +%s.%N; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 ms() { echo "$1 * 1000" | bc -l | xargs printf '%.1f'; }
 
@@ -82,18 +81,24 @@ share_syscalls() {
 }
 
 # `storectl ARGS…`'s wall time in seconds; its CPU time (user + system, all
-# threads) is appended to the file $cpu_log, which the caller names.
+# threads, from getrusage) is appended to $cpu_log. The clock runs around the
+# process only (python's own start is not in it).
 cpu_log=$(mktemp)
 timed() {
-    local s e
-    s=$(now)
-    /usr/bin/time -a -o "$cpu_log" -f '%U %S' "$storectl" "$@" >/dev/null
-    e=$(now)
-    echo "$e - $s" | bc -l
+    /usr/bin/python3 - "$cpu_log" "$storectl" "$@" <<'PY'
+import resource, subprocess, sys, time
+log, cmd = sys.argv[1], sys.argv[2:]
+t = time.monotonic()
+subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+wall = time.monotonic() - t
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(log, "a").write(f"{r.ru_utime + r.ru_stime}\n")
+print(f"{wall:.6f}")
+PY
 }
 # The median CPU time (s) of the runs logged since `cpu_mark`.
 cpu_mark() { : >"$cpu_log"; }
-cpu_median() { median $(awk '{print $1 + $2}' "$cpu_log"); }
+cpu_median() { median $(cat "$cpu_log"); }
 
 declare -A summary
 for n in $sizes; do
