@@ -17,6 +17,10 @@
 //!   stamp, a stamp of another generation, a torn file, garbage with a
 //!   matching stamp, a symlink, a 300 MB file: one warning each, and the
 //!   reader lists what the directories hold.
+//! * `a_local_image_on_a_waiting_shared_layer_stays` — the index lists only
+//!   the layers of its images; a shared layer waiting out the grace period
+//!   after the writer's `rmi` still carries a reader's local image (its
+//!   directories are looked at), until the writer's `gc` deletes it.
 //! * `a_hostile_index_never_lists_what_the_directories_do_not_hold` — an id
 //!   with no directory, `../` ids, duplicate ids, an index that keeps an
 //!   image the writer removed, names that are not the record's, an id whose
@@ -519,4 +523,39 @@ fn a_hostile_index_never_lists_what_the_directories_do_not_hold() {
     w.forge(Some(&old_layers), Some(&old_images));
     let (listed, _) = w.ls();
     assert_eq!(listed.keys().cloned().collect::<Vec<_>>(), vec![a.clone()]);
+}
+
+#[test]
+fn a_local_image_on_a_waiting_shared_layer_stays() {
+    let w = World::new();
+    common::set_removed_layers_grace(&w.share, 3600);
+    let a = w.load("a");
+    assert_eq!(w.ls_quiet(), vec![a.clone()]);
+    // A local image of the reader on the shared base layer.
+    let dir = w.image("local");
+    let out = w.reader(&["load", &dir.display().to_string()]).ok();
+    let local = out.lines().last().unwrap().trim().to_string();
+    assert_eq!(w.ls_quiet(), sorted(vec![a.clone(), local.clone()]));
+    // The writer removes the shared image: its layers wait on the share,
+    // out of the index; the reader reads the index and keeps them.
+    w.writer(&["rmi", &a]);
+    // The next writer's index lists the layers of its images only.
+    let other = w.env.path("images/other");
+    let image = Image::new(vec![Layer::new(
+        vec![Entry::file("other", "a base of its own\n")],
+        Compression::Gzip,
+    )])
+    .named("localhost/other:v1");
+    write_oci_layout(&other, &[image]).expect("OCI layout");
+    let out = w.writer(&["load", &other.display().to_string()]);
+    let other = out.lines().last().unwrap().trim().to_string();
+    let indexed: Vec<Value> = w.records(LAYERS).iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(indexed.len(), 1, "only the new image's layer: {indexed:?}");
+    assert_eq!(w.source(), ("index".into(), 0));
+    assert_eq!(w.ls_quiet(), sorted(vec![local.clone(), other.clone()]));
+    // The writer deletes the waiting layers: the local image loses its base.
+    w.writer(&["gc", "--grace", "0"]);
+    let (listed, stderr) = w.ls();
+    assert!(!listed.contains_key(&local), "{listed:?}");
+    assert!(stderr.contains(&local), "{stderr}");
 }

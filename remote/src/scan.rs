@@ -476,15 +476,31 @@ impl Scanner {
                 .collect();
             (new_layers, gone_layers, new_images, gone_images, renamed)
         });
-        // Ids the index dropped go, whether or not their directories are
+        // Images the index dropped go, whether or not their directories are
         // still there (a removal leaves the index first). Ids it lists must
         // have their directories.
-        drop((gone_layers, gone_images));
+        drop(gone_images);
         let kind = |d: usize, id: &str| {
             rustix::fs::statat(&dirs.fds[d], id, AtFlags::SYMLINK_NOFOLLOW)
                 .ok()
                 .map(|st| FileType::from_raw_mode(st.st_mode))
         };
+        // The index lists only the layers of its images: a layer no image
+        // uses (waiting out the share's grace period after an `rmi`,
+        // published ahead of its image) is still on the share, and a local
+        // image of this host may stand on it. Such a layer stays while its
+        // directories do (two `stat`s each), as a full scan would keep it.
+        let mut index_layers = index_layers;
+        let kept: Vec<String> = gone_layers
+            .into_iter()
+            .filter(|id| {
+                kind(0, id) == Some(FileType::Directory) && kind(1, id) == Some(FileType::Directory)
+            })
+            .collect();
+        if !kept.is_empty() {
+            index_layers.extend(kept);
+            index_layers.sort_unstable();
+        }
         for id in &new_images {
             if kind(2, id) != Some(FileType::Directory) {
                 return Ok(Err(format!(

@@ -74,11 +74,18 @@ fn listing_with(store: &Store, with_layers: bool, big_data: bool) -> anyhow::Res
         sorted.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
         let images = sorted
             .into_iter()
-            .map(|image| {
+            .filter_map(|image| {
                 let top = image.layer.as_deref().unwrap_or("");
-                let chain = st
-                    .chain(top)
-                    .ok_or_else(|| storectl_storage::Error::LayerUnknown { id: top.into() })?;
+                // One image without its layers (a reader's local image on a
+                // shared layer that is not there) does not stop the listing.
+                let Some(chain) = st.chain(top) else {
+                    tracing::warn!(
+                        "not listing image {}: layer {} of its chain is not present",
+                        image.id,
+                        st.missing_ancestor(top).unwrap_or(top)
+                    );
+                    return None;
+                };
                 let size = chain.iter().filter_map(|l| l.diff_size).sum();
                 let layers = match with_layers {
                     true => chain.into_iter().rev().cloned().collect(),
@@ -98,17 +105,17 @@ fn listing_with(store: &Store, with_layers: bool, big_data: bool) -> anyhow::Res
                         shared: image.shared,
                     },
                 };
-                Ok(Listed {
+                Some(Listed {
                     image,
                     size,
                     layers,
                 })
             })
-            .collect::<Result<Vec<Listed>, storectl_storage::Error>>();
+            .collect::<Vec<Listed>>();
         (images, st.shadowed_names())
     });
     Ok(Listing {
-        images: images?,
+        images,
         shadowed,
         reader: store.layout().role() == storectl_storage::Role::Reader,
     })
