@@ -14,6 +14,15 @@
 # writer-bench.rs: the library, as `storectl serve` holds it): the cost of a
 # mutation itself, without each process's opening read of the store.
 #
+# The filesystem matters: on an ext4 without a journal (this project's test
+# machine) the kernel gives every new inode only after skipping the inodes
+# freed in the last 1-6 minutes (`recently_deleted()`), and each run's untimed
+# `rmi` frees the 1,000 files the next load makes again. In the big share's
+# nearly full inode groups that scan is most of the load's time (perf:
+# find_inode_bit/recently_deleted ~40% of the CPU samples). Point BENCH_DIR
+# at a journaled filesystem (e.g. a loop-mounted `mkfs.ext4` image) to
+# measure storectl rather than that.
+#
 # Usage: bench/writer.sh [RUNS]   (default 7; run as root)
 # Environment: STORECTL_BENCH_IMAGES (default 10000), BENCH_DIR (default bench/out)
 set -euo pipefail
