@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::throttle::Throttle;
 use common::tmux::{strip_ansi, Tmux};
 use common::{Env, Run, STORECTL};
 use serde_json::{json, Value};
@@ -912,7 +913,11 @@ fn rendering_in_a_terminal_and_piped() {
     )
     .unwrap();
     push(&reg, &layout, "1", "test/render:1", &[]);
-    let reference = reg.r("test/render:1");
+    // Through a proxy at 8 MB/s a connection: each big layer downloads for
+    // about a second, so frames with a rate are drawn however fast the
+    // machine (unthrottled, a quiet machine pulled it in 0.2 s, no rate yet).
+    let proxy = Throttle::start(&reg.addr, 8 << 20);
+    let reference = format!("{}/test/render:1", proxy.addr);
     // Rows are named by layer id, as `ls --layers` and `verify` name them.
     let ids: Vec<String> = built
         .chain_ids()

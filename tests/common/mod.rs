@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use storectl_fixtures::{snapshot, Tree};
 
+pub mod throttle;
 pub mod tmux;
 
 /// The `storectl` binary under test.
