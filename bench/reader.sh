@@ -13,7 +13,8 @@
 #   unchanged  `storectl ls` when `generation` is what the reader last validated
 #              (its saved view stands: no entry on the share is touched);
 #   +image     `storectl ls` after the writer loaded a 3-layer image (the index
-#              is read; only the new ids are looked up on the share);
+#              is read; only the new ids are looked up on the share; the share's
+#              grace period is 0, so the layers are new each time);
 #   -image     `storectl ls` after the writer removed it;
 #   refresh    `storectl refresh` (one-shot), unchanged: the refresher's start;
 #   baseline   `storectl ls` with the saved view deleted: every record read, as
@@ -114,6 +115,15 @@ for n in $sizes; do
         touch "$w/.complete"
     fi
     share="$w/share"
+    # A removed image's layers go with it (no grace period): each run's load
+    # publishes 3 new layers.
+    /usr/bin/python3 - "$share/storectl-share.json" <<'PY'
+import json, sys
+p = sys.argv[1]
+v = json.load(open(p))
+v["removed_layers_grace_secs"] = 0
+open(p, "w").write(json.dumps(v))
+PY
     images=$(find "$share/overlay-images" -mindepth 1 -maxdepth 1 -type d -not -name '.*' | wc -l)
     layers=$(find "$share/overlay-layers" -mindepth 1 -maxdepth 1 -type d -not -name '.*' | wc -l)
     idx=$(( $(stat -c %s "$share/overlay-layers/layers.json") + $(stat -c %s "$share/overlay-images/images.json") ))
