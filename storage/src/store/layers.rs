@@ -4,7 +4,24 @@
 
 use flate2::read::GzDecoder;
 
+use super::pipeline::HashWriter;
 use super::*;
+
+/// The result of re-hashing one layer ([`Store::verify_layer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerCheck {
+    pub layer: String,
+    /// The recorded diffID.
+    pub expected: String,
+    /// The digest of the rebuilt tar, or why it could not be rebuilt.
+    pub found: std::result::Result<String, String>,
+}
+
+impl LayerCheck {
+    pub fn ok(&self) -> bool {
+        self.found.as_ref().is_ok_and(|f| *f == self.expected)
+    }
+}
 
 impl Store {
     /// Remove a layer's record (and its legacy `RO` link), then its overlay dir.

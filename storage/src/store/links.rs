@@ -5,6 +5,57 @@
 
 use super::*;
 
+/// How far a reader's legacy links ([`crate::links`]) are kept.
+#[derive(Debug, Default)]
+pub(super) struct LinkUpkeep {
+    /// A full repair ran in this process: from now on, deltas only.
+    pub(super) repaired: bool,
+    /// The root turned out not writable for us (another user's root, a
+    /// read-only mount): stop trying, quietly.
+    disabled: bool,
+    /// A link could not be made or removed in this process: the links may
+    /// not match the store ([`Store::links_in_step`] says no).
+    failed: bool,
+    /// Messages already warned about.
+    warned: BTreeSet<String>,
+}
+
+/// The `<id> -> RO/<id>` links in `dir` (one of a reader's own directories,
+/// listed as `entries`) for exactly the ids `want`: a link of an id not
+/// wanted goes, a missing one (or one pointing elsewhere) is made, a real
+/// entry (a local layer or image) is left alone. Returns (made, removed).
+fn repair_id_links(
+    dir: &Path,
+    entries: Vec<(String, bool)>,
+    want: &BTreeSet<String>,
+) -> Result<(usize, usize)> {
+    let d = crate::links::LinkDir::open(dir).at(dir)?;
+    let (mut made, mut removed) = (0, 0);
+    // readdir's d_type tells links (local entries are directories); one
+    // readlink each checks their target (a link elsewhere would lead the
+    // driver, which takes `overlay/<id>` first, astray).
+    let mut have = BTreeSet::new();
+    for (id, symlink) in entries {
+        if !symlink {
+            have.insert(id); // a local entry holds the name
+        } else if want.contains(&id) {
+            if d.target(&id) == Some(crate::links::id_target(&id)) {
+                have.insert(id);
+            }
+        } else {
+            tracing::debug!("removing the stale link {}", dir.join(&id).display());
+            removed += usize::from(d.remove(&id).at(dir.join(&id))?);
+        }
+    }
+    for id in want.iter().filter(|id| !have.contains(*id)) {
+        let outcome = d
+            .add(id, &crate::links::id_target(id), true)
+            .at(dir.join(id))?;
+        made += usize::from(outcome == crate::links::Outcome::Done);
+    }
+    Ok((made, removed))
+}
+
 impl Store {
     /// A reader's legacy links after a delta: a full repair the first time in
     /// this process (directory listings and a `readlink` per link, not a
@@ -193,6 +244,68 @@ impl Store {
         }
         if made + removed > 0 {
             tracing::info!("legacy links of shared entries: {made} made, {removed} removed");
+        }
+        Ok((made, removed))
+    }
+
+    /// On a reader: do the root's legacy links of shared entries match the
+    /// in-memory store? True once this process repaired them (or was told
+    /// they were in step, [`SharedDelta::links_in_step`]) and kept them
+    /// without a failure since. A reader's saved view records this, so the
+    /// next process need not list and `readlink` every link again.
+    pub fn links_in_step(&self) -> bool {
+        let upkeep = self.links.lock();
+        self.layout.role() == Role::Reader
+            && self.read_only.is_none()
+            && upkeep.repaired
+            && !upkeep.disabled
+            && !upkeep.failed
+    }
+
+    /// The short names in `l_dir` (`overlay/l`): stale ones (their layer is
+    /// neither shared nor `local`) go; a shared layer without one gets it
+    /// (its `link` file on the share read beneath its dir, validated).
+    pub(super) fn repair_short_links(
+        &self,
+        l_dir: &Path,
+        layers: &BTreeSet<String>,
+        local: &BTreeSet<String>,
+    ) -> Result<(usize, usize)> {
+        let (mut made, mut removed) = (0, 0);
+        let l = crate::links::LinkDir::open(l_dir).at(l_dir)?;
+        let mut short_of = BTreeSet::new();
+        for (short, id) in l.short_links().at(l_dir)? {
+            let Some(id) = id else { continue };
+            if layers.contains(&id) || local.contains(&id) {
+                short_of.insert(id);
+            } else {
+                let path = l_dir.join(&short);
+                let outcome =
+                    crate::links::remove_link(&path, &crate::links::short_target(&id)).at(&path)?;
+                removed += usize::from(outcome == crate::links::Outcome::Done);
+            }
+        }
+        let overlay_ro = self.layout.overlay_ro();
+        let Some(ro) = crate::links::open_overlay_ro(&overlay_ro) else {
+            return Ok((made, removed)); // mounts fall back to RO/<id>/diff
+        };
+        for id in layers
+            .iter()
+            .filter(|id| !short_of.contains(*id) && !local.contains(*id))
+        {
+            let Some(short) = crate::links::read_short_name_at(&ro, id) else {
+                continue;
+            };
+            let outcome = l
+                .add(&short, &crate::links::short_target(id), false)
+                .at(l_dir.join(&short))?;
+            if outcome == crate::links::Outcome::Occupied {
+                tracing::debug!(
+                    "shared layer {id}: its short name {short} is another layer's; \
+                     not linked (it mounts through RO/{id}/diff)"
+                );
+            }
+            made += usize::from(outcome == crate::links::Outcome::Done);
         }
         Ok((made, removed))
     }

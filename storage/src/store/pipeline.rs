@@ -6,6 +6,32 @@
 
 use super::*;
 
+/// Options for [`Store::load`].
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// An extra name for the image (`NAME[:TAG]`), whatever names the source
+    /// gives it. It never picks an image: a source with several takes
+    /// `PATH:TAG`.
+    pub name: Option<String>,
+    /// Refuse a layer once its uncompressed tar passes this many bytes.
+    pub max_layer_size: Option<u64>,
+    /// Layers imported at once.
+    pub jobs: usize,
+    /// Minimum time between two progress events of one blob.
+    pub progress_interval: Duration,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            name: None,
+            max_layer_size: None,
+            jobs: 3,
+            progress_interval: DEFAULT_INTERVAL,
+        }
+    }
+}
+
 impl Store {
     /// Import the image at `source` (`PATH` or `PATH:TAG`; an OCI layout
     /// directory, or a docker-archive / OCI-archive tarball; `-` for a
@@ -626,6 +652,72 @@ impl Store {
         self.warn_collisions(collisions);
         self.bump_generation()
     }
+}
+
+/// A layer extracted into staging, verified, not yet published.
+pub(super) struct Prepared {
+    staged: StagedLayer,
+    layer: Layer,
+    tar_split: Vec<u8>,
+}
+
+/// A blob stream that stops (with an error) once `cancel` is set.
+pub(super) struct Cancellable<'a, R> {
+    inner: R,
+    cancel: &'a AtomicBool,
+}
+
+impl<R: std::io::Read> std::io::Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            // Not `Interrupted`: readers retry that kind.
+            return Err(std::io::Error::other("cancelled: another layer failed"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// `io::Write` into a sha256.
+pub(super) struct HashWriter(pub(super) Sha256);
+
+impl Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How often [`flushing_in_background`] flushes.
+pub(super) const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Run `work` (layer extraction) while a thread flushes the filesystem of
+/// `dir` every [`FLUSH_INTERVAL`]: writeback then overlaps extraction instead
+/// of following it, and the `syncfs` at commit finds little left to write
+/// (interleaved A/B: a docker-archive load ~19% faster, OCI ~9%). Durability
+/// still comes from that commit-time sync alone.
+pub(super) fn flushing_in_background<T>(dir: &Path, work: impl FnOnce() -> T) -> T {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let flusher = std::thread::Builder::new()
+            .name("storectl-flush".into())
+            .spawn_scoped(scope, move || {
+                let Ok(fd) = fs::File::open(dir) else { return };
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(FLUSH_INTERVAL)
+                {
+                    let _ = rustix::fs::syncfs(&fd); // best effort; the commit syncs for real
+                }
+            });
+        let out = work();
+        drop(stop);
+        if let Ok(handle) = flusher {
+            let _ = handle.join();
+        }
+        out
+    })
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
-//! The writer's grace period for removed shared layers (see
-//! [`crate::grace`]): `rmi` of a shared image leaves the layers no other
-//! image needs on the share, listed in `<share>/storectl-removed.json`;
-//! [`Store::gc`] (and every later `rmi`) deletes those past their time; the
-//! crash sweep never deletes a layer that still waits.
+//! Removal: `rmi` ([`Store::remove_image`]: the image dir renamed away
+//! first, then the layers no other image needs, top first), taking back
+//! the layers a failed import published (`unpublish_layers`), and the
+//! writer's grace period for removed shared layers (see [`crate::grace`]):
+//! `rmi` of a shared image leaves the layers no other image needs on the
+//! share, listed in `<share>/storectl-removed.json`; [`Store::gc`] (and
+//! every later `rmi`) deletes those past their time; the crash sweep never
+//! deletes a layer that still waits.
 
 use super::*;
 use crate::grace::{self, Removals, REMOVED_FILE};
@@ -14,6 +17,20 @@ pub struct GcReport {
     pub deleted: Vec<String>,
     /// Layers still waiting: (id, RFC 3339 time they may go).
     pub waiting: Vec<(String, String)>,
+}
+
+/// What [`Store::remove_image`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removed {
+    /// The image was named by one of several names: only that name went.
+    Untagged { image: String, name: String },
+    /// The image went, with the layers no other image needed (top first),
+    /// and (`force`) the containers that used it.
+    Deleted {
+        image: String,
+        layers: Vec<String>,
+        containers: Vec<String>,
+    },
 }
 
 /// Seconds since the epoch now.
@@ -153,6 +170,215 @@ impl Store {
     pub fn gc(&self, grace: Option<u64>) -> Result<GcReport> {
         let _lock = self.begin_write()?;
         self.collect_expired(now_secs(), grace)
+    }
+}
+
+impl Store {
+    /// Remove the layers `ids` (published by a failed import, base first)
+    /// that no image uses, top first. False when one could not be removed.
+    pub(super) fn unpublish_layers(&self, ids: &[String]) -> bool {
+        let used = {
+            let among: Vec<&str> = ids.iter().map(String::as_str).collect();
+            self.state.read().used_among(&among)
+        };
+        let mut all = true;
+        let doomed: Vec<(&String, bool)> = {
+            let state = self.state.read();
+            ids.iter()
+                .rev()
+                .filter(|id| !used.contains(*id))
+                .map(|id| (id, state.layers.get(id).is_some_and(|l| l.shared)))
+                .collect()
+        };
+        if self.index_share().is_some() && !doomed.is_empty() {
+            // Out of containers/storage's index before their directories go.
+            let mut state = self.state.write();
+            for (id, _) in &doomed {
+                state.layers.remove(*id);
+            }
+            drop(state);
+            if let Err(e) = self.bump_generation() {
+                tracing::warn!(
+                    "could not take the layers of the failed load out of the index: {e}"
+                );
+                return false;
+            }
+        }
+        for (id, shared) in doomed {
+            match self.remove_layer_files(id, shared) {
+                Ok(()) => {
+                    self.state.write().layers.remove(id);
+                }
+                Err(e) => {
+                    tracing::warn!("could not take back layer {id} of the failed load: {e}");
+                    all = false;
+                }
+            }
+        }
+        if !ids.is_empty() && self.bump_generation().is_err() {
+            all = false;
+        }
+        all
+    }
+
+    /// Remove an image, then every layer of its chain that no other image
+    /// needs. As `podman rmi`: named by one of several names, the image only
+    /// loses that name; named by id (or id prefix) while it has several names,
+    /// it is refused ([`Error::MustForce`]) unless `force`.
+    pub fn remove_image(&self, name: &str, force: bool) -> Result<Removed> {
+        let _lock = self.begin_write()?;
+        let image = self.resolve_image(name)?;
+        self.check_mutable(image.shared, &format!("image {}", image.id))?;
+        let normalized = crate::reference::normalize_name(name).ok();
+        let by_name = image
+            .names
+            .iter()
+            .find(|n| *n == name || Some(*n) == normalized.as_ref())
+            .cloned();
+        if by_name.is_none() && image.names.len() > 1 && !force {
+            return Err(Error::MustForce {
+                id: image.id,
+                names: image.names,
+            });
+        }
+        if let (Some(by_name), true) = (by_name, image.names.len() > 1) {
+            let mut image = image;
+            image.names.retain(|n| *n != by_name);
+            self.write_image_record(&image)?;
+            self.bump_generation()?;
+            return Ok(Removed::Untagged {
+                image: image.id,
+                name: by_name,
+            });
+        }
+        let mount = self.mount_path(&image.id);
+        if storectl_overlay::mount::is_mounted(&mount).unwrap_or(false) {
+            return Err(Error::ImageMounted {
+                id: image.id,
+                path: mount,
+            });
+        }
+        // Containers on it: refused, or (force) removed first, as podman.
+        let users = self.containers_of_image(&image.id)?;
+        if !users.is_empty() && !force {
+            return Err(Error::ImageInUse {
+                id: image.id,
+                containers: users
+                    .iter()
+                    .map(|c| c.names.first().unwrap_or(&c.id).clone())
+                    .collect(),
+            });
+        }
+        for c in &users {
+            self.remove_container_locked(c, true)?;
+        }
+        let chain: Vec<(String, bool)> = self
+            .image_layers(&image)?
+            .into_iter()
+            .rev()
+            .map(|l| (l.id, l.shared))
+            .collect();
+        // The layers of its chain another image uses (parents of a used
+        // layer are used too): found once, they stay so while the lock is held.
+        let used = {
+            let ids: Vec<&str> = chain.iter().map(|(id, _)| id.as_str()).collect();
+            self.with_state(|st| st.used_among_except(&ids, Some(&image.id)))
+        };
+        let image_dir = self.image_dir(&image.id);
+        // A writer keeps the shared layers only this image used for the
+        // share's grace period (a reader's container may run on them),
+        // listed in the share's removals file before the image goes.
+        let keep = image.shared && self.keeps_removed_layers();
+        if keep {
+            let waiting: Vec<String> = chain
+                .iter()
+                .take_while(|(id, _)| !used.contains(id.as_str()))
+                .filter(|(_, shared)| *shared)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !waiting.is_empty() {
+                let mut removals = self.removals();
+                let grace = self.removed_layers_grace().unwrap_or(0);
+                removals.add(&image.id, &waiting, removals::now_secs(), grace);
+                self.write_removals(&removals)?;
+            }
+        }
+        if self.index_share().is_some() {
+            // containers/storage's index forgets the image and the layers
+            // only it used (images.json first), and `generation` moves on,
+            // before their directories go.
+            let mut state = self.state.write();
+            state.images.remove(&image.id);
+            for (id, shared) in chain.iter().take_while(|(id, _)| !used.contains(id)) {
+                if !(keep && *shared) {
+                    state.layers.remove(id);
+                }
+            }
+            drop(state);
+            self.bump_generation()?;
+        }
+        fsutil::remove_dir_atomic(&image_dir)?;
+        if image.shared {
+            let link = self.images_dir().join(&image.id);
+            match fs::remove_file(&link) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&link, e))
+                }
+                _ => {}
+            }
+        }
+        self.state.write().images.remove(&image.id);
+        self.bump_generation()?;
+        let mut removed = Vec::new();
+        for (id, shared) in chain {
+            if used.contains(&id) {
+                break; // parents of a used layer are used too
+            }
+            if shared && !self.publishes_shared() {
+                continue; // a reader's local image on shared layers: not ours to remove
+            }
+            if shared && keep {
+                continue; // waits for the grace period (see above)
+            }
+            self.remove_layer_files(&id, shared)?;
+            let twin = {
+                let mut state = self.state.write();
+                state.layers.remove(&id);
+                let twin = state.hidden_layers.remove(&id);
+                if let Some(twin) = &twin {
+                    state.layers.insert(id.clone(), twin.clone());
+                }
+                twin
+            };
+            if twin.is_some() {
+                self.keep_links(std::slice::from_ref(&id), &[], &[], &[]);
+            }
+            removed.push(id);
+        }
+        // The shared copy of a local image (same id) shows again.
+        let twin = {
+            let mut state = self.state.write();
+            let twin = state.hidden_images.remove(&image.id);
+            if let Some(twin) = &twin {
+                state.images.insert(twin.id.clone(), twin.clone());
+            }
+            twin
+        };
+        if twin.is_some() {
+            self.keep_links(&[], std::slice::from_ref(&image.id), &[], &[]);
+        }
+        if !removed.is_empty() {
+            self.bump_generation()?;
+        }
+        if keep {
+            // Layers of earlier removals whose grace period is over.
+            self.collect_expired(removals::now_secs(), None)?;
+        }
+        Ok(Removed::Deleted {
+            image: image.id,
+            layers: removed,
+            containers: users.into_iter().map(|c| c.id).collect(),
+        })
     }
 }
 

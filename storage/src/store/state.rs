@@ -1,0 +1,224 @@
+//! The in-memory state of a store ([`State`]: its layers and images, and on
+//! a reader the shared entries a local one hides) and the pure queries on
+//! it: chains, missing ancestors, shadowed names, which layers images use.
+//! Nothing here reads or writes the disk.
+
+use super::*;
+
+/// Insert `items` into `map`. A large batch (a reader's first scan) is merged
+/// with `append`, which builds densely packed nodes — about 500 bytes less per
+/// image than one insert at a time; a small one is inserted in place.
+pub(super) fn insert_batch<V>(map: &mut BTreeMap<String, V>, items: Vec<(String, V)>) {
+    if items.len() >= 64 && items.len() * 4 >= map.len() {
+        let mut batch: BTreeMap<String, V> = items.into_iter().collect();
+        map.append(&mut batch);
+    } else {
+        map.extend(items);
+    }
+}
+
+/// The names of `names` that a local image of `state` has.
+pub(super) fn local_claims(state: &State, names: Vec<String>) -> Vec<String> {
+    if names.is_empty() || state.images.values().all(|i| i.shared) {
+        return Vec::new();
+    }
+    let local: BTreeSet<&str> = state
+        .images
+        .values()
+        .filter(|i| !i.shared)
+        .flat_map(|i| i.names.iter().map(String::as_str))
+        .collect();
+    names
+        .into_iter()
+        .filter(|n| local.contains(n.as_str()))
+        .collect()
+}
+
+/// The names of `names` that a shared image of `state` has.
+pub(super) fn shared_claims(state: &State, names: Vec<String>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|n| {
+            state
+                .images
+                .values()
+                .any(|i| i.shared && i.names.contains(n))
+        })
+        .collect()
+}
+
+/// Carry a reader's shared entries from `old` into `new` (read from its own
+/// disk): a shared entry whose id a local one now has is hidden by it, a
+/// hidden one whose local entry went takes its place again.
+pub(super) fn keep_shared(new: &mut State, old: &State) {
+    /// The same for layers and images: `entries` go to `visible` unless a
+    /// local entry holds their id there, then to `hidden`.
+    fn carry<'a, T: Clone + 'a>(
+        visible: &mut BTreeMap<String, T>,
+        hidden: &mut BTreeMap<String, T>,
+        entries: impl Iterator<Item = (&'a String, &'a T)>,
+    ) {
+        for (id, entry) in entries {
+            let to = if visible.contains_key(id) {
+                &mut *hidden
+            } else {
+                &mut *visible
+            };
+            to.insert(id.clone(), entry.clone());
+        }
+    }
+    let layers = old.layers.iter().filter(|(_, l)| l.shared);
+    carry(
+        &mut new.layers,
+        &mut new.hidden_layers,
+        layers.chain(old.hidden_layers.iter()),
+    );
+    let images = old.images.iter().filter(|(_, i)| i.shared);
+    carry(
+        &mut new.images,
+        &mut new.hidden_images,
+        images.chain(old.hidden_images.iter()),
+    );
+}
+
+/// The in-memory view of a store: every valid layer and image.
+#[derive(Debug, Default, Clone)]
+pub struct State {
+    pub layers: BTreeMap<String, Layer>,
+    pub images: BTreeMap<String, Image>,
+    /// On a reader: shared layers the share holds under the id of a local
+    /// layer. The local one wins (it is what `layers` has); this copy takes
+    /// its place if the local one goes.
+    pub hidden_layers: BTreeMap<String, Layer>,
+    /// On a reader: shared images with the id of a local image, hidden by it
+    /// (the local record and its names win; see docs/sharing.md).
+    pub hidden_images: BTreeMap<String, Image>,
+}
+
+impl State {
+    /// Layer ids of the chain ending at `top`, top first; `None` when a layer
+    /// is missing or the parents loop.
+    pub fn chain(&self, top: &str) -> Option<Vec<&Layer>> {
+        let mut out = Vec::new();
+        let mut next = Some(top);
+        while let Some(id) = next {
+            let layer = self.layers.get(id)?;
+            if out.len() > self.layers.len() {
+                return None; // a cycle
+            }
+            out.push(layer);
+            next = layer.parent.as_deref();
+        }
+        Some(out)
+    }
+
+    /// The first layer of the chain ending at `top` that is not present.
+    pub fn missing_ancestor<'a>(&'a self, top: &'a str) -> Option<&'a str> {
+        let mut next = top;
+        for _ in 0..=self.layers.len() {
+            match self.layers.get(next) {
+                None => return Some(next),
+                Some(l) => match l.parent.as_deref() {
+                    Some(p) => next = p,
+                    None => return None,
+                },
+            }
+        }
+        None // a cycle: nothing is missing, the chain just never ends
+    }
+
+    /// Names that both a local and a shared image have. On a reader the local
+    /// image owns such a name ([`Store::resolve_image`]); the shared image's is
+    /// shadowed.
+    pub fn shadowed_names(&self) -> BTreeSet<String> {
+        let local: BTreeSet<&str> = self
+            .images
+            .values()
+            .filter(|i| !i.shared)
+            .flat_map(|i| i.names.iter().map(String::as_str))
+            .collect();
+        if local.is_empty() {
+            return BTreeSet::new();
+        }
+        self.images
+            .values()
+            .filter(|i| i.shared)
+            .flat_map(|i| i.names.iter())
+            .filter(|n| local.contains(n.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Which of the layers `among` some image's (whole) chain uses: what
+    /// [`State::referenced_layers`] would say of them, without collecting
+    /// every layer of every image (a walk stops where an earlier one
+    /// found the rest of its chain used).
+    pub fn used_among(&self, among: &[&str]) -> BTreeSet<String> {
+        self.used_among_except(among, None)
+    }
+
+    /// [`State::used_among`], as if image `except` were gone.
+    ///
+    /// A layer is used when an image's chain holds it, that is when the
+    /// image's top layer is the layer or below it: the layers below `among`
+    /// are found level by level (one pass over the layers' parents each),
+    /// and only the image tops among them have their chains walked — work
+    /// that follows the chains `among` is on, not every image's.
+    pub fn used_among_except(&self, among: &[&str], except: Option<&str>) -> BTreeSet<String> {
+        use std::collections::HashSet;
+        let wanted: HashSet<&str> = among
+            .iter()
+            .copied()
+            .filter(|id| self.layers.contains_key(*id))
+            .collect();
+        if wanted.is_empty() {
+            return BTreeSet::new();
+        }
+        let tops: HashSet<&str> = self
+            .images
+            .values()
+            .filter(|i| Some(i.id.as_str()) != except)
+            .filter_map(|i| i.layer.as_deref())
+            .collect();
+        let mut found: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|id| tops.contains(id))
+            .collect();
+        let mut seen = wanted.clone();
+        let mut level = wanted.clone();
+        while !level.is_empty() {
+            let mut below = HashSet::new();
+            for (id, layer) in &self.layers {
+                let under = layer.parent.as_deref().is_some_and(|p| level.contains(p));
+                if under && seen.insert(id.as_str()) {
+                    below.insert(id.as_str());
+                    if tops.contains(id.as_str()) {
+                        found.push(id);
+                    }
+                }
+            }
+            level = below;
+        }
+        let mut used = BTreeSet::new();
+        for top in found {
+            // Only a whole chain counts (as in `referenced_layers`).
+            for layer in self.chain(top).unwrap_or_default() {
+                if wanted.contains(layer.id.as_str()) {
+                    used.insert(layer.id.clone());
+                }
+            }
+        }
+        used
+    }
+
+    /// Layers some image's chain uses.
+    pub fn referenced_layers(&self) -> BTreeSet<String> {
+        self.images
+            .values()
+            .filter_map(|i| self.chain(i.layer.as_deref()?))
+            .flatten()
+            .map(|l| l.id.clone())
+            .collect()
+    }
+}
