@@ -72,6 +72,8 @@ use links::LinkUpkeep;
 use state::{insert_batch, keep_shared, local_claims, shared_claims};
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod writer_tests;
 
 /// How to open a store.

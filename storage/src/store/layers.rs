@@ -95,3 +95,47 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{load, local};
+    use super::*;
+
+    #[test]
+    fn a_layer_verifies_until_its_files_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = local(tmp.path());
+        let image = load(&store, tmp.path(), "localhost/v:1", &[("f", "f\n")]);
+        let top = image.layer.clone().unwrap();
+        let check = store.verify_layer(&top).unwrap();
+        assert!(check.ok(), "{check:?}");
+        assert_eq!(
+            Some(&check.expected),
+            store.layer(&top).unwrap().diff_digest.as_ref()
+        );
+        // The tar-split knows each file's checksum: a changed file fails it.
+        let file = store.layout.overlay().join(&top).join("diff/f");
+        fs::write(&file, "g\n").unwrap();
+        let check = store.verify_layer(&top).unwrap();
+        assert!(!check.ok());
+        assert!(
+            check.found.as_ref().unwrap_err().contains("f:"),
+            "{check:?}"
+        );
+        fs::remove_file(&file).unwrap();
+        assert!(!store.verify_layer(&top).unwrap().ok());
+    }
+
+    #[test]
+    fn a_layer_files_go_and_going_twice_is_no_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = local(tmp.path());
+        let image = load(&store, tmp.path(), "localhost/v:1", &[("f", "f\n")]);
+        let top = image.layer.clone().unwrap();
+        store.remove_layer_files(&top, false).unwrap();
+        assert!(!store.layers_dir().join(&top).exists());
+        assert!(!store.layout.overlay().join(&top).exists());
+        // Gone already: nothing to do.
+        store.remove_layer_files(&top, false).unwrap();
+    }
+}

@@ -310,3 +310,212 @@ impl Store {
         Ok((made, removed))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{id, image, layer_on_share, reader, writer};
+    use super::*;
+    use crate::links::{id_target, is_real_dir, short_target};
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    /// A reader at `tmp/reader` whose share holds layer `A` (short name
+    /// `SHORTSHORT`), not yet applied.
+    fn reader_with_a(tmp: &Path) -> (Store, Layer) {
+        let store = reader(tmp);
+        let a = layer_on_share(&tmp.join("share"), A, "SHORTSHORT");
+        (store, a)
+    }
+
+    /// `A`'s legacy names in `root`: `overlay/A`, `overlay-layers/A`, and
+    /// its short name.
+    fn assert_a_linked(root: &Path) {
+        let overlay = root.join("overlay");
+        assert_eq!(fs::read_link(overlay.join(A)).unwrap(), id_target(A));
+        let record = root.join("overlay-layers").join(A);
+        assert_eq!(fs::read_link(record).unwrap(), id_target(A));
+        let short = overlay.join("l/SHORTSHORT");
+        assert_eq!(fs::read_link(short).unwrap(), short_target(A));
+    }
+
+    fn is_link(path: &Path) -> bool {
+        fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink())
+    }
+
+    #[test]
+    fn a_reader_links_repairs_and_unlinks_shared_layers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, a) = reader_with_a(tmp.path());
+        let (root, share) = (store.root().to_path_buf(), tmp.path().join("share"));
+        let stale = "c".repeat(64);
+        std::os::unix::fs::symlink(id_target(&stale), root.join("overlay").join(&stale)).unwrap();
+        store.apply_shared(SharedDelta {
+            add_layers: vec![a.clone()],
+            ..Default::default()
+        });
+        let overlay = root.join("overlay");
+        assert_a_linked(&root);
+        assert!(
+            fs::symlink_metadata(overlay.join(&stale)).is_err(),
+            "stale link gone"
+        );
+        let via_link = fs::read_to_string(overlay.join(A).join("diff/file")).unwrap();
+        assert_eq!(via_link, "shared");
+        // Reopened, the store does not take the links for local layers.
+        drop(store);
+        let store = reader(tmp.path());
+        assert!(store.layers().is_empty(), "links are not local layers");
+        store.apply_shared(SharedDelta {
+            add_layers: vec![a],
+            ..Default::default()
+        });
+        store.apply_shared(SharedDelta {
+            remove_layers: vec![A.to_string()],
+            ..Default::default()
+        });
+        for path in [
+            overlay.join(A),
+            root.join("overlay-layers").join(A),
+            overlay.join("l/SHORTSHORT"),
+        ] {
+            assert!(fs::symlink_metadata(&path).is_err(), "{}", path.display());
+        }
+        assert!(share.join("overlay").join(A).join("diff/file").is_file());
+    }
+
+    /// The first scan's repair in one go: stale links (ids and short names)
+    /// go, a link elsewhere is replaced, missing ones are made, and a local
+    /// layer's directory and short name stay; a second repair does nothing.
+    #[test]
+    fn a_reader_repair_fixes_every_kind_of_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, a) = reader_with_a(tmp.path());
+        let root = store.root().to_path_buf();
+        let (overlay, l) = (root.join("overlay"), root.join("overlay/l"));
+        fs::create_dir_all(&l).unwrap();
+        let (stale, local) = ("c".repeat(64), "d".repeat(64));
+        std::os::unix::fs::symlink(id_target(&stale), root.join("overlay-images").join(&stale))
+            .unwrap();
+        std::os::unix::fs::symlink(short_target(&stale), l.join("STALE")).unwrap();
+        std::os::unix::fs::symlink("RO/elsewhere", overlay.join(A)).unwrap();
+        fs::create_dir_all(overlay.join(&local).join("diff")).unwrap();
+        std::os::unix::fs::symlink(short_target(&local), l.join("LOCAL")).unwrap();
+        store.apply_shared(SharedDelta {
+            add_layers: vec![a],
+            ..Default::default()
+        });
+        assert_a_linked(&root);
+        assert!(fs::symlink_metadata(l.join("STALE")).is_err());
+        assert!(fs::symlink_metadata(root.join("overlay-images").join(&stale)).is_err());
+        assert!(is_real_dir(&overlay.join(&local)));
+        assert_eq!(
+            fs::read_link(l.join("LOCAL")).unwrap(),
+            short_target(&local)
+        );
+        assert_eq!(store.repair_shared_links().unwrap(), (0, 0));
+    }
+
+    /// After the first repair of a process, a delta makes and removes the
+    /// links of what it adds and removes, and looks at nothing else: a stale
+    /// link made meanwhile stays until the next repair.
+    #[test]
+    fn after_the_first_repair_deltas_touch_only_what_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, a) = reader_with_a(tmp.path());
+        let images = store.images_dir();
+        store.apply_shared(SharedDelta {
+            add_layers: vec![a],
+            ..Default::default()
+        });
+        let stale = id("stale");
+        std::os::unix::fs::symlink(id_target(&stale), images.join(&stale)).unwrap();
+        let img = image(&id("image"), A, &["localhost/i:1"], true);
+        store.apply_shared(SharedDelta {
+            add_images: vec![img.clone()],
+            ..Default::default()
+        });
+        assert_eq!(
+            fs::read_link(images.join(&img.id)).unwrap(),
+            id_target(&img.id)
+        );
+        assert!(is_link(&images.join(&stale)), "a delta lists nothing");
+        store.apply_shared(SharedDelta {
+            remove_images: vec![img.id.clone()],
+            ..Default::default()
+        });
+        assert!(!is_link(&images.join(&img.id)));
+        assert!(is_link(&store.layers_dir().join(A)), "the layer stays");
+        assert_eq!(store.repair_shared_links().unwrap(), (0, 1));
+        assert!(!is_link(&images.join(&stale)));
+    }
+
+    /// A local layer with the id of a shared one keeps its names: its
+    /// directory, and its own short name (the shared one's is not made).
+    #[test]
+    fn a_local_layer_keeps_its_names_when_a_shared_one_comes_and_goes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, a) = reader_with_a(tmp.path());
+        let b = layer_on_share(&tmp.path().join("share"), &id("b"), "SHORTB");
+        // The first delta repairs; the next ones go by delta.
+        store.apply_shared(SharedDelta {
+            add_layers: vec![b],
+            ..Default::default()
+        });
+        let overlay = store.layout.overlay();
+        fs::create_dir_all(overlay.join(A).join("diff")).unwrap();
+        store.apply_shared(SharedDelta {
+            add_layers: vec![a],
+            ..Default::default()
+        });
+        assert!(is_real_dir(&overlay.join(A)));
+        assert!(!is_link(&overlay.join("l/SHORTSHORT")));
+        assert!(
+            is_link(&store.layers_dir().join(A)),
+            "no local record: linked"
+        );
+        store.apply_shared(SharedDelta {
+            remove_layers: vec![A.to_string()],
+            ..Default::default()
+        });
+        assert!(is_real_dir(&overlay.join(A)));
+        assert!(!is_link(&store.layers_dir().join(A)));
+        assert!(is_link(&overlay.join("l/SHORTB")), "another layer's stays");
+    }
+
+    #[test]
+    fn links_are_in_step_only_on_a_reader_that_kept_them_without_a_failure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, a) = reader_with_a(tmp.path());
+        assert!(!store.links_in_step(), "nothing repaired yet");
+        store.apply_shared(SharedDelta {
+            add_layers: vec![a.clone()],
+            ..Default::default()
+        });
+        assert!(store.links_in_step());
+        drop(store);
+        // Told they are in step (a saved view): believed, nothing is made.
+        let store = reader(tmp.path());
+        fs::remove_file(store.layers_dir().join(A)).unwrap();
+        store.apply_shared(SharedDelta {
+            add_layers: vec![a.clone()],
+            links_in_step: true,
+            ..Default::default()
+        });
+        assert!(store.links_in_step());
+        assert!(!is_link(&store.layers_dir().join(A)));
+        drop(store);
+        // A repair that fails: not in step.
+        let store = reader(tmp.path());
+        let l = store.layout.overlay().join("l");
+        fs::remove_dir_all(&l).unwrap();
+        fs::write(&l, "in the way").unwrap();
+        store.apply_shared(SharedDelta {
+            add_layers: vec![a],
+            ..Default::default()
+        });
+        assert!(!store.links_in_step());
+        // A writer keeps no reader's links.
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(!writer(tmp.path()).links_in_step());
+    }
+}

@@ -384,30 +384,11 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{self, load, local, names_in, reader, shared_delta, writer};
     use super::*;
     use storectl_fixtures::{
         write_oci_layout, Compression, Entry, Image as Fixture, Layer as FixtureLayer,
     };
-
-    /// A writer root `T/root` on share `T/share` (wired as `init` does).
-    fn writer(tmp: &Path) -> Store {
-        let share = tmp.join("share");
-        let root = tmp.join("root");
-        for d in ["overlay", "overlay-layers", "overlay-images"] {
-            fs::create_dir_all(share.join(d)).unwrap();
-            fs::create_dir_all(root.join(d)).unwrap();
-            std::os::unix::fs::symlink(share.join(d), root.join(d).join("RO")).unwrap();
-        }
-        Store::open(StoreOptions {
-            config: Some(RootConfig {
-                role: Role::Writer,
-                shared: Some(share),
-                ..RootConfig::default()
-            }),
-            ..StoreOptions::new(root)
-        })
-        .unwrap()
-    }
 
     #[test]
     fn removed_shared_layers_wait_out_the_grace_period() {
@@ -475,5 +456,171 @@ mod tests {
         assert!(report.deleted.is_empty(), "needed again: kept");
         assert!(store.removals().layers.is_empty());
         assert_eq!(store.images().len(), 1);
+    }
+
+    /// Removes `image` by `name` and returns what went, checking that its
+    /// (local) image dir is gone.
+    fn rmi(store: &Store, name: &str, force: bool) -> Result<Removed> {
+        let removed = store.remove_image(name, force)?;
+        if let Removed::Deleted { image, .. } = &removed {
+            assert!(!crate::links::is_real_dir(
+                &store.image_dir_of(image, false)
+            ));
+        }
+        Ok(removed)
+    }
+
+    #[test]
+    fn a_name_of_several_only_untags_and_an_id_needs_force() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = local(tmp.path());
+        let image = load(
+            &store,
+            tmp.path(),
+            "localhost/r:1",
+            &[("b", "b\n"), ("t", "t\n")],
+        );
+        store.tag(&image.id, "localhost/r:2").unwrap();
+        let removed = rmi(&store, "localhost/r:2", false).unwrap();
+        let name = "localhost/r:2".to_string();
+        let untagged = Removed::Untagged {
+            image: image.id.clone(),
+            name,
+        };
+        assert_eq!(removed, untagged);
+        let reopened = local(tmp.path());
+        let names = reopened.resolve_image(&image.id).unwrap().names;
+        assert_eq!(names, vec!["localhost/r:1".to_string()], "on disk too");
+        store.tag(&image.id, "localhost/r:2").unwrap();
+        let err = rmi(&store, &image.id[..12], false).unwrap_err();
+        assert!(matches!(err, Error::MustForce { .. }), "{err}");
+        let chain: Vec<String> = store
+            .image_layers(&image)
+            .unwrap()
+            .into_iter()
+            .rev()
+            .map(|l| l.id)
+            .collect();
+        let removed = rmi(&store, &image.id[..12], true).unwrap();
+        let deleted = Removed::Deleted {
+            image: image.id.clone(),
+            layers: chain,
+            containers: vec![],
+        };
+        assert_eq!(removed, deleted, "top first");
+        assert!(store.images().is_empty() && store.layers().is_empty());
+        assert_eq!(names_in(&store.layers_dir()), Vec::<String>::new());
+        // The last name of an image removes it.
+        let again = load(&store, tmp.path(), "localhost/r:1", &[("b", "b\n")]);
+        let removed = rmi(&store, "localhost/r:1", false).unwrap();
+        assert!(matches!(removed, Removed::Deleted { image, .. } if image == again.id));
+    }
+
+    #[test]
+    fn layers_another_image_uses_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = local(tmp.path());
+        let base = ("base", "base\n");
+        let a = load(&store, tmp.path(), "localhost/a:1", &[base, ("a", "a\n")]);
+        let b = load(&store, tmp.path(), "localhost/b:1", &[base, ("b", "b\n")]);
+        let (a_top, b_top) = (a.layer.clone().unwrap(), b.layer.clone().unwrap());
+        let base_id = store.layer(&a_top).unwrap().parent.unwrap();
+        let Removed::Deleted { layers, .. } = rmi(&store, "localhost/a:1", false).unwrap() else {
+            panic!("untagged")
+        };
+        assert_eq!(layers, vec![a_top.clone()]);
+        assert!(!store.layout.overlay().join(&a_top).exists());
+        assert!(store.verify_layer(&base_id).unwrap().ok());
+        let Removed::Deleted { layers, .. } = rmi(&store, &b.id, false).unwrap() else {
+            panic!("untagged")
+        };
+        assert_eq!(layers, vec![b_top, base_id]);
+        assert_eq!(names_in(&store.layout.overlay()), vec!["l".to_string()]);
+    }
+
+    #[test]
+    fn an_image_containers_use_goes_only_with_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = local(tmp.path());
+        let image = load(&store, tmp.path(), "localhost/c:1", &[("c", "c\n")]);
+        let opts = ContainerOptions {
+            name: Some("web".into()),
+            ..Default::default()
+        };
+        let c = store.create_container(&image.id, &opts).unwrap();
+        let err = rmi(&store, "localhost/c:1", false).unwrap_err();
+        match err {
+            Error::ImageInUse { containers, .. } => assert_eq!(containers, vec!["web".to_string()]),
+            e => panic!("{e}"),
+        }
+        assert_eq!(store.images().len(), 1);
+        let removed = rmi(&store, "localhost/c:1", true).unwrap();
+        assert!(
+            matches!(removed, Removed::Deleted { containers, .. } if containers == vec![c.id.clone()])
+        );
+        assert!(store.containers().unwrap().is_empty());
+        assert!(!store.layout.overlay().join(&c.id).exists());
+    }
+
+    /// A failed import takes back the layers it published that no image
+    /// uses, top first, and leaves those an image uses.
+    #[test]
+    fn a_failed_import_takes_back_only_unused_layers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = local(tmp.path());
+        let base = ("base", "base\n");
+        let keep = load(&store, tmp.path(), "localhost/k:1", &[base]);
+        let failed = load(&store, tmp.path(), "localhost/f:1", &[base, ("f", "f\n")]);
+        // As if the image had never been published.
+        fs::remove_dir_all(store.images_dir().join(&failed.id)).unwrap();
+        store.state.write().images.remove(&failed.id);
+        let top = failed.layer.clone().unwrap();
+        let published = vec![keep.layer.clone().unwrap(), top.clone()];
+        let generation = store.read_generation();
+        assert!(store.unpublish_layers(&published));
+        assert_eq!(store.layers().len(), 1);
+        assert!(store.layer(&published[0]).is_ok());
+        assert!(!store.layout.overlay().join(&top).exists());
+        assert!(!store.layers_dir().join(&top).exists());
+        assert_ne!(store.read_generation(), generation);
+    }
+
+    /// On a reader, a local image with the id of a shared one hides it;
+    /// its removal leaves the shared layers under it alone, and the shared
+    /// image shows again — which the reader may not remove.
+    #[test]
+    fn a_reader_removes_its_local_copy_and_the_shared_one_shows_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let writer = test_support::writer(tmp.path());
+        let files = [("s", "s\n")];
+        let shared = load(&writer, tmp.path(), "localhost/s:1", &files);
+        let reader = reader(tmp.path());
+        reader.apply_shared(shared_delta(&writer));
+        let local = load(&reader, tmp.path(), "localhost/s:1", &files);
+        assert_eq!(local.id, shared.id);
+        assert!(
+            !reader.resolve_image(&shared.id).unwrap().shared,
+            "the local one wins"
+        );
+        let removed = rmi(&reader, &local.id, false).unwrap();
+        let deleted = Removed::Deleted {
+            image: local.id.clone(),
+            layers: vec![],
+            containers: vec![],
+        };
+        assert_eq!(removed, deleted, "shared layers are not the reader's");
+        assert!(
+            reader.resolve_image(&shared.id).unwrap().shared,
+            "shows again"
+        );
+        let link = reader.images_dir().join(&shared.id);
+        assert_eq!(
+            fs::read_link(link).unwrap(),
+            crate::links::id_target(&shared.id)
+        );
+        let top = shared.layer.clone().unwrap();
+        assert!(writer.verify_layer(&top).unwrap().ok());
+        let err = rmi(&reader, &shared.id, false).unwrap_err();
+        assert!(matches!(err, Error::ReadOnlyStore { .. }), "{err}");
     }
 }

@@ -164,3 +164,111 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{id, image, layer, reader};
+    use super::*;
+
+    /// A delta whose links are taken as kept (no link is made): what it
+    /// does to the state alone.
+    fn delta() -> SharedDelta {
+        SharedDelta {
+            links_in_step: true,
+            ..SharedDelta::default()
+        }
+    }
+
+    #[test]
+    fn shared_entries_join_and_leave_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = reader(tmp.path());
+        let (base, top, img) = (id("base"), id("top"), id("image"));
+        assert!(delta().is_empty());
+        let add = SharedDelta {
+            add_layers: vec![layer(&base, None, false), layer(&top, Some(&base), false)],
+            add_images: vec![image(&img, &top, &["localhost/i:1"], false)],
+            ..delta()
+        };
+        assert!(!add.is_empty());
+        store.apply_shared(add);
+        store.with_state(|st| {
+            assert!(st.layers.values().all(|l| l.shared) && st.layers.len() == 2);
+            assert!(
+                st.images[&img].shared,
+                "marked shared whatever the record says"
+            );
+        });
+        store.apply_shared(SharedDelta {
+            rename_images: vec![(img.clone(), vec!["localhost/j:1".into()])],
+            ..delta()
+        });
+        assert_eq!(store.resolve_image("localhost/j:1").unwrap().id, img);
+        // A layer goes without its image: the image (its chain broken) goes too.
+        store.apply_shared(SharedDelta {
+            remove_layers: vec![top.clone()],
+            ..delta()
+        });
+        store.with_state(|st| {
+            assert!(st.images.is_empty(), "no image without its layers");
+            assert_eq!(st.layers.keys().collect::<Vec<_>>(), vec![&base]);
+        });
+    }
+
+    /// A shared layer or image with the id of a local one stays hidden
+    /// behind it, follows renames and removals there, and never removes
+    /// the local one; a name both have is the local image's.
+    #[test]
+    fn local_entries_win_over_shared_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = reader(tmp.path());
+        let (l, i, s) = (id("layer"), id("image"), id("shared image"));
+        {
+            let mut st = store.state.write();
+            st.layers.insert(l.clone(), layer(&l, None, false));
+            st.images
+                .insert(i.clone(), image(&i, &l, &["localhost/x:1"], false));
+        }
+        store.apply_shared(SharedDelta {
+            add_layers: vec![layer(&l, None, true)],
+            add_images: vec![
+                image(&i, &l, &["localhost/hidden:1"], true),
+                image(&s, &l, &["localhost/x:1", "localhost/s:1"], true),
+            ],
+            ..delta()
+        });
+        store.with_state(|st| {
+            assert!(!st.layers[&l].shared && st.hidden_layers[&l].shared);
+            assert!(!st.images[&i].shared && st.hidden_images[&i].shared);
+            assert_eq!(st.shadowed_names(), ["localhost/x:1".to_string()].into());
+        });
+        assert!(store.warned_names.lock().contains("localhost/x:1"));
+        assert_eq!(store.resolve_image("localhost/x:1").unwrap().id, i);
+        assert_eq!(store.resolve_image("localhost/s:1").unwrap().id, s);
+        store.apply_shared(SharedDelta {
+            rename_images: vec![(i.clone(), vec!["localhost/renamed:1".into()])],
+            ..delta()
+        });
+        store.with_state(|st| {
+            assert_eq!(st.hidden_images[&i].names, vec!["localhost/renamed:1"]);
+            assert_eq!(
+                st.images[&i].names,
+                vec!["localhost/x:1"],
+                "the local names"
+            );
+        });
+        store.apply_shared(SharedDelta {
+            remove_images: vec![i.clone(), s.clone()],
+            remove_layers: vec![l.clone()],
+            ..delta()
+        });
+        store.with_state(|st| {
+            assert!(st.hidden_layers.is_empty() && st.hidden_images.is_empty());
+            assert!(
+                !st.layers[&l].shared && !st.images[&i].shared,
+                "local ones stay"
+            );
+            assert!(!st.images.contains_key(&s));
+        });
+    }
+}

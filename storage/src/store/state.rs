@@ -222,3 +222,144 @@ impl State {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{id, image, layer};
+    use super::*;
+
+    /// Layers `base` ← `mid` ← `top`, `other` on `base`, and `orphan` on a
+    /// missing `gone`; images `i-top` on `top`, `i-other` on `other`.
+    fn forest() -> State {
+        let (base, mid, top, other) = (id("base"), id("mid"), id("top"), id("other"));
+        let mut st = State::default();
+        for l in [
+            layer(&base, None, false),
+            layer(&mid, Some(&base), false),
+            layer(&top, Some(&mid), false),
+            layer(&other, Some(&base), false),
+            layer(&id("orphan"), Some(&id("gone")), false),
+        ] {
+            st.layers.insert(l.id.clone(), l);
+        }
+        for i in [
+            image(&id("i-top"), &top, &["localhost/top:1"], false),
+            image(&id("i-other"), &other, &["localhost/other:1"], false),
+        ] {
+            st.images.insert(i.id.clone(), i);
+        }
+        st
+    }
+
+    fn ids(layers: Option<Vec<&Layer>>) -> Option<Vec<String>> {
+        layers.map(|c| c.into_iter().map(|l| l.id.clone()).collect())
+    }
+
+    #[test]
+    fn chains_go_top_first_and_break_on_a_missing_layer_or_a_loop() {
+        let mut st = forest();
+        let want = [id("top"), id("mid"), id("base")].to_vec();
+        assert_eq!(ids(st.chain(&id("top"))), Some(want));
+        assert_eq!(ids(st.chain(&id("base"))), Some(vec![id("base")]));
+        assert_eq!(ids(st.chain(&id("orphan"))), None, "its parent is gone");
+        assert_eq!(ids(st.chain(&id("nowhere"))), None);
+        assert_eq!(
+            st.missing_ancestor(&id("orphan")),
+            Some(id("gone").as_str())
+        );
+        assert_eq!(st.missing_ancestor(&id("top")), None, "a whole chain");
+        let nowhere = id("nowhere");
+        assert_eq!(st.missing_ancestor(&nowhere), Some(nowhere.as_str()));
+        // base → top → mid → base: a loop is no chain, and nothing is missing.
+        st.layers.get_mut(&id("base")).unwrap().parent = Some(id("top"));
+        assert_eq!(ids(st.chain(&id("top"))), None);
+        assert_eq!(st.missing_ancestor(&id("top")), None);
+    }
+
+    #[test]
+    fn the_layers_images_use_are_those_of_whole_chains() {
+        let mut st = forest();
+        let used: BTreeSet<String> = [id("base"), id("mid"), id("top"), id("other")].into();
+        assert_eq!(st.referenced_layers(), used);
+        let among = [id("base"), id("mid"), id("orphan"), id("nowhere")];
+        let among: Vec<&str> = among.iter().map(String::as_str).collect();
+        assert_eq!(st.used_among(&among), [id("base"), id("mid")].into());
+        // Without i-top, mid is unused; base stays (i-other sits on it).
+        let except = id("i-top");
+        let used = st.used_among_except(&among, Some(&except));
+        assert_eq!(used, [id("base")].into());
+        // An image on a broken chain uses nothing.
+        let on_orphan = image(&id("i-orphan"), &id("orphan"), &[], false);
+        st.images.insert(on_orphan.id.clone(), on_orphan);
+        assert!(!st.referenced_layers().contains(&id("orphan")));
+        assert!(st.used_among(&[id("orphan").as_str()]).is_empty());
+    }
+
+    #[test]
+    fn names_a_local_and_a_shared_image_both_have_are_shadowed() {
+        let mut st = forest();
+        assert!(st.shadowed_names().is_empty(), "no shared image");
+        let shared = image(
+            &id("shared"),
+            &id("base"),
+            &["localhost/top:1", "localhost/shared:1"],
+            true,
+        );
+        st.images.insert(shared.id.clone(), shared);
+        assert_eq!(st.shadowed_names(), ["localhost/top:1".to_string()].into());
+        let names = |n: &[&str]| n.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let asked = names(&["localhost/top:1", "localhost/shared:1", "localhost/x:1"]);
+        assert_eq!(
+            local_claims(&st, asked.clone()),
+            names(&["localhost/top:1"])
+        );
+        assert_eq!(
+            shared_claims(&st, asked),
+            names(&["localhost/top:1", "localhost/shared:1"])
+        );
+        // Without local images, nothing is claimed locally.
+        st.images.retain(|_, i| i.shared);
+        assert!(local_claims(&st, names(&["localhost/shared:1"])).is_empty());
+        assert!(st.shadowed_names().is_empty());
+    }
+
+    #[test]
+    fn batches_small_and_large_insert_the_same() {
+        for (have, add) in [(10, 3), (10, 100), (0, 64), (1000, 70)] {
+            let mut map: BTreeMap<String, usize> =
+                (0..have).map(|n| (id(&n.to_string()), n)).collect();
+            let mut want = map.clone();
+            // Half of the batch replaces entries that are there.
+            let items: Vec<(String, usize)> = (have / 2..have / 2 + add)
+                .map(|n| (id(&n.to_string()), n + 1_000_000))
+                .collect();
+            want.extend(items.clone());
+            insert_batch(&mut map, items);
+            assert_eq!(map, want, "{have} + {add}");
+        }
+    }
+
+    #[test]
+    fn a_reread_state_keeps_the_shared_entries_local_ones_hide() {
+        let (a, b, c) = (id("a"), id("b"), id("c"));
+        let mut old = State::default();
+        for l in [layer(&a, None, true), layer(&b, None, true)] {
+            old.layers.insert(l.id.clone(), l);
+        }
+        old.images.insert(a.clone(), image(&a, &a, &[], true));
+        // c's shared copy was hidden by a local layer c, which went.
+        old.hidden_layers.insert(c.clone(), layer(&c, None, true));
+        old.layers.insert(c.clone(), layer(&c, None, false));
+        // The disk now holds a local layer and image of id b.
+        let mut new = State::default();
+        new.layers.insert(b.clone(), layer(&b, None, false));
+        new.images.insert(b.clone(), image(&b, &b, &[], false));
+        keep_shared(&mut new, &old);
+        assert!(new.layers[&a].shared && new.images[&a].shared);
+        assert!(!new.layers[&b].shared, "the local layer wins");
+        assert!(new.hidden_layers[&b].shared, "the shared copy waits");
+        assert!(new.layers[&c].shared, "the hidden copy shows again");
+        assert!(!new.hidden_layers.contains_key(&c));
+        assert!(new.hidden_images.is_empty());
+    }
+}

@@ -189,3 +189,170 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{id, layer_on_share, load, local, names_in, reader, writer};
+    use super::*;
+    use crate::links::id_target;
+
+    fn mkdir(path: &Path) -> PathBuf {
+        fs::create_dir_all(path.join("diff")).unwrap();
+        path.to_path_buf()
+    }
+
+    #[test]
+    fn debris_goes_and_whole_layers_and_junk_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = local(tmp.path());
+        let image = load(&store, tmp.path(), "localhost/s:1", &[("a", "a\n")]);
+        let top = image.layer.clone().unwrap();
+        fs::create_dir_all(store.layout.containers()).unwrap();
+        let debris = [
+            mkdir(&store.layers_dir().join(".staging-1")),
+            mkdir(&store.images_dir().join(".trash-2")),
+            mkdir(&store.layout.containers().join(".tmp-3")),
+            mkdir(&store.layout.overlay().join(".staging-4")),
+        ];
+        fs::write(store.root().join(".tmp-5"), "half a file").unwrap();
+        let junk = mkdir(&store.layers_dir().join("not-an-id"));
+        let layer_dirs = [
+            store.layout.overlay().join(&top).join("diff"),
+            store.layers_dir().join(&top).join(LAYER_JSON),
+            store.images_dir().join(&image.id).join(IMAGES_JSON),
+        ];
+        store.sweep_debris().unwrap();
+        for path in debris.iter().chain([&store.root().join(".tmp-5")]) {
+            assert!(fs::symlink_metadata(path).is_err(), "{}", path.display());
+        }
+        assert!(junk.is_dir(), "not debris: not ours to judge");
+        for path in &layer_dirs {
+            assert!(path.exists(), "{}", path.display());
+        }
+        assert!(store.verify_layer(&top).unwrap().ok());
+    }
+
+    /// A reader sweeps its own root; the share's debris is its writer's.
+    /// A writer sweeps the share too.
+    #[test]
+    fn a_reader_sweeps_its_root_and_a_writer_the_share_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let store = reader(tmp.path());
+        let on_share = [
+            mkdir(&share.join("overlay-layers/.staging-1")),
+            mkdir(&share.join("overlay/.staging-2")),
+            mkdir(&share.join(".tmp-3")),
+        ];
+        let own = [
+            mkdir(&store.layers_dir().join(".staging-4")),
+            mkdir(&store.layout.overlay().join(".trash-5")),
+        ];
+        store.sweep_debris().unwrap();
+        assert!(own.iter().all(|p| !p.exists()));
+        assert!(on_share.iter().all(|p| p.exists()), "the reader's sweep");
+        writer(tmp.path()).sweep_debris().unwrap();
+        assert!(on_share.iter().all(|p| !p.exists()), "the writer's sweep");
+    }
+
+    /// What crashes between publish steps leave: the layers of an image
+    /// whose `rmi` stopped after the image dir went, an overlay dir without
+    /// its record, a record still marked incomplete, a temp file in an
+    /// image record. The sweep removes them, keeps what images use, and
+    /// moves `generation` on.
+    #[test]
+    fn the_sweep_removes_what_interrupted_writers_leave() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = local(tmp.path());
+        let base = ("base", "base\n");
+        let keep = load(&store, tmp.path(), "localhost/k:1", &[base, ("k", "k\n")]);
+        let gone = load(&store, tmp.path(), "localhost/g:1", &[base, ("g", "g\n")]);
+        fs::remove_dir_all(store.images_dir().join(&gone.id)).unwrap();
+        let stray = mkdir(&store.layout.overlay().join(id("stray")));
+        let half = id("half");
+        mkdir(&store.layout.overlay().join(&half));
+        let half_record = store.layers_dir().join(&half);
+        fs::create_dir_all(&half_record).unwrap();
+        let json = format!(r#"{{"id":"{half}","incomplete":true}}"#);
+        fs::write(half_record.join(LAYER_JSON), json).unwrap();
+        let tmp_file = store.images_dir().join(&keep.id).join(".tmp-1");
+        fs::write(&tmp_file, "{").unwrap();
+        store.reload().unwrap();
+        let generation = store.read_generation();
+        store.remove_orphans().unwrap();
+        let kept: Vec<String> = store
+            .image_layers(&keep)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        let mut want = kept.clone();
+        want.sort();
+        assert_eq!(names_in(&store.layers_dir()), want);
+        assert_eq!(
+            names_in(&store.layout.overlay()),
+            [want.clone(), vec!["l".to_string()]].concat()
+        );
+        assert_eq!(store.layers().len(), 2);
+        assert!(!stray.exists() && !half_record.exists() && !tmp_file.exists());
+        assert_ne!(store.read_generation(), generation);
+        assert!(kept.iter().all(|l| store.verify_layer(l).unwrap().ok()));
+    }
+
+    #[test]
+    fn a_reader_never_deletes_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let a = id("a");
+        layer_on_share(&share, &a, "SHORTSHORT");
+        let store = reader(tmp.path());
+        // A local record left incomplete, whose overlay name is the link of the
+        // shared layer of that id: the orphan sweep removes the record only.
+        std::os::unix::fs::symlink(id_target(&a), store.layout.overlay().join(&a)).unwrap();
+        let record = store.layers_dir().join(&a);
+        fs::create_dir(&record).unwrap();
+        let json = format!(r#"{{"id":"{a}","incomplete":true}}"#);
+        fs::write(record.join(LAYER_JSON), json).unwrap();
+        // Any mutation sweeps orphans first.
+        assert!(store.remove_image("nothing-by-this-name", false).is_err());
+        assert!(!record.exists(), "the local record went");
+        assert!(
+            share.join("overlay").join(&a).join("diff/file").is_file(),
+            "the shared layer is untouched"
+        );
+        assert_eq!(
+            names_in(&share.join("overlay")),
+            vec![a],
+            "no trash on the share"
+        );
+    }
+
+    /// A writer's legacy names of its shared entries: dangling ones go,
+    /// missing ones come back.
+    #[test]
+    fn a_writer_restores_its_legacy_links_and_drops_dangling_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = writer(tmp.path());
+        let image = load(&store, tmp.path(), "localhost/w:1", &[("w", "w\n")]);
+        let top = image.layer.clone().unwrap();
+        let short = store.driver.short_link_path(&top).unwrap();
+        let links = [
+            store.layout.overlay().join(&top),
+            store.layers_dir().join(&top),
+            store.images_dir().join(&image.id),
+        ];
+        for link in links.iter().chain([&short]) {
+            fs::remove_file(link).unwrap();
+        }
+        let dangling = store.layers_dir().join(id("gone"));
+        std::os::unix::fs::symlink(id_target(&id("gone")), &dangling).unwrap();
+        store.repair_legacy_links().unwrap();
+        assert_eq!(fs::read_link(&links[0]).unwrap(), id_target(&top));
+        assert_eq!(fs::read_link(&links[1]).unwrap(), id_target(&top));
+        assert_eq!(fs::read_link(&links[2]).unwrap(), id_target(&image.id));
+        let diff = fs::read_link(&short).unwrap();
+        assert_eq!(diff, Path::new("..").join(&top).join("diff"));
+        assert!(fs::symlink_metadata(&dangling).is_err());
+        assert!(store.layout.overlay().join(&top).join("diff/w").is_file());
+    }
+}

@@ -145,3 +145,105 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{load, local, reader, writer};
+    use super::*;
+
+    /// `generation`'s counter (its first word).
+    fn counter(store: &Store) -> u64 {
+        let text = store.read_generation().unwrap();
+        text.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn every_bump_replaces_generation_and_a_reader_never_writes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = local(tmp.path());
+        assert_eq!(store.read_generation(), None, "a new root");
+        store.bump_generation().unwrap();
+        let first = store.read_generation().unwrap();
+        assert_eq!(counter(&store), 1);
+        store.bump_generation().unwrap();
+        assert_eq!(counter(&store), 2);
+        assert_ne!(store.read_generation().unwrap(), first);
+        assert_eq!(*store.synced_generation.lock(), store.read_generation());
+        let reader = reader(tmp.path());
+        reader.bump_generation().unwrap();
+        assert!(
+            !reader.layout.generation().exists(),
+            "the share's is the writer's"
+        );
+    }
+
+    /// A mutation trusts the in-memory state while `generation` is what
+    /// the store last read or wrote, and re-reads the records once it is
+    /// not (another process changed the store).
+    #[test]
+    fn a_mutation_rereads_only_when_generation_moved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (this, other) = (local(tmp.path()), local(tmp.path()));
+        let loaded = load(&other, tmp.path(), "localhost/o:1", &[("o", "o\n")]);
+        assert!(this.images().is_empty());
+        drop(this.begin_write().unwrap());
+        assert_eq!(
+            this.images(),
+            vec![loaded.clone()],
+            "another process loaded it"
+        );
+        // Changed behind the store's back, `generation` as it was: not seen.
+        fs::remove_dir_all(this.images_dir().join(&loaded.id)).unwrap();
+        drop(this.begin_write().unwrap());
+        assert_eq!(this.images().len(), 1, "trusted, not re-read");
+        other.bump_generation().unwrap();
+        drop(this.begin_write().unwrap());
+        assert!(this.images().is_empty(), "re-read");
+    }
+
+    /// The debris of interrupted writers is swept when the last holder of
+    /// the lock did not let go normally (and on the first write with a new
+    /// lock file), not after a normal release.
+    #[test]
+    fn a_mutation_after_a_crashed_holder_sweeps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = local(tmp.path());
+        drop(store.begin_write().unwrap());
+        let debris = store.layers_dir().join(".staging-1");
+        fs::create_dir(&debris).unwrap();
+        drop(store.begin_write().unwrap());
+        assert!(debris.exists(), "released normally: no sweep");
+        let mut crashed = WriterLock::acquire(&store.layout.writer_lock()).unwrap();
+        crashed.leave_unreleased();
+        drop(crashed);
+        drop(store.begin_write().unwrap());
+        assert!(!debris.exists(), "swept after the crash");
+    }
+
+    #[test]
+    fn a_read_only_root_refuses_mutations_before_taking_the_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = local(tmp.path());
+        store.read_only = Some("mounted read-only".into());
+        let err = store.begin_write().unwrap_err();
+        assert!(matches!(err, Error::ReadOnlyStore { .. }), "{err}");
+        assert!(!store.layout.writer_lock().exists());
+    }
+
+    #[test]
+    fn a_reader_may_change_local_entries_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let reader = reader(tmp.path());
+        let refused = reader.check_mutable(true, "image x").unwrap_err();
+        match refused {
+            Error::ReadOnlyStore { path, reason } => {
+                assert_eq!(path, share);
+                assert!(reason.contains("image x"), "{reason}");
+            }
+            e => panic!("{e}"),
+        }
+        assert!(reader.check_mutable(false, "image x").is_ok());
+        assert!(writer(tmp.path()).check_mutable(true, "image x").is_ok());
+    }
+}
