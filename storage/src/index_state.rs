@@ -229,8 +229,18 @@ pub(crate) fn parse<'a>(layers: &'a [u8], images: &'a [u8]) -> Result<Records<'a
     in_order(layers.iter().map(|(l, _)| l.id.as_str()), "layer")?;
     in_order(images.iter().map(|(i, _)| i.id.as_str()), "image")?;
     // Layers are in id order: a parent is found by binary search, and its
-    // index stands for it.
-    let index_of = |id: &str| layers.binary_search_by(|(l, _)| l.id.as_str().cmp(id)).ok();
+    // index stands for it. The search runs over the ids' first 16 hex
+    // digits as numbers (in the same order, and in one array: a search
+    // over the strings themselves misses the cache at every step), then
+    // compares whole ids among those with the same prefix.
+    let keys: Vec<u64> = layers.iter().map(|(l, _)| id_key(&l.id)).collect();
+    let index_of = |id: &str| {
+        let key = id_key(id);
+        let first = keys.partition_point(|k| *k < key);
+        (first..keys.len())
+            .take_while(|&at| keys[at] == key)
+            .find(|&at| layers[at].0.id == id)
+    };
     let mut parent_at: Vec<Option<usize>> = Vec::with_capacity(layers.len());
     for (l, _) in &layers {
         parent_at.push(match l.parent.as_deref() {
@@ -278,6 +288,15 @@ pub(crate) fn parse<'a>(layers: &'a [u8], images: &'a [u8]) -> Result<Records<'a
         }
     }
     Ok(Records { layers, images })
+}
+
+/// The first 16 hex digits of an id (lowercase hex, checked) as a number:
+/// ids in order have their keys in order. Only a key: the whole id is
+/// compared before a match counts.
+fn id_key(id: &str) -> u64 {
+    id.get(..16)
+        .and_then(|p| u64::from_str_radix(p, 16).ok())
+        .unwrap_or(u64::MAX)
 }
 
 /// Ids strictly ascending (the writer renders them so): none twice.
@@ -358,6 +377,41 @@ mod tests {
             let again = csindex::render(got.images.iter().map(|(_, raw)| *raw));
             assert_eq!(again, i);
         }
+    }
+
+    #[test]
+    fn parents_are_found_among_ids_with_the_same_prefix() {
+        // Four layers whose ids share their first 16 hex digits (the
+        // search's key): each parent is told apart by its whole id.
+        let id = |tail: char| format!("{}{}", "ab".repeat(8), tail.to_string().repeat(48));
+        let (a, b, c, d) = (id('1'), id('2'), id('3'), id('4'));
+        let mut layers = vec![
+            layer_of(&a, None),
+            layer_of(&b, Some(&a)),
+            layer_of(&c, Some(&b)),
+            layer_of(&d, Some(&a)),
+        ];
+        layers.sort_by(|x, y| x.id.cmp(&y.id));
+        let images = vec![image_of(&hex("image"), &c, "img:1")];
+        let render = |layers: &[Layer]| {
+            let l: Vec<Vec<u8>> = layers.iter().map(csindex::layer_line).collect();
+            let i = csindex::image_line(&images[0], &BTreeSet::new());
+            (
+                csindex::render(l.iter().map(Vec::as_slice)),
+                csindex::render([&i[..]]),
+            )
+        };
+        let (l, i) = render(&layers);
+        let got = parse(&l, &i).unwrap();
+        assert_eq!(got.layers.len(), 4);
+        // A parent with the same prefix that is not listed is missing.
+        layers.retain(|x| x.id != b);
+        let (l, i) = render(&layers);
+        let err = parse(&l, &i).unwrap_err();
+        assert!(
+            err.contains(&format!("its parent {b} is not listed")),
+            "{err}"
+        );
     }
 
     #[test]
