@@ -392,7 +392,7 @@ mod tests {
             layer_of(&d, Some(&a)),
         ];
         layers.sort_by(|x, y| x.id.cmp(&y.id));
-        let images = vec![image_of(&hex("image"), &c, "img:1")];
+        let images = [image_of(&hex("image"), &c, "img:1")];
         let render = |layers: &[Layer]| {
             let l: Vec<Vec<u8>> = layers.iter().map(csindex::layer_line).collect();
             let i = csindex::image_line(&images[0], &BTreeSet::new());
