@@ -16,8 +16,8 @@ pub fn set_lock_timeout(timeout: Option<Duration>) {
     let _ = LOCK_TIMEOUT.set(timeout);
 }
 
-/// Open the store at `root`, with the root in the error's context. A
-/// mutation waits for another writer's lock as `--lock-timeout` says, and
+/// Open the store at `root` (with the writer side of sharing, for a
+/// writer root), with the root in the error's context. A mutation waits for another writer's lock as `--lock-timeout` says, and
 /// says on stderr whom it waits for once that takes more than a second.
 pub fn open_store(root: &Path) -> anyhow::Result<Store> {
     let mut opts = StoreOptions::new(root);
@@ -35,7 +35,9 @@ pub fn open_store(root: &Path) -> anyhow::Result<Store> {
         })),
         ..LockWait::default()
     };
-    Store::open(opts).with_context(|| format!("opening store {}", root.display()))
+    // A writer root keeps containers/storage's index on its share: the
+    // writer side of sharing is installed (other roots ignore it).
+    storectl_remote::open_store(opts).with_context(|| format!("opening store {}", root.display()))
 }
 
 /// A duration as `--lock-timeout` takes it (pure): a number with a unit

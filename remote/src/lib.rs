@@ -5,6 +5,12 @@
 //! vanish within about a second, without a restart, without a lock on the
 //! share, and without ever seeing half an image.
 //!
+//! The parts: [`share`] wires a root to a share (`init`); [`writer`] is the
+//! writer side — containers/storage's index on the share, kept by a
+//! [`ShareHook`](storectl_storage::ShareHook) the writer's store calls
+//! ([`open_store`] installs it); the reader side is the [`Refresher`]
+//! ([`scan`], [`view`], [`index`]), with [`events`] and [`metrics`].
+//!
 //! ## Layout
 //!
 //! ```text
@@ -17,6 +23,8 @@
 //!   storectl-share.json              {"overlay_xattrs": "user"|"trusted", fixed by the first
 //!                                     writer; "removed_layers_grace_secs": 3600}
 //!   storectl-removed.json            removed images' layers waiting out the grace period
+//!   overlay-layers/layers.json, overlay-images/images.json, storectl-index.json, …
+//!                                    containers/storage's index (see [`writer`])
 //!
 //! <root>/ (each host's own)
 //!   storectl.json                    {"role": "writer"|"reader", "shared": …, intervals,
@@ -39,6 +47,10 @@
 //! * The writer publishes by rename only (see `storectl-storage`): a layer's
 //!   dir, then its record, then — after the whole chain — the image dir, then
 //!   `generation`. Removal renames the image away first.
+//! * The writer keeps containers/storage's index current at every change
+//!   ([`writer`]: index files, then the stamp, before `generation`); a
+//!   program that opens a writer root must open it with [`open_store`] to
+//!   change it (`Store::open` alone gives a store that refuses changes).
 //! * A reader never writes, deletes or locks anything on the share, and never
 //!   follows a symlink found there. Only 64-hex names count; image names must
 //!   be valid references (text from the share is untrusted).
@@ -87,8 +99,10 @@ pub mod refresher;
 pub mod scan;
 pub mod share;
 pub mod view;
+pub mod writer;
 
 pub use error::{Error, Result};
 pub use events::StoreEvent;
 pub use refresher::{RefreshOptions, RefreshStats, Refresher, RefresherHandle, ScanSource, Tick};
 pub use scan::ScanStats;
+pub use writer::open_store;

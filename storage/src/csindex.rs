@@ -1,7 +1,8 @@
 //! containers/storage's own index of a share, as pure functions over bytes:
 //! `overlay-layers/layers.json`, `overlay-images/images.json`, the
 //! `storectl-index.json` stamp beside `generation`, big-data file names and
-//! lock-file change tokens. The writer ([`crate::Store`]) does the I/O.
+//! lock-file change tokens. The I/O is the writer's: storectl-remote's
+//! `writer` keeps the index, [`crate::Store`] opens from it.
 //!
 //! ## The files
 //!
@@ -41,6 +42,7 @@
 //! and an id is only as good as the directory that holds it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +67,47 @@ pub const TOKEN_LEN: usize = 64;
 pub const MAX_INDEX: u64 = 256 << 20;
 /// The most nested a record may be (deeper is refused, not recursed into).
 const MAX_DEPTH: usize = 64;
+
+/// `<share>/overlay-layers/layers.json`.
+pub fn layers_index(share: &Path) -> PathBuf {
+    share.join("overlay-layers").join(LAYERS_INDEX)
+}
+
+/// `<share>/overlay-images/images.json`.
+pub fn images_index(share: &Path) -> PathBuf {
+    share.join("overlay-images").join(IMAGES_INDEX)
+}
+
+/// One record's line, as in an index file: its own bytes, or a range of a
+/// file read whole (a store opened from the index keeps the files' bytes
+/// instead of copying 40,000 lines out of them).
+#[derive(Debug, Clone)]
+pub enum Line {
+    Own(Box<[u8]>),
+    In(std::sync::Arc<Vec<u8>>, std::ops::Range<usize>),
+}
+
+impl std::ops::Deref for Line {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Line::Own(b) => b,
+            Line::In(file, range) => &file[range.clone()],
+        }
+    }
+}
+
+impl PartialEq for Line {
+    fn eq(&self, other: &Line) -> bool {
+        **self == **other
+    }
+}
+
+impl From<Vec<u8>> for Line {
+    fn from(v: Vec<u8>) -> Line {
+        Line::Own(v.into_boxed_slice())
+    }
+}
 
 /// Why an index file cannot be read at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -33,6 +33,16 @@ pub enum Error {
     /// The store root cannot be written (permissions, read-only mount, …).
     #[error("store root {path} is not writable: {reason}")]
     ReadOnlyStore { path: PathBuf, reason: String },
+    /// A writer root opened without the writer side of sharing
+    /// ([`crate::StoreOptions::share_hook`]): a change would leave
+    /// containers/storage's index on the share stale, which podman reads
+    /// without asking whether it is current.
+    #[error(
+        "store {root} writes to the share {share}, but was opened without the share's writer \
+         (storectl_remote::open_store), which keeps containers/storage's index there: \
+         refusing to change it"
+    )]
+    NoShareWriter { root: PathBuf, share: PathBuf },
     /// Another writer holds the store's lock.
     #[error("store {path} is locked by another writer ({holder})")]
     Locked { path: PathBuf, holder: String },
@@ -91,7 +101,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// [`Error::Io`] at `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
@@ -107,7 +118,7 @@ impl Error {
 }
 
 /// `result.map_err(|e| Error::io(path, e))` in short.
-pub(crate) trait IoContext<T> {
+pub trait IoContext<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T>;
 }
 

@@ -1,4 +1,5 @@
-//! Small filesystem helpers: atomic file replacement, directory sync, time stamps.
+//! Small filesystem helpers: atomic file replacement, directory sync, time
+//! stamps, the trash for entries storectl did not make.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -6,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// A name unique to this process and call, for `.staging-*` / `.tmp-*` / `.trash-*`.
 pub fn unique_suffix() -> String {
@@ -176,6 +177,55 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Create `path` and its parents; one that cannot be made because the root
+/// is not ours to write (permissions, a read-only mount, a file in the way)
+/// is [`Error::ReadOnlyStore`].
+pub fn create_dir(path: &Path) -> Result<()> {
+    match fs::create_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(match e.kind() {
+            std::io::ErrorKind::PermissionDenied
+            | std::io::ErrorKind::ReadOnlyFilesystem
+            | std::io::ErrorKind::AlreadyExists
+            | std::io::ErrorKind::NotADirectory => Error::ReadOnlyStore {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            },
+            _ => Error::io(path, e),
+        }),
+    }
+}
+
+/// Where entries storectl did not make go when they sit on a name it must
+/// write (in the share, or the root): dot-prefixed, so no reader lists it,
+/// and not debris, so nothing deletes it unasked.
+pub const TRASH: &str = ".storectl-trash";
+
+/// Move whatever is at `path` (an entry storectl did not make, on a name it
+/// must write — `what` says whose) into `base`'s [`TRASH`], with a warning
+/// saying where it went. Nothing there: nothing to do.
+pub fn move_to_trash(base: &Path, path: &Path, what: &str) -> Result<()> {
+    if fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    let trash = base.join(TRASH);
+    fs::create_dir_all(&trash).at(&trash)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dest = trash.join(format!("{name}.{}", unique_suffix()));
+    fs::rename(path, &dest).at(path)?;
+    tracing::warn!(
+        "{} was in the way of {what} (not made by storectl): moved to {}; \
+         delete it when done looking (rm -rf {})",
+        path.display(),
+        dest.display(),
+        dest.display()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -34,7 +34,13 @@
 //! ## containers/storage's index on a share
 //!
 //! A writer also keeps, on the share, the files containers/storage reads
-//! (podman's `additionalimagestores`), built by the pure [`csindex`] module:
+//! (podman's `additionalimagestores`), rendered by the pure [`csindex`]
+//! module. The store does not write them itself: it calls a [`ShareHook`]
+//! at fixed points of every change ([`share_hook`]), which storectl-remote's
+//! share writer implements and `storectl_remote::open_store` installs; a
+//! writer store opened without one changes nothing
+//! ([`Error::NoShareWriter`]). The store reads them (opening from the
+//! index, `index_state.rs`).
 //!
 //! ```text
 //! <share>/overlay-layers/layers.json        the shared images' layers, one record per line
@@ -90,11 +96,15 @@
 //!   images missing a layer (one warning each, naming the path); a writer
 //!   moves an entry it did not make that sits on a name it must write to a
 //!   dot-prefixed `.storectl-trash/`. The library never prints.
+//! * **Sharing's writer side is not here.** This crate depends on the layer
+//!   driver only (cli → remote → storage → overlay); what a writer keeps on
+//!   its share for other programs is behind [`ShareHook`].
 //!
 //! ## Using it
 //!
 //! ```no_run
 //! use storectl_storage::{LoadOptions, NoopReporter, Store, StoreOptions};
+//! // A local root (a writer root: `storectl_remote::open_store`).
 //! let store = Store::open(StoreOptions::new("/var/lib/storectl"))?;
 //! let image = store.load("busybox-oci:latest", &LoadOptions::default(), &NoopReporter)?;
 //! let path = store.mount_image(&image)?;
@@ -112,7 +122,7 @@ pub mod grace;
 pub mod import;
 mod index_state;
 mod layer_tar;
-mod links;
+pub mod links;
 pub mod lock;
 pub mod meta;
 #[cfg(feature = "metrics")]
@@ -121,16 +131,17 @@ pub mod progress;
 #[cfg(test)]
 mod proptests;
 pub mod reference;
-mod share_index;
+pub mod share_hook;
 mod store;
 pub mod usage;
 
 pub use config::{Layout, Role, RootConfig};
 pub use container::Container;
-pub use error::{Error, Result};
+pub use error::{Error, IoContext, Result};
 pub use lock::{LockHolder, LockNotice, LockWait};
 pub use meta::{Image, Layer};
 pub use progress::{EventKind, NoopReporter, ProgressEvent, Reporter};
+pub use share_hook::{IndexLines, MakeShareHook, ShareHook};
 pub use store::{
     list_id_entries, list_ids, ContainerOptions, ContainerUsage, DiskUsage, FsUsage, GcReport,
     ImageUsage, LayerCheck, LoadOptions, Removed, SharedDelta, State, Store, StoreOptions,

@@ -3,12 +3,13 @@
 //! `overlay/l/<short> -> ../<id>/diff`, so that a program reading the
 //! containers/storage layout (`<root>/overlay/<id>/diff`) finds shared layers.
 //!
-//! The writer makes them as it publishes; a reader's refresher keeps them in
-//! its own root in step with the share ([`crate::Store::apply_shared`],
-//! [`crate::Store::repair_shared_links`]). Everything here writes only under
-//! the root's own directories, never under `RO/` (the share), and never
-//! follows a symlink found on the share: a layer's `link` file is read beneath
-//! its directory with `O_NOFOLLOW`.
+//! The writer makes them as it publishes (the share's writer in
+//! storectl-remote repairs them after a crash); a reader's refresher keeps
+//! them in its own root in step with the share ([`crate::Store::apply_shared`],
+//! [`crate::Store::repair_shared_links`]). On a reader, everything here
+//! writes only under the root's own directories, never under `RO/` (the
+//! share), and never follows a symlink found on the share: a layer's `link`
+//! file is read beneath its directory with `O_NOFOLLOW`.
 //!
 //! A name held by anything but one of these symlinks (a local layer's or
 //! image's directory, a local layer's short name) is never touched: local
@@ -23,12 +24,12 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 /// The directory that holds the shared entries, as a link target: `RO/<id>`.
-pub(crate) fn id_target(id: &str) -> PathBuf {
+pub fn id_target(id: &str) -> PathBuf {
     Path::new("RO").join(id)
 }
 
 /// The target of a layer's short name: `../<id>/diff`.
-pub(crate) fn short_target(id: &str) -> PathBuf {
+pub fn short_target(id: &str) -> PathBuf {
     Path::new("..").join(id).join("diff")
 }
 
@@ -49,7 +50,7 @@ pub(crate) fn is_short_name(s: &str) -> bool {
 
 /// What a link operation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub enum Outcome {
     /// Made (or, for a removal, removed).
     Done,
     /// Already as wanted.
@@ -70,7 +71,7 @@ fn link_target(path: &Path) -> Option<PathBuf> {
 /// Make `path` a symlink to `target`. A symlink with another target is
 /// replaced (atomically) only when `replace` is set; anything else there is
 /// left alone.
-pub(crate) fn add_link(path: &Path, target: &Path, replace: bool) -> io::Result<Outcome> {
+pub fn add_link(path: &Path, target: &Path, replace: bool) -> io::Result<Outcome> {
     match std::os::unix::fs::symlink(target, path) {
         Ok(()) => return Ok(Outcome::Done),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -92,7 +93,7 @@ pub(crate) fn add_link(path: &Path, target: &Path, replace: bool) -> io::Result<
 }
 
 /// Remove `path` if it is a symlink to `target` (else leave it).
-pub(crate) fn remove_link(path: &Path, target: &Path) -> io::Result<Outcome> {
+pub fn remove_link(path: &Path, target: &Path) -> io::Result<Outcome> {
     match link_target(path) {
         Some(t) if t == target => match std::fs::remove_file(path) {
             Ok(()) => Ok(Outcome::Done),
@@ -108,13 +109,13 @@ pub(crate) fn remove_link(path: &Path, target: &Path) -> io::Result<Outcome> {
 /// The short name in `<overlay_ro>/<id>/link`, read without following a
 /// symlink on the share (the entry and the file are opened `O_NOFOLLOW`; the
 /// file must be a regular file, at most 64 bytes are read), validated.
-pub(crate) fn read_short_name(overlay_ro: &Path, id: &str) -> Option<String> {
+pub fn read_short_name(overlay_ro: &Path, id: &str) -> Option<String> {
     read_short_name_at(&open_overlay_ro(overlay_ro)?, id)
 }
 
 /// The symlinks in `l_dir`: (short name, the layer id its target names, if it
 /// has the `../<id>/diff` form). A missing `l_dir` has none.
-pub(crate) fn short_links(l_dir: &Path) -> io::Result<Vec<(String, Option<String>)>> {
+pub fn short_links(l_dir: &Path) -> io::Result<Vec<(String, Option<String>)>> {
     match LinkDir::open(l_dir) {
         Ok(l) => l.short_links(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -241,7 +242,7 @@ pub(crate) fn open_overlay_ro(overlay_ro: &Path) -> Option<OwnedFd> {
 }
 
 /// Is `path` a real directory (not a symlink)?
-pub(crate) fn is_real_dir(path: &Path) -> bool {
+pub fn is_real_dir(path: &Path) -> bool {
     rustix::fs::statat(rustix::fs::CWD, path, AtFlags::SYMLINK_NOFOLLOW)
         .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
 }

@@ -21,8 +21,9 @@
 //! * `store/removals.rs` — removing an image (`rmi`), taking back a failed
 //!   import's layers, and the writer's grace period for removed shared
 //!   layers, `gc`;
-//! * `store/share_writer.rs` — the writer side of sharing: containers/storage's
-//!   index on the share;
+//! * the writer side of sharing (containers/storage's index on the share)
+//!   is not here: the store calls a [`ShareHook`] (`share_hook.rs`) that
+//!   storectl-remote implements;
 //! * `store/links.rs` — a reader's legacy links of shared entries;
 //! * `store/usage.rs` — disk usage (`df`), kept incrementally.
 
@@ -40,13 +41,15 @@ use sha2::{Digest as _, Sha256};
 use storectl_overlay::{apply_tar, ApplyOptions, Driver, StagedLayer};
 
 use crate::config::{Layout, Role, RootConfig};
+use crate::csindex;
 use crate::digest::{chain_ids, is_hex64, sha256_digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, sync_dir, unique_suffix, write_atomic, write_synced};
+use crate::fsutil::{self, create_dir, sync_dir, unique_suffix, write_atomic, write_synced};
 use crate::import::{self, spec, SourceImage, SourceLayer};
 use crate::lock::{LockWait, WriterLock};
 use crate::meta::{self, Image, Layer, CONFIG, MANIFEST};
 use crate::progress::{EventKind, ProgressEvent, ProgressReader, Reporter, DEFAULT_INTERVAL};
+use crate::share_hook::{IndexLines, MakeShareHook, ShareHook};
 
 mod containers;
 mod images;
@@ -54,7 +57,6 @@ mod layers;
 mod links;
 mod pipeline;
 mod removals;
-mod share_writer;
 mod shared;
 mod state;
 mod sweep;
@@ -72,9 +74,9 @@ use links::LinkUpkeep;
 use state::{insert_batch, keep_shared, local_claims, shared_claims};
 
 #[cfg(test)]
-mod test_support;
+mod reload_tests;
 #[cfg(test)]
-mod writer_tests;
+mod test_support;
 
 /// How to open a store.
 #[derive(Debug, Clone)]
@@ -86,6 +88,10 @@ pub struct StoreOptions {
     /// How a mutation waits for another writer's lock (default: forever,
     /// as podman does; see [`LockWait`]).
     pub lock_wait: LockWait,
+    /// On a writer root: makes the writer side of sharing
+    /// ([`crate::share_hook`]; storectl-remote's `open_store` sets it).
+    /// Without it a writer store refuses changes.
+    pub share_hook: Option<MakeShareHook>,
 }
 
 impl StoreOptions {
@@ -94,6 +100,7 @@ impl StoreOptions {
             root: root.into(),
             config: None,
             lock_wait: LockWait::default(),
+            share_hook: None,
         }
     }
 }
@@ -102,11 +109,8 @@ impl StoreOptions {
 /// ([`Store::state_from_index`]).
 struct FromIndex {
     state: State,
-    /// Each record's line in the files, by id (for the index cache).
-    layer_lines: Vec<(String, crate::share_index::Line)>,
-    image_lines: Vec<(String, crate::share_index::Line)>,
-    /// Of `layers.json` and `images.json`.
-    sizes: (u64, u64),
+    /// The files' lines (for the share hook).
+    lines: IndexLines,
     /// The `generation` text the index is for.
     generation: String,
 }
@@ -130,15 +134,11 @@ pub struct Store {
     synced_generation: parking_lot::Mutex<Option<String>>,
     /// Warnings about skipped entries already given (each is given once).
     warned: parking_lot::Mutex<BTreeSet<String>>,
-    /// A writer's lines of containers/storage's index on its share.
-    index: parking_lot::Mutex<crate::share_index::IndexCache>,
+    /// On a writer: the writer side of sharing ([`crate::share_hook`]).
+    share_hook: Option<Box<dyn ShareHook>>,
 }
 
 const MOUNTS: &str = "mounts";
-/// Where entries storectl did not make go when they sit on a name it must
-/// write (in the share, or the root): dot-prefixed, so no reader lists it,
-/// and not debris, so nothing deletes it unasked.
-const TRASH: &str = ".storectl-trash";
 /// The most layers an image may have: what overlayfs can stack (its
 /// `OVL_MAX_STACK`). A deeper image could never be mounted; it is refused
 /// at load, before anything is written.
@@ -211,22 +211,6 @@ fn removal_hint(path: &Path) -> String {
     )
 }
 
-fn create_dir(path: &Path) -> Result<()> {
-    match fs::create_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) => Err(match e.kind() {
-            std::io::ErrorKind::PermissionDenied
-            | std::io::ErrorKind::ReadOnlyFilesystem
-            | std::io::ErrorKind::AlreadyExists
-            | std::io::ErrorKind::NotADirectory => Error::ReadOnlyStore {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            },
-            _ => Error::io(path, e),
-        }),
-    }
-}
-
 impl Store {
     /// Open the store at `opts.root`, creating its directories when it can.
     /// A root that cannot be written opens read-only (mutations then fail
@@ -256,6 +240,10 @@ impl Store {
             });
         let driver = Driver::open(&layout.overlay(), read_only.is_none())?
             .with_xattr_mode(layout.config.overlay_xattrs);
+        let share_hook = match (layout.role(), &layout.config.shared, &read_only) {
+            (Role::Writer, Some(_), None) => opts.share_hook.map(|make| make(&layout)),
+            _ => None,
+        };
         let store = Store {
             root,
             layout,
@@ -267,7 +255,7 @@ impl Store {
             warned_names: Default::default(),
             synced_generation: parking_lot::Mutex::new(None),
             warned: parking_lot::Mutex::new(BTreeSet::new()),
-            index: Default::default(),
+            share_hook,
         };
         let released = crate::lock::last_released(&store.layout.writer_lock());
         match store.state_from_index(released) {
@@ -353,6 +341,20 @@ impl Store {
     /// Does this root publish image layers and images to a share?
     fn publishes_shared(&self) -> bool {
         self.layout.role() == Role::Writer
+    }
+
+    /// The share this store writes: a writer's, when it can write.
+    fn writes_share(&self) -> Option<&Path> {
+        match (self.layout.role(), &self.layout.config.shared) {
+            (Role::Writer, Some(share)) if self.read_only.is_none() => Some(share),
+            _ => None,
+        }
+    }
+
+    /// The writer side of sharing this store calls ([`crate::share_hook`]),
+    /// if it has one.
+    pub fn share_hook(&self) -> Option<&dyn ShareHook> {
+        self.share_hook.as_deref()
     }
 
     /// Where `mount` puts image `id`.
@@ -447,10 +449,12 @@ impl Store {
             None
         };
         let generation = self.read_generation();
-        let stamp = crate::share_index::read_stamp(share);
-        let read = |path: &Path| fsutil::read_small_file(path, crate::csindex::MAX_INDEX).ok();
-        let layers = read(&crate::share_index::layers_index(share));
-        let images = read(&crate::share_index::images_index(share));
+        let stamp = fsutil::read_small_file(&share.join(csindex::STAMP), csindex::MAX_STAMP)
+            .ok()
+            .and_then(|b| csindex::parse_stamp(&b).ok());
+        let read = |path: &Path| fsutil::read_small_file(path, csindex::MAX_INDEX).ok();
+        let layers = read(&csindex::layers_index(share));
+        let images = read(&csindex::images_index(share));
         let size = |b: &Option<Vec<u8>>| b.as_ref().map(|b| b.len() as u64);
         let sizes = (size(&layers), size(&images));
         if let Err(why) =
@@ -472,9 +476,9 @@ impl Store {
         }
         let line = |file: &std::sync::Arc<Vec<u8>>, raw: &[u8]| {
             let start = raw.as_ptr() as usize - file.as_ptr() as usize;
-            crate::share_index::Line::In(std::sync::Arc::clone(file), start..start + raw.len())
+            csindex::Line::In(std::sync::Arc::clone(file), start..start + raw.len())
         };
-        let keep_lines = self.index_share().is_some();
+        let keep_lines = self.share_hook.is_some();
         let mut layer_lines = Vec::new();
         let mut image_lines = Vec::new();
         let mut shared_layers: Vec<Layer> = Vec::with_capacity(records.layers.len());
@@ -536,9 +540,11 @@ impl Store {
         );
         Some(FromIndex {
             state,
-            layer_lines,
-            image_lines,
-            sizes: (layers.len() as u64, images.len() as u64),
+            lines: IndexLines {
+                layers: layer_lines,
+                images: image_lines,
+                sizes: (layers.len() as u64, images.len() as u64),
+            },
             generation,
         })
     }
@@ -572,14 +578,12 @@ impl Store {
     }
 
     /// Make what [`Store::state_from_index`] read the store's state, and
-    /// the lines it read what the writer's index cache knows.
+    /// the lines it read what the share hook knows.
     fn install_from_index(&self, opened: FromIndex) {
         *self.state.write() = opened.state;
         *self.synced_generation.lock() = Some(opened.generation);
-        let mut cache = self.index.lock();
-        cache.invalidate();
-        if self.index_share().is_some() {
-            cache.seed(opened.layer_lines, opened.image_lines, opened.sizes);
+        if let Some(hook) = &self.share_hook {
+            hook.read_from_index(opened.lines);
         }
     }
 
@@ -744,7 +748,7 @@ impl Store {
     pub fn reload(&self) -> Result<()> {
         let mut state = self.read_state()?;
         #[cfg(test)]
-        writer_tests::after_disk_read();
+        reload_tests::after_disk_read();
         let mut current = self.state.write();
         if self.layout.role() == Role::Reader {
             keep_shared(&mut state, &current);
@@ -752,40 +756,4 @@ impl Store {
         *current = state;
         Ok(())
     }
-}
-
-/// `Ok` for a file that was already gone.
-fn allow_missing(r: std::io::Result<()>) -> std::io::Result<()> {
-    match r {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        r => r,
-    }
-}
-
-/// In image directory `dir`: containers/storage's file name of each
-/// big-data item of `image` that is not ours (the config as `=<base64 of
-/// sha256:<id>>`, the manifest as `=<base64 of manifest-<digest>>`), a
-/// hardlink of our `config` or `manifest`. `replace` = even if a file of
-/// that name is there (a staging dir: never).
-fn link_big_data(dir: &Path, image: &Image, replace: bool) -> Result<()> {
-    for (key, ours, _, _) in crate::csindex::big_data_items(image) {
-        let name = crate::csindex::big_data_file_name(&key);
-        if name == ours {
-            continue;
-        }
-        let dest = dir.join(&name);
-        if fs::symlink_metadata(&dest).is_ok() {
-            if !replace {
-                continue;
-            }
-            fs::remove_file(&dest).at(&dest)?;
-        }
-        let src = dir.join(ours);
-        match fs::hard_link(&src, &dest) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !replace => {}
-            Err(e) => return Err(Error::io(&dest, e)),
-        }
-    }
-    Ok(())
 }

@@ -100,7 +100,9 @@ impl Store {
     pub(super) fn write_image_record(&self, image: &Image) -> Result<()> {
         let json = serde_json::to_vec_pretty(image).expect("an image record serializes");
         write_atomic(&self.image_dir(&image.id), IMAGES_JSON, &json)?;
-        self.index.lock().mark_image(&image.id);
+        if let Some(hook) = &self.share_hook {
+            hook.image_changed(&image.id);
+        }
         self.state
             .write()
             .images

@@ -38,21 +38,8 @@ impl Store {
                 return Ok(());
             }
         }
-        if shared && self.index_share().is_some() {
-            // containers/storage's names of it on the share (the index no
-            // longer lists it).
-            let split = self.layout.layers_ro().join(format!("{id}.tar-split.gz"));
-            match fs::remove_file(&split) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::io(&split, e))
-                }
-                _ => {}
-            }
-            let overlay_ro = self.layout.overlay_ro();
-            if let Some(short) = crate::links::read_short_name(&overlay_ro, id) {
-                let path = overlay_ro.join("l").join(short);
-                crate::links::remove_link(&path, &crate::links::short_target(id)).at(&path)?;
-            }
+        if let Some(hook) = self.share_hook.as_ref().filter(|_| shared) {
+            hook.removing_layer(id)?;
         }
         let record = self.layer_dir_of(id, shared);
         if record.exists() {

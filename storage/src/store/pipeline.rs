@@ -537,12 +537,8 @@ impl Store {
         sync_dir(&staging)?;
         let dest = parent_dir.join(&id);
         fs::rename(&staging, &dest).at(&dest)?;
-        if self.index_share().is_some() {
-            // What containers/storage reads beside the index: the
-            // tar-split under its name, the short name on the share.
-            self.link_share_tar_split(&id, true)?;
-            self.link_share_short_name(&id)?;
-            sync_dir(&self.layout.overlay_ro().join("l"))?;
+        if let Some(hook) = &self.share_hook {
+            hook.layer_published(&id)?;
         }
         sync_dir(&parent_dir)?;
         if shared {
@@ -565,29 +561,11 @@ impl Store {
     /// it must write) into a dot-prefixed trash dir — the share's when
     /// `on_share`, else the root's — with a warning saying where it went.
     pub(super) fn move_aside(&self, path: &Path, on_share: bool, what: &str) -> Result<()> {
-        if fs::symlink_metadata(path).is_err() {
-            return Ok(());
-        }
         let base = match (&self.layout.config.shared, on_share) {
-            (Some(share), true) => share.clone(),
-            _ => self.root.clone(),
+            (Some(share), true) => share,
+            _ => &self.root,
         };
-        let trash = base.join(TRASH);
-        fs::create_dir_all(&trash).at(&trash)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let dest = trash.join(format!("{name}.{}", unique_suffix()));
-        fs::rename(path, &dest).at(path)?;
-        tracing::warn!(
-            "{} was in the way of {what} (not made by storectl): moved to {}; \
-             delete it when done looking (rm -rf {})",
-            path.display(),
-            dest.display(),
-            dest.display()
-        );
-        Ok(())
+        fsutil::move_to_trash(base, path, what)
     }
 
     /// Publish an image dir whole: stage `images.json`, `manifest`, `config`,
@@ -622,8 +600,8 @@ impl Store {
         write_synced(&staging.join(IMAGES_JSON), &json)?;
         write_synced(&staging.join(MANIFEST), manifest)?;
         write_synced(&staging.join(CONFIG), config)?;
-        if self.index_share().is_some() {
-            link_big_data(&staging, image, true)?;
+        if let Some(hook) = &self.share_hook {
+            hook.image_staged(image, &staging)?;
         }
         sync_dir(&staging)?;
         let dest = dir.join(&image.id);

@@ -72,7 +72,7 @@ impl Store {
 
     /// Replace the share's removals file (writer lock held).
     pub(super) fn write_removals(&self, r: &Removals) -> Result<()> {
-        let Some(share) = self.index_share() else {
+        let Some(share) = self.writes_share() else {
             return Ok(());
         };
         write_atomic(share, REMOVED_FILE, &grace::render(r))
@@ -81,7 +81,7 @@ impl Store {
     /// Does this writer keep removed shared layers for a grace period?
     /// (A grace of 0 deletes them at once, as before.)
     pub(super) fn keeps_removed_layers(&self) -> bool {
-        self.index_share().is_some() && self.removed_layers_grace().is_some_and(|g| g > 0)
+        self.writes_share().is_some() && self.removed_layers_grace().is_some_and(|g| g > 0)
     }
 
     /// Delete the removed shared layers whose grace period is over at
@@ -91,7 +91,7 @@ impl Store {
     /// `generation` moves) before their directories go. Writer lock held.
     pub(super) fn collect_expired(&self, now: i64, grace: Option<u64>) -> Result<GcReport> {
         let mut report = GcReport::default();
-        if self.index_share().is_none() {
+        if self.writes_share().is_none() {
             return Ok(report);
         }
         let mut removals = self.removals();
@@ -190,8 +190,9 @@ impl Store {
                 .map(|id| (id, state.layers.get(id).is_some_and(|l| l.shared)))
                 .collect()
         };
-        if self.index_share().is_some() && !doomed.is_empty() {
-            // Out of containers/storage's index before their directories go.
+        if self.share_hook.is_some() && !doomed.is_empty() {
+            // Out of what the share hook keeps (containers/storage's index)
+            // before their directories go.
             let mut state = self.state.write();
             for (id, _) in &doomed {
                 state.layers.remove(*id);
@@ -303,10 +304,10 @@ impl Store {
                 self.write_removals(&removals)?;
             }
         }
-        if self.index_share().is_some() {
-            // containers/storage's index forgets the image and the layers
-            // only it used (images.json first), and `generation` moves on,
-            // before their directories go.
+        if self.share_hook.is_some() {
+            // What the share hook keeps (containers/storage's index) forgets
+            // the image and the layers only it used, and `generation` moves
+            // on, before their directories go.
             let mut state = self.state.write();
             state.images.remove(&image.id);
             for (id, shared) in chain.iter().take_while(|(id, _)| !used.contains(id)) {

@@ -1,7 +1,7 @@
 //! The sweep after a crashed writer: the debris of interrupted writers
 //! (`.staging-*`, `.trash-*`, `.tmp-*`), layers no image uses, overlay dirs
-//! without a record, and the writer's legacy links a crash left dangling
-//! or missing.
+//! without a record; on a writer, with the share hook's turns
+//! ([`crate::share_hook::ShareHook::sweeping`], `swept`).
 
 use super::*;
 
@@ -71,17 +71,17 @@ impl Store {
             std::cmp::Reverse(state.chain(id).map(|c| c.len()).unwrap_or(0))
         });
         let mut changed = false;
-        // A writer's index on the share is rebuilt in every sweep, without
-        // the layers about to go: containers/storage stops listing them
-        // before their directories are touched.
-        if self.index_share().is_some() {
+        // A writer's share hook has its turn in every sweep, without the
+        // layers about to go (containers/storage's index is rebuilt: it
+        // stops listing them before their directories are touched).
+        if let Some(hook) = &self.share_hook {
             {
                 let mut st = self.state.write();
                 for (id, _) in &gone {
                     st.layers.remove(id);
                 }
             }
-            self.rebuild_index()?;
+            hook.sweeping(self, &self.hook_generation()?)?;
         }
         // Entries nobody made as we do can refuse to go: each is skipped
         // with a warning, never a reason to refuse the mutation.
@@ -121,8 +121,8 @@ impl Store {
                 }
             }
         }
-        if writer {
-            self.repair_legacy_links()?;
+        if let Some(hook) = &self.share_hook {
+            hook.swept(self)?;
         }
         // A crash while rewriting an image record leaves `.tmp-*` inside it.
         // (A reader's shared images are on the share, which it never writes.)
@@ -135,56 +135,6 @@ impl Store {
         if changed {
             self.reload()?;
             self.bump_generation()?;
-        }
-        Ok(())
-    }
-
-    /// The writer's legacy names (`<id> -> RO/<id>` in `overlay/`,
-    /// `overlay-layers/`, `overlay-images/`, and `overlay/l/<short>`): drop
-    /// those whose target is gone, create those a crash left missing — for
-    /// the shared layers and images this store knows, never for entries on
-    /// the share it did not take (junk).
-    pub(super) fn repair_legacy_links(&self) -> Result<()> {
-        let state = self.state();
-        let layers: Vec<&str> = state
-            .layers
-            .values()
-            .filter(|l| l.shared)
-            .map(|l| l.id.as_str())
-            .collect();
-        let images: Vec<&str> = state
-            .images
-            .values()
-            .filter(|i| i.shared)
-            .map(|i| i.id.as_str())
-            .collect();
-        let dirs = [
-            (self.layout.overlay(), &layers),
-            (self.layers_dir(), &layers),
-            (self.images_dir(), &images),
-        ];
-        for (dir, ids) in dirs {
-            for (id, symlink) in list_id_entries(&dir)? {
-                let link = dir.join(&id);
-                if symlink && !link.exists() {
-                    fs::remove_file(&link).at(&link)?;
-                }
-            }
-            for id in ids.iter() {
-                let link = dir.join(id);
-                if fs::symlink_metadata(&link).is_err() {
-                    tracing::info!("restoring the link {}", link.display());
-                    std::os::unix::fs::symlink(format!("{RO}/{id}"), &link).at(&link)?;
-                }
-            }
-        }
-        for id in layers {
-            let Ok(short) = self.driver.short_link_path(id) else {
-                continue;
-            };
-            if fs::symlink_metadata(&short).is_err() {
-                std::os::unix::fs::symlink(format!("../{id}/diff"), &short).at(&short)?;
-            }
         }
         Ok(())
     }
@@ -325,34 +275,5 @@ mod tests {
             vec![a],
             "no trash on the share"
         );
-    }
-
-    /// A writer's legacy names of its shared entries: dangling ones go,
-    /// missing ones come back.
-    #[test]
-    fn a_writer_restores_its_legacy_links_and_drops_dangling_ones() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = writer(tmp.path());
-        let image = load(&store, tmp.path(), "localhost/w:1", &[("w", "w\n")]);
-        let top = image.layer.clone().unwrap();
-        let short = store.driver.short_link_path(&top).unwrap();
-        let links = [
-            store.layout.overlay().join(&top),
-            store.layers_dir().join(&top),
-            store.images_dir().join(&image.id),
-        ];
-        for link in links.iter().chain([&short]) {
-            fs::remove_file(link).unwrap();
-        }
-        let dangling = store.layers_dir().join(id("gone"));
-        std::os::unix::fs::symlink(id_target(&id("gone")), &dangling).unwrap();
-        store.repair_legacy_links().unwrap();
-        assert_eq!(fs::read_link(&links[0]).unwrap(), id_target(&top));
-        assert_eq!(fs::read_link(&links[1]).unwrap(), id_target(&top));
-        assert_eq!(fs::read_link(&links[2]).unwrap(), id_target(&image.id));
-        let diff = fs::read_link(&short).unwrap();
-        assert_eq!(diff, Path::new("..").join(&top).join("diff"));
-        assert!(fs::symlink_metadata(&dangling).is_err());
-        assert!(store.layout.overlay().join(&top).join("diff/w").is_file());
     }
 }

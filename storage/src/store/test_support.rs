@@ -51,7 +51,7 @@ fn wire(root: &Path, share: &Path) {
     }
 }
 
-fn open(root: PathBuf, role: Role, share: &Path) -> Store {
+fn open(root: PathBuf, role: Role, share: &Path, hook: Option<MakeShareHook>) -> Store {
     wire(&root, share);
     Store::open(StoreOptions {
         config: Some(RootConfig {
@@ -59,19 +59,99 @@ fn open(root: PathBuf, role: Role, share: &Path) -> Store {
             shared: Some(share.to_path_buf()),
             ..RootConfig::default()
         }),
+        share_hook: hook,
         ..StoreOptions::new(root)
     })
     .unwrap()
 }
 
-/// A writer root `tmp/root` on share `tmp/share`.
+/// A writer root `tmp/root` on share `tmp/share`, with a share hook that
+/// records its calls ([`Recorder`]; storectl-remote's writer, which keeps
+/// containers/storage's index, is tested there).
 pub(super) fn writer(tmp: &Path) -> Store {
-    open(tmp.join("root"), Role::Writer, &tmp.join("share"))
+    open(
+        tmp.join("root"),
+        Role::Writer,
+        &tmp.join("share"),
+        Some(Recorder::make),
+    )
+}
+
+/// [`writer`] without a share hook.
+pub(super) fn writer_without_hook(tmp: &Path) -> Store {
+    open(tmp.join("root"), Role::Writer, &tmp.join("share"), None)
 }
 
 /// A reader root `tmp/reader` of share `tmp/share`.
 pub(super) fn reader(tmp: &Path) -> Store {
-    open(tmp.join("reader"), Role::Reader, &tmp.join("share"))
+    open(tmp.join("reader"), Role::Reader, &tmp.join("share"), None)
+}
+
+/// A share hook that does nothing but note each call, as
+/// `method(argument)` (ids shortened to 8 characters).
+#[derive(Debug, Default)]
+pub(super) struct Recorder(parking_lot::Mutex<Vec<String>>);
+
+impl Recorder {
+    fn make(_: &Layout) -> Box<dyn ShareHook> {
+        Box::<Recorder>::default()
+    }
+
+    fn note(&self, call: &str, arg: &str) {
+        let arg: String = arg.chars().take(8).collect();
+        self.0.lock().push(format!("{call}({arg})"));
+    }
+
+    /// The calls `store`'s recorder noted since the last time, taken.
+    pub(super) fn take(store: &Store) -> Vec<String> {
+        let hook = store.share_hook().expect("a writer with a recorder");
+        let recorder = hook.as_any().downcast_ref::<Recorder>().unwrap();
+        std::mem::take(&mut *recorder.0.lock())
+    }
+}
+
+impl ShareHook for Recorder {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn read_from_index(&self, _: IndexLines) {
+        self.note("read_from_index", "");
+    }
+    fn read_from_records(&self) {
+        self.note("read_from_records", "");
+    }
+    fn before_mutation(&self, _: &Store, _: &str) -> Result<()> {
+        self.note("before_mutation", "");
+        Ok(())
+    }
+    fn sweeping(&self, _: &Store, _: &str) -> Result<()> {
+        self.note("sweeping", "");
+        Ok(())
+    }
+    fn swept(&self, _: &Store) -> Result<()> {
+        self.note("swept", "");
+        Ok(())
+    }
+    fn layer_published(&self, id: &str) -> Result<()> {
+        self.note("layer_published", id);
+        Ok(())
+    }
+    fn image_staged(&self, image: &Image, staging: &Path) -> Result<()> {
+        assert!(staging.join(IMAGES_JSON).is_file(), "staged whole");
+        self.note("image_staged", &image.id);
+        Ok(())
+    }
+    fn image_changed(&self, id: &str) {
+        self.note("image_changed", id);
+    }
+    fn removing_layer(&self, id: &str) -> Result<()> {
+        self.note("removing_layer", id);
+        Ok(())
+    }
+    fn before_generation(&self, _: &State, _: &str) -> Result<()> {
+        self.note("before_generation", "");
+        Ok(())
+    }
 }
 
 /// Load an image named `name` (`localhost/…`) whose layers hold one file

@@ -1,6 +1,7 @@
 //! A mutation's start and end: the writer lock and making the in-memory
 //! state current before a change ([`Store::begin_write`]), and replacing
-//! `generation` after one ([`Store::bump_generation`]).
+//! `generation` after one ([`Store::bump_generation`]) — on a writer, with
+//! the share hook's turn at both ([`crate::share_hook`]).
 
 use super::*;
 
@@ -18,11 +19,20 @@ impl Store {
     ///
     /// A reader's local store has no `generation` of its own: it sweeps its
     /// local dirs and reloads every time (it never writes to the share).
+    ///
+    /// A writer store without its share hook changes nothing
+    /// ([`Error::NoShareWriter`]).
     pub(super) fn begin_write(&self) -> Result<WriterLock> {
         if let Some(reason) = &self.read_only {
             return Err(Error::ReadOnlyStore {
                 path: self.root.clone(),
                 reason: reason.clone(),
+            });
+        }
+        if let (Some(share), None) = (self.writes_share(), &self.share_hook) {
+            return Err(Error::NoShareWriter {
+                root: self.root.clone(),
+                share: share.to_path_buf(),
             });
         }
         let lock = WriterLock::acquire_waiting(&self.layout.writer_lock(), &self.lock_wait)?;
@@ -31,7 +41,7 @@ impl Store {
         let current =
             !reader && generation.is_some() && *self.synced_generation.lock() == generation;
         if lock.previous_released() && current {
-            self.ensure_index()?;
+            self.before_mutation()?;
             return Ok(lock);
         }
         if !lock.previous_released() || reader {
@@ -40,7 +50,7 @@ impl Store {
         // Another process changed the share (or this is the first
         // mutation): re-read it — from the index when that process let go
         // normally and left it current, else from the records — and what
-        // this one knew of the index is void.
+        // the share hook knew is void.
         let from_index = match lock.previous_released() && !reader {
             true => self.state_from_index(true),
             false => None,
@@ -49,7 +59,9 @@ impl Store {
             Some(opened) => self.install_from_index(opened),
             None => {
                 self.reload()?;
-                self.index.lock().invalidate();
+                if let Some(hook) = &self.share_hook {
+                    hook.read_from_records();
+                }
                 *self.synced_generation.lock() = self.read_generation();
             }
         }
@@ -57,8 +69,26 @@ impl Store {
             self.remove_orphans()?;
         }
         *self.synced_generation.lock() = self.read_generation();
-        self.ensure_index()?;
+        self.before_mutation()?;
         Ok(lock)
+    }
+
+    /// On a writer: the share hook's turn before a change.
+    fn before_mutation(&self) -> Result<()> {
+        let Some(hook) = &self.share_hook else {
+            return Ok(());
+        };
+        hook.before_mutation(self, &self.hook_generation()?)
+    }
+
+    /// The `generation` text the state matches, for the share hook: on a
+    /// new share, which has none, the first is written now.
+    pub(super) fn hook_generation(&self) -> Result<String> {
+        if let Some(generation) = self.synced_generation.lock().clone() {
+            return Ok(generation);
+        }
+        self.bump_generation()?;
+        Ok(self.synced_generation.lock().clone().unwrap_or_default())
     }
 
     /// `generation`'s text (`None` when missing or unreadable).
@@ -82,45 +112,10 @@ impl Store {
             .and_then(|s| s.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
         let text = format!("{} {}\n", current + 1, unique_suffix());
-        // containers/storage's index first (the per-id directories are
-        // published already), then the stamp naming this generation.
-        if let Some(share) = self.index_share() {
-            let mut cache = self.index.lock();
-            if cache.is_ready() {
-                let started = std::time::Instant::now();
-                let synced = cache.sync(share, &self.state.read()).inspect_err(|_| {
-                    // Unknown now: the next mutation rebuilds it (moving
-                    // junk that was in the way aside).
-                    cache.invalidate();
-                });
-                let synced = synced?;
-                tracing::debug!(
-                    "containers/storage index: {} records serialized, layers.json {} \
-                     ({} bytes), images.json {} ({} bytes), in {:?}",
-                    synced.serialized,
-                    if synced.layers_written {
-                        "written"
-                    } else {
-                        "kept"
-                    },
-                    synced.layers_size,
-                    if synced.images_written {
-                        "written"
-                    } else {
-                        "kept"
-                    },
-                    synced.images_size,
-                    started.elapsed()
-                );
-                crate::share_index::write_stamp(
-                    share,
-                    &crate::csindex::Stamp {
-                        generation: text.clone(),
-                        layers_size: synced.layers_size,
-                        images_size: synced.images_size,
-                    },
-                )?;
-            }
+        // What the share hook keeps first (the per-id directories are
+        // published already), then `generation`.
+        if let Some(hook) = &self.share_hook {
+            hook.before_generation(&self.state.read(), &text)?;
         }
         write_atomic(&dir, "generation", text.as_bytes())?;
         // The in-memory state is this generation: the next mutation of this
@@ -148,7 +143,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{load, local, reader, writer};
+    use super::super::test_support::{load, local, reader, writer, writer_without_hook, Recorder};
     use super::*;
 
     /// `generation`'s counter (its first word).
@@ -245,5 +240,93 @@ mod tests {
         }
         assert!(reader.check_mutable(false, "image x").is_ok());
         assert!(writer(tmp.path()).check_mutable(true, "image x").is_ok());
+    }
+
+    /// A writer store opened without its share hook reads as any other,
+    /// and refuses every change before it touches anything.
+    #[test]
+    fn a_writer_without_its_share_hook_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let store = writer_without_hook(tmp.path());
+        assert!(store.share_hook().is_none() && store.images().is_empty());
+        match store.remove_image("localhost/x:1", false).unwrap_err() {
+            Error::NoShareWriter { share: named, .. } => assert_eq!(named, share),
+            e => panic!("{e}"),
+        }
+        assert!(matches!(store.gc(None), Err(Error::NoShareWriter { .. })));
+        assert!(
+            !store.layout.writer_lock().exists(),
+            "the lock was not taken"
+        );
+        assert!(!store.layout.generation().exists());
+        // Opened with it, the same root changes.
+        let store = writer(tmp.path());
+        load(&store, tmp.path(), "localhost/w:1", &[("w", "w\n")]);
+        assert_eq!(store.images().len(), 1);
+    }
+
+    /// A writer calls its share hook at each step of a change: before it
+    /// (after the sweep of a first write), as each shared layer and the
+    /// image are published, before every `generation`, and as removed
+    /// layers go — after `generation` moved on without them.
+    #[test]
+    fn a_writer_calls_its_share_hook_at_each_step() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = writer(tmp.path());
+        let image = load(
+            &store,
+            tmp.path(),
+            "localhost/h:1",
+            &[("b", "b\n"), ("t", "t\n")],
+        );
+        let top = image.layer.clone().unwrap();
+        let base = store.layer(&top).unwrap().parent.unwrap();
+        let short = |call: &str, id: &str| format!("{call}({})", &id[..8]);
+        let first_write = [
+            "read_from_records()",
+            "before_generation()", // the share's first generation
+            "sweeping()",
+            "swept()",
+            "before_mutation()",
+        ];
+        let publish = [
+            short("layer_published", &base),
+            "before_generation()".into(),
+            short("layer_published", &top),
+            "before_generation()".into(),
+            short("image_staged", &image.id),
+            "before_generation()".into(),
+        ];
+        let want: Vec<String> = first_write
+            .map(String::from)
+            .into_iter()
+            .chain(publish)
+            .collect();
+        assert_eq!(Recorder::take(&store), want);
+        store.tag(&image.id, "localhost/h:2").unwrap();
+        let tag = [
+            "before_mutation()".into(),
+            short("image_changed", &image.id),
+            "before_generation()".into(),
+        ];
+        assert_eq!(Recorder::take(&store), tag);
+        // Its layers wait out the share's grace period; gc ends it.
+        store.remove_image(&image.id, true).unwrap();
+        let rmi = [
+            "before_mutation()",
+            "before_generation()", // the image out of the state
+            "before_generation()", // its directory gone
+        ];
+        assert_eq!(Recorder::take(&store), rmi.map(String::from));
+        store.gc(Some(0)).unwrap();
+        let gc = [
+            "before_mutation()".into(),
+            "before_generation()".into(), // the layers out of the state
+            short("removing_layer", &top),
+            short("removing_layer", &base),
+            "before_generation()".into(),
+        ];
+        assert_eq!(Recorder::take(&store), gc);
     }
 }

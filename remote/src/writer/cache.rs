@@ -1,5 +1,5 @@
 //! The writer's upkeep of containers/storage's index on its share (format
-//! and contract: [`crate::csindex`], docs/sharing.md).
+//! and contract: [`storectl_storage::csindex`], docs/sharing.md).
 //!
 //! [`IndexCache`] keeps each shared record's line as it is in the files on
 //! the share. A sync diffs the in-memory [`State`] against it by id (a
@@ -14,45 +14,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::csindex::{self, Stamp};
-use crate::error::{IoContext, Result};
-use crate::fsutil::{self, write_atomic};
-use crate::store::State;
-
-/// One record's line, as in the file: its own bytes, or a range of a file
-/// read whole (a store opened from the index keeps the files' bytes
-/// instead of copying 40,000 lines out of them).
-#[derive(Debug, Clone)]
-pub(crate) enum Line {
-    Own(Box<[u8]>),
-    In(std::sync::Arc<Vec<u8>>, std::ops::Range<usize>),
-}
-
-impl std::ops::Deref for Line {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Line::Own(b) => b,
-            Line::In(file, range) => &file[range.clone()],
-        }
-    }
-}
-
-impl PartialEq for Line {
-    fn eq(&self, other: &Line) -> bool {
-        **self == **other
-    }
-}
-
-impl From<Vec<u8>> for Line {
-    fn from(v: Vec<u8>) -> Line {
-        Line::Own(v.into_boxed_slice())
-    }
-}
+use storectl_storage::csindex::{self, images_index, layers_index, Line, Stamp};
+use storectl_storage::fsutil::{self, write_atomic};
+use storectl_storage::{Image, IoContext, Layer, Result, State};
 
 /// What the writer knows of the index on its share.
 #[derive(Debug, Default)]
-pub(crate) struct IndexCache {
+pub(super) struct IndexCache {
     /// False until [`IndexCache::init`]: nothing is known.
     ready: bool,
     layers: BTreeMap<String, Line>,
@@ -72,7 +40,7 @@ type Render<'a> = Box<dyn Fn() -> Vec<u8> + Sync + 'a>;
 
 /// What a sync wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Synced {
+pub(super) struct Synced {
     pub layers_written: bool,
     pub images_written: bool,
     pub layers_size: u64,
@@ -82,7 +50,7 @@ pub(crate) struct Synced {
 }
 
 /// Every file of the index, relative to the share.
-pub(crate) const FILES: [&str; 6] = [
+pub(super) const FILES: [&str; 6] = [
     "overlay-layers/layers.json",
     "overlay-images/images.json",
     csindex::STAMP,
@@ -91,25 +59,16 @@ pub(crate) const FILES: [&str; 6] = [
     csindex::IMAGES_LOCK,
 ];
 
-/// Paths of the index files under `share`.
-pub(crate) fn layers_index(share: &Path) -> PathBuf {
-    share.join("overlay-layers").join(csindex::LAYERS_INDEX)
-}
-
-pub(crate) fn images_index(share: &Path) -> PathBuf {
-    share.join("overlay-images").join(csindex::IMAGES_INDEX)
-}
-
-fn shared_layers(state: &State) -> impl Iterator<Item = (&String, &crate::Layer)> {
+fn shared_layers(state: &State) -> impl Iterator<Item = (&String, &Layer)> {
     state.layers.iter().filter(|(_, l)| l.shared)
 }
 
-fn shared_images(state: &State) -> impl Iterator<Item = (&String, &crate::Image)> {
+fn shared_images(state: &State) -> impl Iterator<Item = (&String, &Image)> {
     state.images.iter().filter(|(_, i)| i.shared)
 }
 
 /// The shared layers of `image`'s chain (none when it is broken).
-fn chain_of<'a>(state: &'a State, image: &crate::Image) -> Vec<&'a crate::Layer> {
+fn chain_of<'a>(state: &'a State, image: &Image) -> Vec<&'a Layer> {
     let top = image.layer.as_deref().unwrap_or_default();
     let mut chain = state.chain(top).unwrap_or_default();
     chain.retain(|l| l.shared);
@@ -143,7 +102,7 @@ impl IndexCache {
         let none = BTreeSet::new();
         // The layers of the shared images' chains: a layer joins the index
         // with the first image that uses it.
-        let mut listed: BTreeMap<&String, &crate::Layer> = BTreeMap::new();
+        let mut listed: BTreeMap<&String, &Layer> = BTreeMap::new();
         for (_, image) in shared_images(state) {
             for l in chain_of(state, image) {
                 listed.entry(&l.id).or_insert(l);
@@ -193,7 +152,7 @@ impl IndexCache {
     }
 
     /// Take the index files as read when the store's state came from them
-    /// ([`crate::index_state`]): each record's line as it is in the file,
+    /// (`storectl_storage`'s `index_state`): each record's line as it is in the file,
     /// by id, and the files' sizes. Nothing is serialized. When the lines,
     /// rendered, are not exactly the files (another program's layout), the
     /// next sync rewrites both.
@@ -420,13 +379,13 @@ fn file_size(path: &Path) -> Option<u64> {
 }
 
 /// The stamp on `share`, if there is a valid one.
-pub(crate) fn read_stamp(share: &Path) -> Option<Stamp> {
+pub(super) fn read_stamp(share: &Path) -> Option<Stamp> {
     let bytes = fsutil::read_small_file(&share.join(csindex::STAMP), csindex::MAX_STAMP).ok()?;
     csindex::parse_stamp(&bytes).ok()
 }
 
 /// Write the stamp (atomically), then `storage.lock`'s token.
-pub(crate) fn write_stamp(share: &Path, stamp: &Stamp) -> Result<()> {
+pub(super) fn write_stamp(share: &Path, stamp: &Stamp) -> Result<()> {
     write_atomic(share, csindex::STAMP, &csindex::render_stamp(stamp))?;
     let lock = TokenLock::acquire(&share.join(csindex::STORAGE_LOCK))?;
     lock.record_write()
@@ -492,7 +451,7 @@ impl Drop for Staged {
 
 /// Make sure the three lock files exist (a read-only containers/storage
 /// store opens them with `O_CREAT`, which a read-only mount refuses).
-pub(crate) fn ensure_lock_files(share: &Path) -> Result<()> {
+pub(super) fn ensure_lock_files(share: &Path) -> Result<()> {
     for rel in [
         csindex::STORAGE_LOCK,
         csindex::LAYERS_LOCK,
@@ -568,7 +527,7 @@ impl TokenLock {
             .map_err(std::io::Error::from)
             .at(&self.path)?;
         if n != token.len() {
-            return Err(crate::Error::io(
+            return Err(storectl_storage::Error::io(
                 &self.path,
                 std::io::Error::other("short write of the change token"),
             ));
@@ -635,7 +594,24 @@ mod tests {
     }
 
     fn hex(n: usize, kind: &str) -> String {
-        crate::digest::sha256_digest(format!("{kind}{n}").as_bytes())[7..].to_string()
+        storectl_storage::digest::sha256_digest(format!("{kind}{n}").as_bytes())[7..].to_string()
+    }
+
+    /// A shared layer record `id` on `parent`.
+    fn layer(id: &str, parent: Option<&str>) -> Layer {
+        let json =
+            serde_json::json!({"id": id, "parent": parent, "diff-digest": format!("sha256:{id}")});
+        let mut l: Layer = serde_json::from_value(json).unwrap();
+        l.shared = true;
+        l
+    }
+
+    /// A shared image record `id` on `top`, named `names`.
+    fn image(id: &str, top: &str, names: &[&str]) -> Image {
+        let json = serde_json::json!({"id": id, "layer": top, "names": names});
+        let mut i: Image = serde_json::from_value(json).unwrap();
+        i.shared = true;
+        i
     }
 
     /// A writer's state: `n` images, each on a chain of 3 layers of its own.
@@ -645,16 +621,13 @@ mod tests {
             let mut parent: Option<String> = None;
             for j in 0..3 {
                 let id = hex(i * 3 + j, "layer");
-                let mut l = crate::csindex::tests::layer(&id, parent.as_deref());
-                l.shared = true;
+                let l = layer(&id, parent.as_deref());
                 st.layers.insert(id.clone(), l);
                 parent = Some(id);
             }
             let id = hex(i, "image");
             let name = format!("localhost/image{i}:latest");
-            let mut image =
-                crate::csindex::tests::image(&id, parent.as_deref().unwrap_or_default(), &[&name]);
-            image.shared = true;
+            let image = image(&id, parent.as_deref().unwrap_or_default(), &[&name]);
             st.images.insert(id, image);
         }
         st
@@ -722,8 +695,7 @@ mod tests {
         // A new layer: not listed until an image uses it.
         let new_layer = hex(1000, "layer");
         let top = st.images.values().next().unwrap().layer.clone();
-        let mut l = crate::csindex::tests::layer(&new_layer, top.as_deref());
-        l.shared = true;
+        let l = layer(&new_layer, top.as_deref());
         st.layers.insert(new_layer.clone(), l);
         let s = cache.sync(share, &st).unwrap();
         let wrote = |s: Synced| (s.layers_written, s.images_written, s.serialized);
@@ -732,8 +704,7 @@ mod tests {
 
         // A new image on it: both files, only it and its layer serialized.
         let new_image = hex(1000, "image");
-        let mut image = crate::csindex::tests::image(&new_image, &new_layer, &["new:1"]);
-        image.shared = true;
+        let image = image(&new_image, &new_layer, &["new:1"]);
         st.images.insert(new_image.clone(), image);
         let s = cache.sync(share, &st).unwrap();
         assert_eq!(wrote(s), (true, true, 2));
