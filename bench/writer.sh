@@ -10,7 +10,7 @@
 # every time, the medians and the ratio big/empty (target <= 1.20x), and the
 # same for `rmi`. Both shares are on the same filesystem (bench/out), warm.
 #
-# Then the same with one long-lived `Store` per writer (storage/examples/
+# Then the same with one long-lived `Store` per writer (remote/examples/
 # writer-bench.rs: the library, as `storectl serve` holds it): the cost of a
 # mutation itself, without each process's opening read of the store.
 #
@@ -51,7 +51,7 @@ else
     fi
 fi
 cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p storectl -p storectl-fixtures
-cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p storectl-storage --example writer-bench
+cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p storectl-remote --example writer-bench
 storectl="$target/release/storectl"
 fixture="$target/release/storectl-fixture"
 now() { date +%s.%N; }

@@ -1,6 +1,6 @@
 //! Per-mutation cost of a long-lived writer (`bench/writer.sh` runs it): one
 //! `Store` per root, opened once (as `storectl serve` or a library user
-//! holds it), then the same image loaded and removed again, interleaved
+//! holds it, through `storectl_remote::open_store`: a writer's share hook), then the same image loaded and removed again, interleaved
 //! between a writer on a big share and one on an empty share.
 //!
 //! ```text
@@ -11,7 +11,8 @@
 
 use std::time::Instant;
 
-use storectl_storage::{LoadOptions, NoopReporter, Store, StoreOptions};
+use storectl_remote::open_store;
+use storectl_storage::{LoadOptions, NoopReporter, StoreOptions};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -30,10 +31,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let runs: usize = runs.parse()?;
     let opened = Instant::now();
-    let big = Store::open(StoreOptions::new(big))?;
+    let big = open_store(StoreOptions::new(big))?;
     let open_big = opened.elapsed().as_secs_f64();
     let opened = Instant::now();
-    let empty = Store::open(StoreOptions::new(empty))?;
+    let empty = open_store(StoreOptions::new(empty))?;
     let open_empty = opened.elapsed().as_secs_f64();
     println!(
         "library: opened the writers once: {} images in {open_big:.3} s, {} in {open_empty:.3} s",
