@@ -119,20 +119,23 @@ const LOCKS: [&str; 3] = [
 fn assert_index(env: &Env, root: &Path, share: &Path) -> Vec<(Vec<u8>, u64)> {
     let layers = array(&share.join("overlay-layers/layers.json"));
     let images = array(&share.join("overlay-images/images.json"));
-    let layer_ids: Vec<String> = layers
+    // In id order, but for records a load appended since the last rewrite.
+    let mut layer_ids: Vec<String> = layers
         .iter()
         .map(|l| l["id"].as_str().unwrap().to_string())
         .collect();
+    layer_ids.sort();
     assert_eq!(
         layer_ids,
         ids_in(&share.join("overlay")),
         "layers.json lists the layers"
     );
     assert_eq!(layer_ids, ids_in(&share.join("overlay-layers")));
-    let image_ids: Vec<String> = images
+    let mut image_ids: Vec<String> = images
         .iter()
         .map(|i| i["id"].as_str().unwrap().to_string())
         .collect();
+    image_ids.sort();
     assert_eq!(
         image_ids,
         ids_in(&share.join("overlay-images")),

@@ -646,6 +646,8 @@ fn index_view(share: &Path) -> (Vec<String>, Vec<String>) {
         }
         ids.push(id);
     }
+    // In id order, but for records a load appended since the last rewrite.
+    ids.sort();
     (ids, problems)
 }
 

@@ -9,7 +9,7 @@
 //! the writer lock let go normally (a crash between publishing a directory
 //! and rewriting the index leaves the lock file without `released`). Then
 //! [`parse`] must find every record clean — each parses, ids and parents
-//! are 64 hex, no id twice and in order, every layer's parent and every
+//! are 64 hex, no id twice, every layer's parent and every
 //! image's top layer listed, no name on two images, and the checks a shared
 //! record gets ([`crate::meta::check_shared_layer`],
 //! [`crate::meta::check_shared_image`]) note nothing. Anything else and the
@@ -225,9 +225,13 @@ pub(crate) fn parse<'a>(layers: &'a [u8], images: &'a [u8]) -> Result<Records<'a
                 .collect::<Result<Vec<_>, String>>()
         },
     );
-    let (layers, images) = (layers?, images?);
-    in_order(layers.iter().map(|(l, _)| l.id.as_str()), "layer")?;
-    in_order(images.iter().map(|(i, _)| i.id.as_str()), "image")?;
+    let (mut layers, mut images) = (layers?, images?);
+    // In id order, but for records a load appended since the last whole
+    // rewrite (at the end): a stable sort finds the runs.
+    layers.sort_by(|(a, _), (b, _)| a.id.cmp(&b.id));
+    images.sort_by(|(a, _), (b, _)| a.id.cmp(&b.id));
+    each_once(layers.iter().map(|(l, _)| l.id.as_str()), "layer")?;
+    each_once(images.iter().map(|(i, _)| i.id.as_str()), "image")?;
     // Layers are in id order: a parent is found by binary search, and its
     // index stands for it. The search runs over the ids' first 16 hex
     // digits as numbers (in the same order, and in one array: a search
@@ -299,14 +303,14 @@ fn id_key(id: &str) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// Ids strictly ascending (the writer renders them so): none twice.
-fn in_order<'a>(mut ids: impl Iterator<Item = &'a str>, what: &str) -> Result<(), String> {
+/// Ids (sorted) strictly ascending: none twice.
+fn each_once<'a>(mut ids: impl Iterator<Item = &'a str>, what: &str) -> Result<(), String> {
     let Some(mut last) = ids.next() else {
         return Ok(());
     };
     for id in ids {
         if id <= last {
-            return Err(format!("{what} {id} is out of order or listed twice"));
+            return Err(format!("{what} {id} is listed twice"));
         }
         last = id;
     }
@@ -376,6 +380,35 @@ mod tests {
             assert_eq!(again, l);
             let again = csindex::render(got.images.iter().map(|(_, raw)| *raw));
             assert_eq!(again, i);
+        }
+    }
+
+    #[test]
+    fn records_appended_out_of_order_read_as_the_sorted_file() {
+        // A load appends its records after the others (not in id order):
+        // the same records, sorted, with each line's bytes as in the file.
+        let (layers, images, l, i) = index(5);
+        let none = BTreeSet::new();
+        let mut l_lines: Vec<Vec<u8>> = layers.iter().map(csindex::layer_line).collect();
+        let mut i_lines: Vec<Vec<u8>> = images
+            .iter()
+            .map(|i| csindex::image_line(i, &none))
+            .collect();
+        l_lines.rotate_left(3);
+        i_lines.reverse();
+        let l2 = csindex::render(l_lines.iter().map(Vec::as_slice));
+        let i2 = csindex::render(i_lines.iter().map(Vec::as_slice));
+        assert_ne!((&l2, &i2), (&l, &i));
+        let got = parse(&l2, &i2).unwrap();
+        let want = parse(&l, &i).unwrap();
+        let ids = |r: &Records<'_>| {
+            let layers: Vec<String> = r.layers.iter().map(|(l, _)| l.id.clone()).collect();
+            let images: Vec<String> = r.images.iter().map(|(i, _)| i.id.clone()).collect();
+            (layers, images)
+        };
+        assert_eq!(ids(&got), ids(&want));
+        for ((a, raw_a), (b, raw_b)) in got.layers.iter().zip(&want.layers) {
+            assert_eq!((a, *raw_a), (b, *raw_b));
         }
     }
 
@@ -468,11 +501,6 @@ mod tests {
             (
                 "a layer twice",
                 render_layers(&[layers.clone(), vec![layers[0].clone()]].concat()),
-                i.clone(),
-            ),
-            (
-                "out of order",
-                render_layers(&layers.iter().rev().cloned().collect::<Vec<_>>()),
                 i.clone(),
             ),
             (

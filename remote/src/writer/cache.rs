@@ -47,6 +47,8 @@ pub(super) struct Synced {
     pub images_size: u64,
     /// Records serialized (new or changed); every other line was spliced.
     pub serialized: usize,
+    /// The new records were appended to the files in place (no rewrite).
+    pub appended: bool,
 }
 
 /// Every file of the index, relative to the share.
@@ -229,13 +231,16 @@ impl IndexCache {
         let mut out = Synced::default();
         let none = BTreeSet::new();
         let mut changed_images = !gone_images.is_empty();
+        // A record already in the file that changes (names) means a rewrite.
+        let mut changed_in_place = false;
         for id in &redo {
             let image = &state.images[id];
             let line = csindex::image_line(image, dups.get(id.as_str()).unwrap_or(&none));
             let line = Line::from(line);
             out.serialized += 1;
             if self.images.get(id) != Some(&line) {
-                self.images.insert(id.clone(), line);
+                let new = self.images.insert(id.clone(), line).is_none();
+                changed_in_place |= !new;
                 changed_images = true;
             }
         }
@@ -254,19 +259,53 @@ impl IndexCache {
 
         let unknown = self.on_disk.is_none();
         let (mut layers_size, mut images_size) = self.on_disk.unwrap_or((0, 0));
+        // Only records added (a load, a pull): appended to the files in
+        // place, layers first, each under its lock — O(what was added),
+        // whatever the share's size. Anything else, or a file that is not
+        // as this cache knows it, and the files are rewritten whole below.
+        let (mut layers_done, mut images_done) = (false, false);
+        if !unknown && removed.is_empty() && gone_images.is_empty() && !changed_in_place {
+            let added_images: Vec<&[u8]> = add_images
+                .iter()
+                .filter_map(|id| self.images.get(id).map(|l| &l[..]))
+                .collect();
+            let added_layers: Vec<&[u8]> =
+                add_layers.iter().map(|id| &self.layers[id][..]).collect();
+            layers_done = added_layers.is_empty();
+            if !layers_done {
+                if let Some(size) =
+                    append_lines(share, csindex::LAYERS_INDEX, layers_size, &added_layers)
+                {
+                    (layers_size, layers_done) = (size, true);
+                    out.layers_written = true;
+                }
+            }
+            images_done = layers_done && added_images.is_empty();
+            if layers_done && !images_done {
+                if let Some(size) =
+                    append_lines(share, csindex::IMAGES_INDEX, images_size, &added_images)
+                {
+                    (images_size, images_done) = (size, true);
+                    out.images_written = true;
+                }
+            }
+            out.appended = layers_done && images_done;
+        }
         // The files to replace, in the contract's order: 1. new layers,
         // before any image uses them (the removed ones stay listed until no
         // image needs them); 2. images; 3. layers gone, after the images
         // that used them.
         let mut writes: Vec<(&'static str, Render<'_>)> = Vec::new();
-        if !add_layers.is_empty() || (unknown && removed.is_empty()) {
+        if layers_done {
+            // appended
+        } else if !add_layers.is_empty() || (unknown && removed.is_empty()) {
             let (layers, removed) = (&self.layers, &removed);
             writes.push((
                 csindex::LAYERS_INDEX,
                 Box::new(move || csindex::render(merge_lines(layers, removed))),
             ));
         }
-        if changed_images || unknown {
+        if !images_done && (changed_images || unknown) {
             let images = &self.images;
             writes.push((
                 csindex::IMAGES_INDEX,
@@ -449,6 +488,75 @@ impl Drop for Staged {
     }
 }
 
+/// Append `lines` (records new to the index) to the index file `name`,
+/// which this cache knows to be `expected` bytes long: under the write lock
+/// of its containers/storage lock file, its closing `\n]\n` (or a whole
+/// `[]\n`) is overwritten with the lines and a new close, the data synced,
+/// and the change token rewritten. The file then reads as
+/// [`csindex::render`] of its records with the new ones last. Returns the
+/// new size, or `None` when the file is not as expected (size, ending, not a
+/// regular file), no write lock could be had (a containers/storage reader
+/// must never see a file being appended to), or a write failed: the caller
+/// rewrites the file whole (atomically) instead. A crash in between leaves
+/// a file the stamp does not vouch for, which the next writer rebuilds.
+fn append_lines(share: &Path, name: &'static str, expected: u64, lines: &[&[u8]]) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let (path, lock_path) = match name {
+        csindex::LAYERS_INDEX => (layers_index(share), share.join(csindex::LAYERS_LOCK)),
+        _ => (images_index(share), share.join(csindex::IMAGES_LOCK)),
+    };
+    let not_now = |why: String| {
+        tracing::debug!("{}: rewriting instead of appending: {why}", path.display());
+        None
+    };
+    let lock = match TokenLock::acquire(&lock_path) {
+        Ok(lock) if lock.locked => lock,
+        Ok(_) => return not_now("no write lock".into()),
+        Err(e) => return not_now(e.to_string()),
+    };
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => return not_now(e.to_string()),
+    };
+    match file.metadata() {
+        Ok(m) if m.is_file() && m.len() == expected && expected >= 3 => {}
+        Ok(m) => return not_now(format!("{} bytes, {expected} expected", m.len())),
+        Err(e) => return not_now(e.to_string()),
+    }
+    let mut tail = [0u8; 3];
+    if let Err(e) = file.read_exact_at(&mut tail, expected - 3) {
+        return not_now(e.to_string());
+    }
+    let (at, open) = match &tail {
+        b"[]\n" if expected == 3 => (0, &b"[\n"[..]),
+        b"\n]\n" => (expected - 3, &b",\n"[..]),
+        _ => return not_now("it does not end as the writer renders it".into()),
+    };
+    let mut bytes = open.to_vec();
+    for (k, line) in lines.iter().enumerate() {
+        if k > 0 {
+            bytes.extend_from_slice(b",\n");
+        }
+        bytes.extend_from_slice(line);
+    }
+    bytes.extend_from_slice(b"\n]\n");
+    let written = file
+        .write_all_at(&bytes, at)
+        .and_then(|()| file.sync_data());
+    if let Err(e) = written {
+        return not_now(format!("writing: {e}"));
+    }
+    if let Err(e) = lock.record_write() {
+        return not_now(e.to_string());
+    }
+    Some(at + bytes.len() as u64)
+}
+
 /// Make sure the three lock files exist (a read-only containers/storage
 /// store opens them with `O_CREAT`, which a read-only mount refuses).
 pub(super) fn ensure_lock_files(share: &Path) -> Result<()> {
@@ -475,6 +583,9 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(10);
 struct TokenLock {
     file: File,
     path: PathBuf,
+    /// Whether the `fcntl` write lock is held (not after a reader kept it
+    /// longer than [`LOCK_PATIENCE`]).
+    locked: bool,
 }
 
 impl TokenLock {
@@ -490,12 +601,16 @@ impl TokenLock {
             .at(path)?;
         let start = Instant::now();
         let mut delay = Duration::from_millis(1);
+        let mut locked = false;
         loop {
             match rustix::fs::fcntl_lock(
                 &file,
                 rustix::fs::FlockOperation::NonBlockingLockExclusive,
             ) {
-                Ok(()) => break,
+                Ok(()) => {
+                    locked = true;
+                    break;
+                }
                 Err(rustix::io::Errno::AGAIN | rustix::io::Errno::ACCESS)
                     if start.elapsed() < LOCK_PATIENCE =>
                 {
@@ -515,6 +630,7 @@ impl TokenLock {
         Ok(TokenLock {
             file,
             path: path.to_path_buf(),
+            locked,
         })
     }
 
@@ -647,13 +763,16 @@ mod tests {
         let l = csindex::parse_layers(&layers).unwrap();
         let i = csindex::parse_images(&images).unwrap();
         assert!(l.skipped.is_empty() && i.skipped.is_empty());
-        (
-            l.records.into_iter().map(|(l, _)| l.id).collect(),
-            i.records
-                .into_iter()
-                .map(|(i, _)| (i.id, i.names))
-                .collect(),
-        )
+        // In id order but for records appended since the last rewrite.
+        let mut layers: Vec<String> = l.records.into_iter().map(|(l, _)| l.id).collect();
+        let mut images: Vec<(String, Vec<String>)> = i
+            .records
+            .into_iter()
+            .map(|(i, _)| (i.id, i.names))
+            .collect();
+        layers.sort();
+        images.sort();
+        (layers, images)
     }
 
     fn expected(st: &State) -> (Vec<String>, Vec<(String, Vec<String>)>) {
@@ -756,6 +875,100 @@ mod tests {
             (s.layers_written, s.images_written, s.serialized),
             (false, false, 0)
         );
+    }
+
+    /// A sync that only adds records appends them to both files in place
+    /// (the same inodes, the old bytes kept, each lock's token rewritten);
+    /// one that removes or changes a record rewrites the files whole, in id
+    /// order; a file changed behind the cache is rewritten, not appended to.
+    #[test]
+    fn a_load_appends_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let share = share();
+        let share = share.path();
+        let mut st = state(20);
+        let mut cache = IndexCache::default();
+        cache.init(share, &st, None);
+        assert!(!cache.sync(share, &st).unwrap().appended, "no index yet");
+        let inode = |p: PathBuf| fs::metadata(p).unwrap().ino();
+        let token = |lock: &str| fs::read(share.join(lock)).unwrap();
+        let read = || {
+            (
+                fs::read(layers_index(share)).unwrap(),
+                fs::read(images_index(share)).unwrap(),
+            )
+        };
+        let add = |st: &mut State, k: usize| {
+            let base = hex(5000 + k, "layer");
+            let top = hex(6000 + k, "layer");
+            st.layers.insert(base.clone(), layer(&base, None));
+            st.layers.insert(top.clone(), layer(&top, Some(&base)));
+            let id = hex(5000 + k, "image");
+            let name = format!("localhost/added{k}:1");
+            st.images.insert(id.clone(), image(&id, &top, &[&name]));
+            id
+        };
+
+        let (old_l, old_i) = read();
+        let inodes = (inode(layers_index(share)), inode(images_index(share)));
+        let tokens = (token(csindex::LAYERS_LOCK), token(csindex::IMAGES_LOCK));
+        let added = add(&mut st, 1);
+        let s = cache.sync(share, &st).unwrap();
+        assert!(s.appended && s.layers_written && s.images_written);
+        assert_eq!(s.serialized, 3, "one image and its two layers");
+        let (new_l, new_i) = read();
+        assert_eq!(
+            (inode(layers_index(share)), inode(images_index(share))),
+            inodes
+        );
+        assert_eq!(new_l[..old_l.len() - 3], old_l[..old_l.len() - 3]);
+        assert_eq!(new_i[..old_i.len() - 3], old_i[..old_i.len() - 3]);
+        assert!(new_l.ends_with(b"}\n]\n") && new_i.ends_with(b"}\n]\n"));
+        assert_eq!(
+            (new_l.len() as u64, new_i.len() as u64),
+            (s.layers_size, s.images_size)
+        );
+        assert_ne!(token(csindex::LAYERS_LOCK), tokens.0);
+        assert_ne!(token(csindex::IMAGES_LOCK), tokens.1);
+        assert_eq!(on_disk(share), expected(&st));
+
+        // A removal rewrites both whole, in id order again.
+        st.images.remove(&added);
+        let s = cache.sync(share, &st).unwrap();
+        assert!(!s.appended);
+        assert_ne!(inode(images_index(share)), inodes.1, "replaced by rename");
+        let lines: Vec<Vec<u8>> = st
+            .images
+            .values()
+            .map(|i| csindex::image_line(i, &BTreeSet::new()))
+            .collect();
+        assert_eq!(read().1, csindex::render(lines.iter().map(Vec::as_slice)));
+        assert_eq!(on_disk(share), expected(&st));
+
+        // A file not as the cache knows it is not appended to.
+        let mut l = fs::read(layers_index(share)).unwrap();
+        l.splice(1..1, *b" ");
+        fs::write(layers_index(share), &l).unwrap();
+        let before = inode(layers_index(share));
+        add(&mut st, 2);
+        let s = cache.sync(share, &st).unwrap();
+        assert!(!s.appended && s.layers_written && s.images_written);
+        assert_ne!(inode(layers_index(share)), before);
+        assert_eq!(on_disk(share), expected(&st));
+        // Nor is an empty index's `[]`: it is appended to as a whole file.
+        let empty = share.join("empty");
+        for d in ["overlay-layers", "overlay-images"] {
+            fs::create_dir_all(empty.join(d)).unwrap();
+        }
+        let mut st = State::default();
+        let mut cache = IndexCache::default();
+        cache.init(&empty, &st, None);
+        cache.sync(&empty, &st).unwrap();
+        assert_eq!(fs::read(layers_index(&empty)).unwrap(), b"[]\n");
+        add(&mut st, 3);
+        let s = cache.sync(&empty, &st).unwrap();
+        assert!(s.appended);
+        assert_eq!(on_disk(&empty), expected(&st));
     }
 
     /// Both files are written at once, renamed one by one: a rename that

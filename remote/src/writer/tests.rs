@@ -113,9 +113,10 @@ fn indexed(share: &Path) -> (Vec<String>, Vec<String>) {
     );
     let l = csindex::parse_layers(&layers).unwrap();
     let i = csindex::parse_images(&images).unwrap();
+    // In id order but for records a load appended since the last rewrite.
     (
-        l.records.into_iter().map(|(l, _)| l.id).collect(),
-        i.records.into_iter().map(|(i, _)| i.id).collect(),
+        sorted(l.records.into_iter().map(|(l, _)| l.id).collect()),
+        sorted(i.records.into_iter().map(|(i, _)| i.id).collect()),
     )
 }
 
