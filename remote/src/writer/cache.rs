@@ -5,8 +5,9 @@
 //! the share. A sync diffs the in-memory [`State`] against it by id (a
 //! merge walk of two sorted key lists: no record is compared or
 //! serialized unless it is new or marked changed), serializes only new and
-//! changed records, and renders each file that changed by splicing the kept
-//! lines' bytes.
+//! changed records, and either appends the new ones to the files in place
+//! (a change that only adds records: [`append_lines`]) or renders each file
+//! that changed by splicing the kept lines' bytes, in id order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
