@@ -17,8 +17,9 @@ pub fn set_lock_timeout(timeout: Option<Duration>) {
 }
 
 /// Open the store at `root` (with the writer side of sharing, for a
-/// writer root), with the root in the error's context. A mutation waits for another writer's lock as `--lock-timeout` says, and
-/// says on stderr whom it waits for once that takes more than a second.
+/// writer root), with the root in the error's context. A mutation waits
+/// for another writer's lock as `--lock-timeout` says, and says on stderr
+/// whom it waits for once that takes more than a second.
 pub fn open_store(root: &Path) -> anyhow::Result<Store> {
     let mut opts = StoreOptions::new(root);
     opts.lock_wait = LockWait {
