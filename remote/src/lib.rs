@@ -21,7 +21,8 @@
 //!   generation                       replaced by the writer after every change
 //!   writer.lock                      the single-writer lock (flock)
 //!   storectl-share.json              {"overlay_xattrs": "user"|"trusted", fixed by the first
-//!                                     writer; "removed_layers_grace_secs": 3600}
+//!                                     writer; "removed_layers_grace_secs": 3600;
+//!                                     "index_appends": true}
 //!   storectl-removed.json            removed images' layers waiting out the grace period
 //!   overlay-layers/layers.json, overlay-images/images.json, storectl-index.json, …
 //!                                    containers/storage's index (see [`writer`])

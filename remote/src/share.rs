@@ -28,10 +28,22 @@ pub struct ShareConfig {
     /// = one hour. 0 deletes them with the image.
     #[serde(default = "default_grace")]
     pub removed_layers_grace_secs: u64,
+    /// Whether a writer's load may append its records to containers/
+    /// storage's index files in place (under containers/storage's `fcntl`
+    /// lock) instead of replacing them by rename; absent = yes. Set it to
+    /// `false` on a share mounted where `fcntl` locks do not reach other
+    /// hosts (NFSv3 `nolock`): there podman could read a file being
+    /// appended to.
+    #[serde(default = "yes")]
+    pub index_appends: bool,
 }
 
 fn default_grace() -> u64 {
     storectl_storage::grace::DEFAULT_GRACE_SECS
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ShareConfig {
@@ -54,6 +66,7 @@ impl ShareConfig {
                 return Ok(ShareConfig {
                     overlay_xattrs: XattrMode::Trusted,
                     removed_layers_grace_secs: default_grace(),
+                    index_appends: true,
                 })
             }
             Err(source) => {
@@ -90,6 +103,7 @@ fn new_share_config(share: &Path, creating: bool) -> ShareConfig {
     ShareConfig {
         overlay_xattrs,
         removed_layers_grace_secs: default_grace(),
+        index_appends: true,
     }
 }
 

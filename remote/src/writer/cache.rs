@@ -34,6 +34,9 @@ pub(super) struct IndexCache {
     /// The sizes of the two files on the share when they are exactly the
     /// render of `layers` / `images`; `None` = unknown (rewrite both).
     on_disk: Option<(u64, u64)>,
+    /// New records are never appended in place (the share's
+    /// `index_appends` is false): every change rewrites by rename.
+    no_appends: bool,
 }
 
 /// Renders one index file's bytes (on the thread that writes it).
@@ -83,9 +86,18 @@ impl IndexCache {
         self.ready
     }
 
+    /// A cache that knows nothing yet; `appends`: whether a change that
+    /// only adds records may append them in place.
+    pub fn new(appends: bool) -> IndexCache {
+        IndexCache {
+            no_appends: !appends,
+            ..IndexCache::default()
+        }
+    }
+
     /// Forget everything (another process changed the share).
     pub fn invalidate(&mut self) {
-        *self = IndexCache::default();
+        *self = IndexCache::new(!self.no_appends);
     }
 
     /// An image's record changed in place: re-serialize it at the next sync.
@@ -265,7 +277,11 @@ impl IndexCache {
         // whatever the share's size. Anything else, or a file that is not
         // as this cache knows it, and the files are rewritten whole below.
         let (mut layers_done, mut images_done) = (false, false);
-        if !unknown && removed.is_empty() && gone_images.is_empty() && !changed_in_place {
+        if !(unknown || self.no_appends)
+            && removed.is_empty()
+            && gone_images.is_empty()
+            && !changed_in_place
+        {
             let added_images: Vec<&[u8]> = add_images
                 .iter()
                 .filter_map(|id| self.images.get(id).map(|l| &l[..]))
@@ -935,6 +951,8 @@ mod tests {
 
         // A removal rewrites both whole, in id order again.
         st.images.remove(&added);
+        st.layers.remove(&hex(5001, "layer"));
+        st.layers.remove(&hex(6001, "layer"));
         let s = cache.sync(share, &st).unwrap();
         assert!(!s.appended);
         assert_ne!(inode(images_index(share)), inodes.1, "replaced by rename");
@@ -956,7 +974,17 @@ mod tests {
         assert!(!s.appended && s.layers_written && s.images_written);
         assert_ne!(inode(layers_index(share)), before);
         assert_eq!(on_disk(share), expected(&st));
-        // Nor is an empty index's `[]`: it is appended to as a whole file.
+        // A share whose settings say no appends: a load rewrites too.
+        let mut no = IndexCache::new(false);
+        no.init(share, &st, None);
+        no.sync(share, &st).unwrap();
+        let before = inode(images_index(share));
+        add(&mut st, 4);
+        let s = no.sync(share, &st).unwrap();
+        assert!(!s.appended && s.images_written);
+        assert_ne!(inode(images_index(share)), before);
+        assert_eq!(on_disk(share), expected(&st));
+        // An empty index's `[]` is appended to as a whole file.
         let empty = share.join("empty");
         for d in ["overlay-layers", "overlay-images"] {
             fs::create_dir_all(empty.join(d)).unwrap();

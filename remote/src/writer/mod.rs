@@ -59,6 +59,14 @@ pub struct ShareWriter {
     warned: Mutex<BTreeSet<String>>,
 }
 
+/// Whether the share's settings let a load append to the index files
+/// (`index_appends` in `storectl-share.json`; unreadable = yes, as absent).
+fn appends_allowed(share: Option<&Path>) -> bool {
+    share
+        .and_then(crate::share::ShareConfig::recorded)
+        .is_none_or(|c| c.index_appends)
+}
+
 impl ShareWriter {
     /// The share writer of the store at `layout` (a writer's: its share is
     /// `layout.config.shared`).
@@ -66,7 +74,9 @@ impl ShareWriter {
         ShareWriter {
             layout: layout.clone(),
             share: layout.config.shared.clone().unwrap_or_default(),
-            cache: Mutex::default(),
+            cache: Mutex::new(IndexCache::new(appends_allowed(
+                layout.config.shared.as_deref(),
+            ))),
             warned: Mutex::default(),
         }
     }

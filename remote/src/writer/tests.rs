@@ -389,3 +389,26 @@ fn a_writer_restores_its_legacy_links_and_drops_dangling_ones() {
     assert!(fs::symlink_metadata(&dangling).is_err());
     assert!(layout.overlay().join(&top).join("diff/top").is_file());
 }
+
+/// `index_appends` in `storectl-share.json`: absent, unreadable or true =
+/// appends; false = none.
+#[test]
+fn the_share_settings_say_whether_loads_append() {
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path();
+    assert!(appends_allowed(Some(share)), "no settings file");
+    let file = share.join(crate::share::SHARE_FILE);
+    for (text, want) in [
+        (r#"{"overlay_xattrs": "user"}"#, true),
+        (r#"{"overlay_xattrs": "user", "index_appends": true}"#, true),
+        (
+            r#"{"overlay_xattrs": "user", "index_appends": false}"#,
+            false,
+        ),
+        ("not json", true),
+    ] {
+        fs::write(&file, text).unwrap();
+        assert_eq!(appends_allowed(Some(share)), want, "{text}");
+    }
+    assert!(appends_allowed(None));
+}
