@@ -56,8 +56,8 @@
 //! **Write order** (each file temp + fsync + rename, or — a change that
 //! only adds records — appended in place under containers/storage's lock):
 //! per-id dirs → `layers.json` → `images.json` → stamp → `generation`; a
-//! removal writes
-//! `images.json` before `layers.json`, and both before the per-id dirs go.
+//! removal writes `images.json` before `layers.json`, and both before the
+//! per-id dirs go.
 //! So containers/storage never lists an image or layer whose directories
 //! are not whole, and a reader that finds the stamp naming the `generation`
 //! it read, with both sizes matching, knows the index is that generation's
