@@ -8,11 +8,13 @@
 # (each followed by an untimed `rmi`), as `storectl load` processes from start
 # to exit: opening the store, taking the lock, extracting, publishing. Prints
 # every time, the medians and the ratio big/empty (target <= 1.20x), and the
-# same for `rmi`. Both shares are on the same filesystem (bench/out), warm.
+# same for `rmi`. Both shares are on the same filesystem, warm.
 #
 # Then the same with one long-lived `Store` per writer (remote/examples/
 # writer-bench.rs: the library, as `storectl serve` holds it): the cost of a
-# mutation itself, without each process's opening read of the store.
+# mutation itself, without each process's opening read of the store. And
+# last `storectl --host unix://… load` against a `storectl serve` per writer:
+# the same, as a user types it with the writer run as a daemon.
 #
 # The filesystem matters: on an ext4 without a journal (this project's test
 # machine's root) the kernel gives every new inode only after skipping the
@@ -34,6 +36,13 @@ images=${STORECTL_BENCH_IMAGES:-10000}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$here/target}
 [ "$(id -u)" = 0 ] || { echo "$0: run as root (layer ownership, xattrs, a loop mount)" >&2; exit 1; }
+mounted=
+pids=()
+on_exit() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    if [ -n "$mounted" ]; then umount "$work" 2>/dev/null || umount -l "$work" 2>/dev/null || true; fi
+}
+trap on_exit EXIT
 if [ -n "${BENCH_DIR:-}" ]; then
     work=$BENCH_DIR
     mkdir -p "$work"
@@ -47,7 +56,7 @@ else
             mkfs.ext4 -q -F -O has_journal "$fsimage"
         fi
         mount -o loop "$fsimage" "$work"
-        trap 'umount "$work" 2>/dev/null || umount -l "$work" 2>/dev/null || true' EXIT
+        mounted=1
     fi
 fi
 cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p storectl -p storectl-fixtures
@@ -126,3 +135,35 @@ printf '  rmi from the empty share      %8.3f s   ratio = %.2fx\n' "$re" "$(echo
 
 echo
 "$target/release/examples/writer-bench" "$big/root" "$empty/root" "$image" "$runs"
+
+# Then `storectl --host unix://… load` against one `storectl serve` per
+# writer (started untimed, as a long-running daemon): what a user of a big
+# share's writer types when it runs as a daemon.
+sock_big="$work/writer-big.sock"; sock_empty="$work/writer-empty.sock"
+for pair in "$big:$sock_big" "$empty:$sock_empty"; do
+    w=${pair%%:*}; s=${pair#*:}
+    rm -f "$s"
+    "$storectl" serve --root "$w/root" --socket "$s" 2>/dev/null &
+    pids+=($!)
+done
+for s in "$sock_big" "$sock_empty"; do
+    for _ in $(seq 100); do [ -S "$s" ] && break; sleep 0.1; done
+    [ -S "$s" ] || { echo "$0: the daemon did not start ($s)" >&2; exit 1; }
+done
+declare -a d_big d_empty
+for i in $(seq 1 "$runs"); do
+    order=("$big:$sock_big" "$empty:$sock_empty")
+    [ $((i % 2)) = 0 ] && order=("$empty:$sock_empty" "$big:$sock_big")
+    for pair in "${order[@]}"; do
+        w=${pair%%:*}; s=${pair#*:}
+        sync
+        t0=$(now); "$storectl" --host "unix://$s" load -q "$image" >/dev/null; t1=$(now)
+        "$storectl" --host "unix://$s" rmi "$id" >/dev/null
+        t=$(echo "$t1 - $t0" | bc)
+        if [ "$w" = "$big" ]; then d_big+=("$t"); else d_empty+=("$t"); fi
+    done
+    echo "daemon run $i: load into $images-image share ${d_big[-1]}s, into empty share ${d_empty[-1]}s"
+done
+db=$(median "${d_big[@]}"); de=$(median "${d_empty[@]}")
+echo "through storectl serve (--host), median over $runs runs:"
+printf '  load: big share %.3f s, empty share %.3f s, ratio = %.2fx (target <= 1.20x)\n' "$db" "$de" "$(echo "$db / $de" | bc -l)"
