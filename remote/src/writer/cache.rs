@@ -31,8 +31,9 @@ pub(super) struct IndexCache {
     dirty_images: BTreeSet<String>,
     /// Images that had a name left out as another's at the last sync.
     had_dup_names: BTreeSet<String>,
-    /// The sizes of the two files on the share when they are exactly the
-    /// render of `layers` / `images`; `None` = unknown (rewrite both).
+    /// The sizes of the two files on the share when they hold exactly the
+    /// lines of `layers` / `images` (rendered in id order, or in another
+    /// order after appends: the same size); `None` = unknown (rewrite both).
     on_disk: Option<(u64, u64)>,
     /// New records are never appended in place (the share's
     /// `index_appends` is false): every change rewrites by rename.
@@ -306,16 +307,14 @@ impl IndexCache {
                     out.images_written = true;
                 }
             }
-            out.appended = layers_done && images_done;
+            out.appended = layers_done && images_done && (out.layers_written || out.images_written);
         }
         // The files to replace, in the contract's order: 1. new layers,
         // before any image uses them (the removed ones stay listed until no
         // image needs them); 2. images; 3. layers gone, after the images
         // that used them.
         let mut writes: Vec<(&'static str, Render<'_>)> = Vec::new();
-        if layers_done {
-            // appended
-        } else if !add_layers.is_empty() || (unknown && removed.is_empty()) {
+        if !layers_done && (!add_layers.is_empty() || (unknown && removed.is_empty())) {
             let (layers, removed) = (&self.layers, &removed);
             writes.push((
                 csindex::LAYERS_INDEX,
