@@ -537,13 +537,14 @@ fn one_name_per_layer_across_progress_ls_and_verify() {
 
 /// The commands of the first `sh` block of the README's "Using storectl"
 /// section, one per line.
-fn readme_examples() -> Vec<String> {
+/// The lines of the first `sh` block after the README's heading `heading`.
+fn readme_examples(heading: &str) -> Vec<String> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("README.md");
     let section = readme
-        .split("\n## Using storectl\n")
+        .split(&format!("\n{heading}\n"))
         .nth(1)
-        .expect("a Using storectl section");
+        .unwrap_or_else(|| panic!("a section {heading:?}"));
     let block = section
         .split("```sh\n")
         .nth(1)
@@ -557,8 +558,28 @@ fn readme_examples() -> Vec<String> {
 fn readme_examples_run_as_written() {
     require_root!();
     let env = Env::new();
-    // What scripts/demo.sh leaves in the working directory, made from fixtures.
-    let img = plain("busybox:latest", "readme", 2);
+    // What scripts/demo.sh leaves in the working directory, made from
+    // fixtures: with the host's busybox as its shell, for the containers
+    // block's `runc run`.
+    let runc = Command::new("runc").arg("--version").output().is_ok();
+    let shell = common::busybox().filter(|_| runc);
+    let img = match &shell {
+        Some(bb) => Image::new(vec![
+            Layer::new(
+                vec![
+                    Entry::dir("bin"),
+                    Entry::file("bin/busybox", std::fs::read(bb).unwrap()).mode(0o755),
+                    Entry::symlink("bin/sh", "busybox"),
+                    Entry::dir("etc"),
+                    Entry::dir("tmp").mode(0o1777),
+                ],
+                Compression::Gzip,
+            ),
+            Layer::new(vec![Entry::file("etc/motd", "readme\n")], Compression::None),
+        ])
+        .named("busybox:latest"),
+        None => plain("busybox:latest", "readme", 2),
+    };
     write_oci_layout(&env.path("busybox-oci"), std::slice::from_ref(&img)).unwrap();
     write_docker_archive(&env.path("busybox.tar"), std::slice::from_ref(&img)).unwrap();
     let gz = Command::new("gzip")
@@ -573,8 +594,20 @@ fn readme_examples_run_as_written() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let examples = readme_examples();
+    // The blocks in the order a reader types them, in one working
+    // directory and store: the containers block uses what the first left.
+    let mut examples = readme_examples("## Using storectl");
     assert!(examples.len() >= 10, "{examples:?}");
+    let containers = readme_examples("### Containers");
+    assert!(containers.len() >= 8, "{containers:?}");
+    if shell.is_some() {
+        examples.extend(containers);
+    } else {
+        eprintln!(
+            "skipping the README's containers block: runc or busybox-static is not \
+             installed (scripts/setup-debian.sh)"
+        );
+    }
     for line in &examples {
         let out = Command::new("bash")
             .args(["-o", "pipefail", "-c", line])

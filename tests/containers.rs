@@ -37,13 +37,6 @@ use common::{is_mountpoint, Env};
 use serde_json::Value;
 use storectl_fixtures::{snapshot, write_oci_layout, Compression, Entry, Image, Layer, Tree};
 
-fn busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
 fn have(tool: &str) -> bool {
     Command::new(tool)
         .arg("--version")
@@ -58,7 +51,7 @@ fn missing_runc() -> Option<&'static str> {
     if !have("runc") {
         return Some("runc is not installed (scripts/setup-debian.sh)");
     }
-    if busybox().is_none() {
+    if common::busybox().is_none() {
         return Some("busybox-static is not installed (scripts/setup-debian.sh)");
     }
     None
@@ -75,7 +68,7 @@ fn image(name: &str) -> Image {
         Entry::file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
         Entry::dir("tmp").mode(0o1777),
     ];
-    if let Some(bb) = busybox() {
+    if let Some(bb) = common::busybox() {
         base.push(Entry::file("bin/busybox", fs::read(bb).unwrap()).mode(0o755));
         for applet in ["sh", "cat", "ls", "echo", "test", "id", "sleep"] {
             base.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));

@@ -19,13 +19,6 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
 fn sh(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -88,7 +81,7 @@ fn build_image(dir: &Path, busybox: &Path) -> (PathBuf, PathBuf) {
 #[ignore = "needs root"]
 fn umoci_and_skopeo_images_load_mount_and_run() {
     require_root!();
-    let Some(bb) = busybox() else {
+    let Some(bb) = common::busybox() else {
         eprintln!("skipping: busybox-static is not installed");
         return;
     };

@@ -63,19 +63,12 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
 /// Why this test cannot run here, if it cannot.
 fn missing() -> Option<&'static str> {
     if !have("podman") {
         return Some("podman is not installed (scripts/setup-debian.sh)");
     }
-    if busybox().is_none() {
+    if common::busybox().is_none() {
         return Some("busybox-static is not installed (scripts/setup-debian.sh)");
     }
     None
@@ -112,7 +105,7 @@ fn busybox_image(name: &str) -> Image {
 
 /// [`busybox_image`] with more entries in each layer.
 fn busybox_image_with(name: &str, more_base: Vec<Entry>, more_top: Vec<Entry>) -> Image {
-    let bin = fs::read(busybox().expect("busybox")).unwrap();
+    let bin = fs::read(common::busybox().expect("busybox")).unwrap();
     let mut base = vec![
         Entry::dir("bin"),
         Entry::file("bin/busybox", bin).mode(0o755),

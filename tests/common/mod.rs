@@ -16,6 +16,15 @@ pub mod tmux;
 /// The `storectl` binary under test.
 pub const STORECTL: &str = env!("CARGO_BIN_EXE_storectl");
 
+/// The host's static busybox (Debian's busybox-static), to put a shell in
+/// generated images; `None` when it is not installed.
+pub fn busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
 /// Are we root (needed for mounts)?
 pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
