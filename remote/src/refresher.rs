@@ -539,7 +539,7 @@ impl Refresher {
             let layers: Vec<StoreEvent> = seeded
                 .layers
                 .iter()
-                .filter(|id| st.layers.get(*id).is_some_and(|l| l.shared))
+                .filter(|id| st.layers.get(id).is_some_and(|l| l.shared))
                 .map(|id| StoreEvent::LayerAdded { id: id.clone() })
                 .collect();
             let images: Vec<StoreEvent> = seeded

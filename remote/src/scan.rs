@@ -354,9 +354,9 @@ fn intersect_sorted(a: Vec<String>, b: &[String]) -> Vec<String> {
 
 /// The ids of the store's shared entries, ascending: `visible` (ascending)
 /// merged with those `hidden` by a local entry of the same id (usually none).
-fn known_ids<'a, V>(
+fn known_ids<'a, V: storectl_storage::Record>(
     visible: impl Iterator<Item = &'a String> + 'a,
-    hidden: &'a std::collections::BTreeMap<String, V>,
+    hidden: &'a storectl_storage::Records<V>,
 ) -> Box<dyn Iterator<Item = &'a str> + 'a> {
     if hidden.is_empty() {
         return Box::new(visible.map(String::as_str));
@@ -450,17 +450,11 @@ impl Scanner {
         let (new_layers, gone_layers, new_images, gone_images, renamed) = store.with_state(|st| {
             let (new_layers, gone_layers) = diff_sorted(
                 &index_layers,
-                known_ids(
-                    st.layers.iter().filter(|(_, l)| l.shared).map(|(id, _)| id),
-                    &st.hidden_layers,
-                ),
+                known_ids(st.layers.shared_keys(), &st.hidden_layers),
             );
             let (new_images, gone_images) = diff_sorted(
                 &index_images,
-                known_ids(
-                    st.images.iter().filter(|(_, i)| i.shared).map(|(id, _)| id),
-                    &st.hidden_images,
-                ),
+                known_ids(st.images.shared_keys(), &st.hidden_images),
             );
             let renamed: Vec<String> = index
                 .images
@@ -596,26 +590,20 @@ impl Scanner {
             store.with_state(|st| {
                 let (new_layers, gone_layers) = diff_sorted(
                     &fs_layers,
-                    known_ids(
-                        st.layers.iter().filter(|(_, l)| l.shared).map(|(id, _)| id),
-                        &st.hidden_layers,
-                    ),
+                    known_ids(st.layers.shared_keys(), &st.hidden_layers),
                 );
                 let (new_images, mut gone_images) = diff_sorted(
                     &fs_images,
-                    known_ids(
-                        st.images.iter().filter(|(_, i)| i.shared).map(|(id, _)| id),
-                        &st.hidden_images,
-                    ),
+                    known_ids(st.images.shared_keys(), &st.hidden_images),
                 );
                 // Gone while hidden: nobody saw them, nobody hears they went.
                 let hidden_gone: HashSet<String> = gone_layers
                     .iter()
-                    .filter(|id| st.hidden_layers.contains_key(*id))
+                    .filter(|id| st.hidden_layers.contains_key(id))
                     .chain(
                         gone_images
                             .iter()
-                            .filter(|id| st.hidden_images.contains_key(*id)),
+                            .filter(|id| st.hidden_images.contains_key(id)),
                     )
                     .cloned()
                     .collect();

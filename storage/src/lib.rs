@@ -146,7 +146,7 @@ pub use progress::{EventKind, NoopReporter, ProgressEvent, Reporter};
 pub use share_hook::{IndexLines, MakeShareHook, ShareHook};
 pub use store::{
     list_id_entries, list_ids, ContainerOptions, ContainerUsage, DiskUsage, FsUsage, GcReport,
-    ImageUsage, LayerCheck, LoadOptions, Removed, SharedDelta, State, Store, StoreOptions,
-    IMAGES_JSON, LAYER_JSON, MAX_LAYERS,
+    ImageUsage, LayerCheck, LoadOptions, Record, Records, Removed, SharedDelta, State, Store,
+    StoreOptions, IMAGES_JSON, LAYER_JSON, MAX_LAYERS,
 };
 pub use storectl_overlay::XattrMode;

@@ -271,7 +271,8 @@ proptest! {
             among.iter().filter(|a| all.contains(*a)).cloned().collect();
         prop_assert_eq!(st.used_among(&refs), want);
         // As if the first image were gone.
-        if let Some(first) = st.images.keys().next().cloned() {
+        let first = st.images.keys().next().cloned();
+        if let Some(first) = first {
             let mut without = st.clone();
             without.images.remove(&first);
             let all = without.referenced_layers();

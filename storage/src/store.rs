@@ -27,7 +27,7 @@
 //! * `store/links.rs` — a reader's legacy links of shared entries;
 //! * `store/usage.rs` — disk usage (`df`), kept incrementally.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -56,6 +56,7 @@ mod images;
 mod layers;
 mod links;
 mod pipeline;
+pub mod records;
 mod removals;
 mod shared;
 mod state;
@@ -65,6 +66,7 @@ mod writing;
 pub use containers::ContainerOptions;
 pub use layers::LayerCheck;
 pub use pipeline::LoadOptions;
+pub use records::{Record, Records};
 pub use removals::{GcReport, Removed};
 pub use shared::SharedDelta;
 pub use state::State;
@@ -201,6 +203,27 @@ fn list_entries(dir: &Path, symlinks: bool) -> Result<Vec<(String, bool)>> {
     }
     ids.sort();
     Ok(ids)
+}
+
+/// Does `dir` hold no directory but `RO`? Its link count says so — two
+/// plus one per subdirectory — on the filesystems known to keep that count
+/// (ext4, xfs, tmpfs); elsewhere (btrfs says 1, NFS says what its server
+/// says), and when it cannot tell, `false`: list it. Local records are
+/// directories, so a `dir` without any holds none. Its other entries —
+/// legacy symlinks, and stray files — are not listed then: a stray
+/// hex-named file goes unwarned until a store opens without the index.
+fn holds_no_subdirs(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    const EXT4: u64 = 0xEF53;
+    const XFS: u64 = 0x5846_5342;
+    const TMPFS: u64 = 0x0102_1994;
+    let counts =
+        rustix::fs::statfs(dir).is_ok_and(|fs| matches!(fs.f_type as u64, EXT4 | XFS | TMPFS));
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return false;
+    };
+    let ro = fs::symlink_metadata(dir.join("RO")).is_ok_and(|m| m.is_dir());
+    counts && meta.is_dir() && meta.nlink() == 2 + u64::from(ro)
 }
 
 /// How to get rid of a skipped entry, for its warning.
@@ -395,7 +418,13 @@ impl Store {
     /// is the writer's legacy name of a shared one), as `(id, false)`, then —
     /// when `with_ro` — the ids under `ro` as `(id, true)`.
     fn entry_ids(&self, local: &Path, ro: &Path, with_ro: bool) -> Result<Vec<(String, bool)>> {
-        let mut ids: Vec<(String, bool)> = list_entries(local, false)?;
+        // A writer opening from the index (`with_ro` false) lists its local
+        // records only where there may be some: the legacy links of every
+        // shared entry sit beside them (40,000 at 10,000 images).
+        let mut ids: Vec<(String, bool)> = match !with_ro && holds_no_subdirs(local) {
+            true => Vec::new(),
+            false => list_entries(local, false)?,
+        };
         if with_ro {
             // The writer never makes a symlink on the share: one there leads
             // anywhere (out of the share), so it is skipped, not followed.
@@ -453,8 +482,10 @@ impl Store {
             .ok()
             .and_then(|b| csindex::parse_stamp(&b).ok());
         let read = |path: &Path| fsutil::read_small_file(path, csindex::MAX_INDEX).ok();
-        let layers = read(&csindex::layers_index(share));
-        let images = read(&csindex::images_index(share));
+        let (layers, images) = rayon::join(
+            || read(&csindex::layers_index(share)),
+            || read(&csindex::images_index(share)),
+        );
         let size = |b: &Option<Vec<u8>>| b.as_ref().map(|b| b.len() as u64);
         let sizes = (size(&layers), size(&images));
         if let Err(why) =
@@ -467,10 +498,34 @@ impl Store {
         };
         // The lines stay in the files' buffers (ranges), not copied out.
         let (layers, images) = (std::sync::Arc::new(layers), std::sync::Arc::new(images));
-        let records = match crate::index_state::parse(&layers, &images) {
-            Ok(r) => r,
-            Err(why) => return fallback(format!("the index is not clean: {why}")),
+        let read_in = started.elapsed();
+        // Each record's line by its id, parsed when first used (`Records`).
+        let (layer_entries, image_entries) = rayon::join(
+            || {
+                let lines = crate::index_state::records(&layers)?;
+                crate::index_state::lazy_entries(
+                    &lines,
+                    crate::index_state::layer,
+                    |l| &l.id,
+                    "layer",
+                )
+            },
+            || {
+                let lines = crate::index_state::records(&images)?;
+                crate::index_state::lazy_entries(
+                    &lines,
+                    crate::index_state::image,
+                    |i| &i.id,
+                    "image",
+                )
+            },
+        );
+        let entries = layer_entries.and_then(|l| Ok((l, image_entries?)));
+        let (layer_entries, image_entries) = match entries {
+            Ok(e) => e,
+            Err(why) => return fallback(format!("the index cannot be read: {why}")),
         };
+        let parsed_in = started.elapsed();
         if self.read_generation().as_ref() != Some(&generation) {
             return fallback("the share changed while the index was read".into());
         }
@@ -479,31 +534,30 @@ impl Store {
             csindex::Line::In(std::sync::Arc::clone(file), start..start + raw.len())
         };
         let keep_lines = self.share_hook.is_some();
-        let mut layer_lines = Vec::new();
-        let mut image_lines = Vec::new();
-        let mut shared_layers: Vec<Layer> = Vec::with_capacity(records.layers.len());
-        let mut shared_images = Vec::with_capacity(records.images.len());
-        for (layer, raw) in records.layers {
-            if keep_lines {
-                layer_lines.push((layer.id.clone(), line(&layers, raw)));
-            }
-            shared_layers.push(layer);
-        }
-        for (image, raw) in records.images {
-            if keep_lines {
-                image_lines.push((image.id.clone(), line(&images, raw)));
-            }
-            shared_images.push(image);
-        }
+        let mut layer_lines = Vec::with_capacity(if keep_lines { layer_entries.len() } else { 0 });
+        let mut image_lines = Vec::with_capacity(if keep_lines { image_entries.len() } else { 0 });
+        let mut shared_layers: Records<Layer> =
+            Records::from_index(layer_entries.into_iter().map(|(id, raw, whole)| {
+                let raw = line(&layers, raw);
+                if keep_lines {
+                    layer_lines.push((id.clone(), raw.clone()));
+                }
+                (id, raw, whole)
+            }));
+        let shared_images: Records<Image> =
+            Records::from_index(image_entries.into_iter().map(|(id, raw, whole)| {
+                let raw = line(&images, raw);
+                if keep_lines {
+                    image_lines.push((id.clone(), raw.clone()));
+                }
+                (id, raw, whole)
+            }));
         // Layers an `rmi` left waiting out the share's grace period are on
         // the share but in no image's chain, so not in the index: read from
         // their records, as opening from the records reads them.
         let mut waiting = Vec::new();
         for id in self.removals().layers.keys() {
-            let indexed = shared_layers
-                .binary_search_by(|l| l.id.as_str().cmp(id))
-                .is_ok();
-            if indexed {
+            if shared_layers.contains_key(id) {
                 continue;
             }
             match self.read_waiting_layer(id) {
@@ -514,10 +568,7 @@ impl Store {
         }
         if !waiting.is_empty() {
             let known = |id: &str, w: &[Layer]| {
-                shared_layers
-                    .binary_search_by(|l| l.id.as_str().cmp(id))
-                    .is_ok()
-                    || w.iter().any(|l| l.id == id)
+                shared_layers.contains_key(id) || w.iter().any(|l| l.id == id)
             };
             let orphan = waiting
                 .iter()
@@ -525,18 +576,22 @@ impl Store {
             if let Some(l) = orphan {
                 return fallback(format!("waiting layer {}: its parent is not there", l.id));
             }
-            shared_layers.extend(waiting);
-            shared_layers.sort_by(|a, b| a.id.cmp(&b.id));
+            shared_layers.extend(waiting.into_iter().map(|l| (l.id.clone(), l)));
         }
         let (n_layers, n_images) = (shared_layers.len(), shared_images.len());
+        let built_in = started.elapsed();
         let state = match self.read_state_with(Some((shared_layers, shared_images))) {
             Ok(state) => state,
             Err(e) => return fallback(e.to_string()),
         };
         tracing::debug!(
             "opened from containers/storage's index: {n_layers} shared layers, \
-             {n_images} shared images in {:?}",
-            started.elapsed()
+             {n_images} shared images in {:?} (read {read_in:?}, lines {:?}, \
+             records {:?}, local records {:?})",
+            started.elapsed(),
+            parsed_in - read_in,
+            built_in - parsed_in,
+            started.elapsed() - built_in,
         );
         Some(FromIndex {
             state,
@@ -590,7 +645,7 @@ impl Store {
     /// [`Store::read_state`], with the shared layers and images given
     /// (from the index: [`Store::state_from_index`]) instead of read from
     /// their records; the local records are read as always.
-    fn read_state_with(&self, shared: Option<(Vec<Layer>, Vec<Image>)>) -> Result<State> {
+    fn read_state_with(&self, shared: Option<(Records<Layer>, Records<Image>)>) -> Result<State> {
         let mut state = State::default();
         let writer = self.layout.role() == Role::Writer;
         let (shared_layers, shared_images) = match shared {
@@ -640,11 +695,8 @@ impl Store {
                 )),
             }
         }
-        if let Some(layers) = shared_layers {
-            insert_batch(
-                &mut state.layers,
-                layers.into_iter().map(|l| (l.id.clone(), l)).collect(),
-            );
+        if let Some(mut layers) = shared_layers {
+            state.layers.append(&mut layers);
         }
         // A layer whose chain is broken is not usable — except, on a reader, a
         // local layer on top of a shared one, which the refresher adds.
@@ -656,12 +708,13 @@ impl Store {
                     .is_some_and(|m| self.layout.overlay_ro().join(m).is_dir())
         };
         // Given shared layers have whole chains among themselves (checked).
+        // (Those from the index are given: the records read here are the rest.)
         let broken: Vec<String> = state
             .layers
-            .iter()
+            .iter_unindexed()
             .filter(|(_, l)| !(given && l.shared))
             .map(|(id, _)| id)
-            .filter(|id| state.chain(id).is_none() && !waits_for_share(&state, id))
+            .filter(|id| state.chain_skeleton(id).is_none() && !waits_for_share(&state, id))
             .cloned()
             .collect();
         for id in &broken {
@@ -701,7 +754,9 @@ impl Store {
             };
             match image {
                 Ok(i)
-                    if state.chain(i.layer.as_deref().unwrap_or("")).is_none()
+                    if state
+                        .chain_skeleton(i.layer.as_deref().unwrap_or(""))
+                        .is_none()
                         && !waits_for_share(&state, i.layer.as_deref().unwrap_or("")) =>
                 {
                     self.warn_once(format!(
@@ -722,11 +777,8 @@ impl Store {
             }
         }
         // Given shared images have whole chains of given layers (checked).
-        if let Some(images) = shared_images {
-            insert_batch(
-                &mut state.images,
-                images.into_iter().map(|i| (i.id.clone(), i)).collect(),
-            );
+        if let Some(mut images) = shared_images {
+            state.images.append(&mut images);
         }
         Ok(state)
     }

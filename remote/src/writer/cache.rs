@@ -66,12 +66,9 @@ pub(super) const FILES: [&str; 6] = [
     csindex::IMAGES_LOCK,
 ];
 
-fn shared_layers(state: &State) -> impl Iterator<Item = (&String, &Layer)> {
-    state.layers.iter().filter(|(_, l)| l.shared)
-}
-
+/// The shared images' skeletons (ids, names and top layers).
 fn shared_images(state: &State) -> impl Iterator<Item = (&String, &Image)> {
-    state.images.iter().filter(|(_, i)| i.shared)
+    state.images.skeleton_iter().filter(|(_, i)| i.shared)
 }
 
 /// The shared layers of `image`'s chain (none when it is broken).
@@ -129,6 +126,7 @@ impl IndexCache {
             .map(|(id, l)| (id.clone(), Line::from(csindex::layer_line(l))))
             .collect();
         self.images = shared_images(state)
+            .map(|(id, _)| (id, &state.images[id]))
             .map(|(id, i)| {
                 let drop = dups.get(id.as_str()).unwrap_or(&none);
                 (id.clone(), Line::from(csindex::image_line(i, drop)))
@@ -203,7 +201,7 @@ impl IndexCache {
         let mut gone_layers = Vec::new();
         merge_walk(
             self.layers.keys(),
-            shared_layers(state).map(|(id, _)| id),
+            state.layers.shared_keys(),
             |id| gone_layers.push(id.clone()),
             |_| {},
         );
@@ -211,7 +209,7 @@ impl IndexCache {
         let mut gone_images = Vec::new();
         merge_walk(
             self.images.keys(),
-            shared_images(state).map(|(id, _)| id),
+            state.images.shared_keys(),
             |id| gone_images.push(id.clone()),
             |id| add_images.push(id.clone()),
         );

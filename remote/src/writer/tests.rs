@@ -97,7 +97,12 @@ fn from_records(opts: &StoreOptions) -> Records {
 }
 
 fn in_memory(store: &Store) -> Records {
-    store.with_state(|st| (st.layers.clone(), st.images.clone()))
+    // Whole records: a lazily opened store parses each here.
+    store.with_state(|st| {
+        let layers = st.layers.iter().map(|(k, v)| (k.clone(), v.clone()));
+        let images = st.images.iter().map(|(k, v)| (k.clone(), v.clone()));
+        (layers.collect(), images.collect())
+    })
 }
 
 /// The layer and image ids containers/storage's index on `share` lists,

@@ -21,10 +21,19 @@ impl Store {
                 .iter()
                 .any(|n| n == name || Some(n) == normalized.as_ref())
         };
-        let local = state.images.values().filter(|i| !i.shared).find(named);
-        let shared = state.images.values().filter(|i| i.shared).find(named);
+        // Names are in the records' skeletons: only the one found is parsed.
+        let local = state
+            .images
+            .skeleton_values()
+            .filter(|i| !i.shared)
+            .find(named);
+        let shared = state
+            .images
+            .skeleton_values()
+            .filter(|i| i.shared)
+            .find(named);
         if let Some(i) = local.or(shared) {
-            let image = i.clone();
+            let image = state.images[&i.id].clone();
             if local.is_some() && shared.is_some() {
                 drop(state);
                 self.warn_collisions(vec![normalized.unwrap_or_else(|| name.to_string())]);
@@ -45,7 +54,7 @@ impl Store {
         let matches: Vec<&Image> = if is_prefix {
             state
                 .images
-                .range(bare.to_string()..)
+                .range_from(bare)
                 .take_while(|(id, _)| id.starts_with(bare))
                 .map(|(_, i)| i)
                 .collect()
@@ -114,15 +123,16 @@ impl Store {
     /// names one image). A reader leaves shared images alone. Writer lock held.
     pub(super) fn take_names_from_others(&self, id: &str, names: &[String]) -> Result<()> {
         let reader = self.layout.role() == Role::Reader;
-        let others: Vec<Image> = self
-            .state
-            .read()
+        let state = self.state.read();
+        // Skeletons (names, shared) to find them; the whole records to write.
+        let others: Vec<Image> = state
             .images
-            .values()
+            .skeleton_values()
             .filter(|i| i.id != id && !(reader && i.shared))
             .filter(|i| i.names.iter().any(|n| names.contains(n)))
-            .cloned()
+            .filter_map(|i| state.images.get(&i.id).cloned())
             .collect();
+        drop(state);
         for mut other in others {
             other.names.retain(|n| !names.contains(n));
             self.write_image_record(&other)?;

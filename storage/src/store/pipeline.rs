@@ -211,7 +211,7 @@ impl Store {
                             }
                             self.state
                                 .read()
-                                .chain(parent)
+                                .chain_skeleton(parent)
                                 .map(|c| c.iter().map(|l| l.id.clone()).collect())
                                 .ok_or_else(|| Error::LayerUnknown { id: parent.clone() })?
                         }

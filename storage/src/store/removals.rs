@@ -105,7 +105,7 @@ impl Store {
             let used = st.used_among(&listed);
             listed
                 .into_iter()
-                .filter(|id| used.contains(*id) || !st.layers.contains_key(*id))
+                .filter(|id| used.contains(*id) || !st.layers.contains_key(id))
                 .map(str::to_string)
                 .collect()
         });
@@ -136,7 +136,7 @@ impl Store {
         expired.retain(|id| !staying.contains(id));
         // Children before parents.
         expired.sort_by_key(|id| {
-            std::cmp::Reverse(self.with_state(|st| st.chain(id).map_or(0, |c| c.len())))
+            std::cmp::Reverse(self.with_state(|st| st.chain_skeleton(id).map_or(0, |c| c.len())))
         });
         if !expired.is_empty() {
             {
@@ -195,7 +195,7 @@ impl Store {
             // before their directories go.
             let mut state = self.state.write();
             for (id, _) in &doomed {
-                state.layers.remove(*id);
+                state.layers.remove(id);
             }
             drop(state);
             if let Err(e) = self.bump_generation() {

@@ -121,7 +121,11 @@ impl Store {
                 let broken: Vec<String> = state
                     .images
                     .values()
-                    .filter(|i| state.chain(i.layer.as_deref().unwrap_or("")).is_none())
+                    .filter(|i| {
+                        state
+                            .chain_skeleton(i.layer.as_deref().unwrap_or(""))
+                            .is_none()
+                    })
                     .map(|i| i.id.clone())
                     .collect();
                 for id in broken {

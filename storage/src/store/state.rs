@@ -3,14 +3,15 @@
 //! it: chains, missing ancestors, shadowed names, which layers images use.
 //! Nothing here reads or writes the disk.
 
+use super::records::{Record, Records};
 use super::*;
 
 /// Insert `items` into `map`. A large batch (a reader's first scan) is merged
 /// with `append`, which builds densely packed nodes — about 500 bytes less per
 /// image than one insert at a time; a small one is inserted in place.
-pub(super) fn insert_batch<V>(map: &mut BTreeMap<String, V>, items: Vec<(String, V)>) {
+pub(super) fn insert_batch<V: Record>(map: &mut Records<V>, items: Vec<(String, V)>) {
     if items.len() >= 64 && items.len() * 4 >= map.len() {
-        let mut batch: BTreeMap<String, V> = items.into_iter().collect();
+        let mut batch: Records<V> = items.into_iter().collect();
         map.append(&mut batch);
     } else {
         map.extend(items);
@@ -19,12 +20,12 @@ pub(super) fn insert_batch<V>(map: &mut BTreeMap<String, V>, items: Vec<(String,
 
 /// The names of `names` that a local image of `state` has.
 pub(super) fn local_claims(state: &State, names: Vec<String>) -> Vec<String> {
-    if names.is_empty() || state.images.values().all(|i| i.shared) {
+    if names.is_empty() || state.images.skeleton_values().all(|i| i.shared) {
         return Vec::new();
     }
     let local: BTreeSet<&str> = state
         .images
-        .values()
+        .skeleton_values()
         .filter(|i| !i.shared)
         .flat_map(|i| i.names.iter().map(String::as_str))
         .collect();
@@ -41,7 +42,7 @@ pub(super) fn shared_claims(state: &State, names: Vec<String>) -> Vec<String> {
         .filter(|n| {
             state
                 .images
-                .values()
+                .skeleton_values()
                 .any(|i| i.shared && i.names.contains(n))
         })
         .collect()
@@ -53,9 +54,9 @@ pub(super) fn shared_claims(state: &State, names: Vec<String>) -> Vec<String> {
 pub(super) fn keep_shared(new: &mut State, old: &State) {
     /// The same for layers and images: `entries` go to `visible` unless a
     /// local entry holds their id there, then to `hidden`.
-    fn carry<'a, T: Clone + 'a>(
-        visible: &mut BTreeMap<String, T>,
-        hidden: &mut BTreeMap<String, T>,
+    fn carry<'a, T: Record + 'a>(
+        visible: &mut Records<T>,
+        hidden: &mut Records<T>,
         entries: impl Iterator<Item = (&'a String, &'a T)>,
     ) {
         for (id, entry) in entries {
@@ -84,25 +85,38 @@ pub(super) fn keep_shared(new: &mut State, old: &State) {
 /// The in-memory view of a store: every valid layer and image.
 #[derive(Debug, Default, Clone)]
 pub struct State {
-    pub layers: BTreeMap<String, Layer>,
-    pub images: BTreeMap<String, Image>,
+    pub layers: Records<Layer>,
+    pub images: Records<Image>,
     /// On a reader: shared layers the share holds under the id of a local
     /// layer. The local one wins (it is what `layers` has); this copy takes
     /// its place if the local one goes.
-    pub hidden_layers: BTreeMap<String, Layer>,
+    pub hidden_layers: Records<Layer>,
     /// On a reader: shared images with the id of a local image, hidden by it
     /// (the local record and its names win; see docs/sharing.md).
-    pub hidden_images: BTreeMap<String, Image>,
+    pub hidden_images: Records<Image>,
 }
 
 impl State {
-    /// Layer ids of the chain ending at `top`, top first; `None` when a layer
-    /// is missing or the parents loop.
+    /// The layers of the chain ending at `top`, top first, whole; `None`
+    /// when a layer is missing or the parents loop.
     pub fn chain(&self, top: &str) -> Option<Vec<&Layer>> {
+        let chain = self.chain_skeleton(top)?;
+        Some(
+            chain
+                .iter()
+                .filter_map(|l| self.layers.get(&l.id))
+                .collect(),
+        )
+    }
+
+    /// [`State::chain`] as skeletons ([`Records::skeleton`]: ids, parents
+    /// and `shared` only), parsing no record: for questions of which layers
+    /// and how many.
+    pub fn chain_skeleton(&self, top: &str) -> Option<Vec<&Layer>> {
         let mut out = Vec::new();
         let mut next = Some(top);
         while let Some(id) = next {
-            let layer = self.layers.get(id)?;
+            let layer = self.layers.skeleton(id)?;
             if out.len() > self.layers.len() {
                 return None; // a cycle
             }
@@ -116,7 +130,7 @@ impl State {
     pub fn missing_ancestor<'a>(&'a self, top: &'a str) -> Option<&'a str> {
         let mut next = top;
         for _ in 0..=self.layers.len() {
-            match self.layers.get(next) {
+            match self.layers.skeleton(next) {
                 None => return Some(next),
                 Some(l) => match l.parent.as_deref() {
                     Some(p) => next = p,
@@ -133,7 +147,7 @@ impl State {
     pub fn shadowed_names(&self) -> BTreeSet<String> {
         let local: BTreeSet<&str> = self
             .images
-            .values()
+            .skeleton_values()
             .filter(|i| !i.shared)
             .flat_map(|i| i.names.iter().map(String::as_str))
             .collect();
@@ -141,7 +155,7 @@ impl State {
             return BTreeSet::new();
         }
         self.images
-            .values()
+            .skeleton_values()
             .filter(|i| i.shared)
             .flat_map(|i| i.names.iter())
             .filter(|n| local.contains(n.as_str()))
@@ -169,14 +183,14 @@ impl State {
         let wanted: HashSet<&str> = among
             .iter()
             .copied()
-            .filter(|id| self.layers.contains_key(*id))
+            .filter(|id| self.layers.contains_key(id))
             .collect();
         if wanted.is_empty() {
             return BTreeSet::new();
         }
         let tops: HashSet<&str> = self
             .images
-            .values()
+            .skeleton_values()
             .filter(|i| Some(i.id.as_str()) != except)
             .filter_map(|i| i.layer.as_deref())
             .collect();
@@ -189,7 +203,7 @@ impl State {
         let mut level = wanted.clone();
         while !level.is_empty() {
             let mut below = HashSet::new();
-            for (id, layer) in &self.layers {
+            for (id, layer) in self.layers.skeleton_iter() {
                 let under = layer.parent.as_deref().is_some_and(|p| level.contains(p));
                 if under && seen.insert(id.as_str()) {
                     below.insert(id.as_str());
@@ -203,7 +217,7 @@ impl State {
         let mut used = BTreeSet::new();
         for top in found {
             // Only a whole chain counts (as in `referenced_layers`).
-            for layer in self.chain(top).unwrap_or_default() {
+            for layer in self.chain_skeleton(top).unwrap_or_default() {
                 if wanted.contains(layer.id.as_str()) {
                     used.insert(layer.id.clone());
                 }
@@ -215,8 +229,8 @@ impl State {
     /// Layers some image's chain uses.
     pub fn referenced_layers(&self) -> BTreeSet<String> {
         self.images
-            .values()
-            .filter_map(|i| self.chain(i.layer.as_deref()?))
+            .skeleton_values()
+            .filter_map(|i| self.chain_skeleton(i.layer.as_deref()?))
             .flatten()
             .map(|l| l.id.clone())
             .collect()
@@ -326,13 +340,15 @@ mod tests {
     #[test]
     fn batches_small_and_large_insert_the_same() {
         for (have, add) in [(10, 3), (10, 100), (0, 64), (1000, 70)] {
-            let mut map: BTreeMap<String, usize> =
-                (0..have).map(|n| (id(&n.to_string()), n)).collect();
+            let entry = |n: usize, shared: bool| {
+                let id = id(&n.to_string());
+                (id.clone(), layer(&id, None, shared))
+            };
+            let mut map: Records<Layer> = (0..have).map(|n| entry(n, false)).collect();
             let mut want = map.clone();
             // Half of the batch replaces entries that are there.
-            let items: Vec<(String, usize)> = (have / 2..have / 2 + add)
-                .map(|n| (id(&n.to_string()), n + 1_000_000))
-                .collect();
+            let items: Vec<(String, Layer)> =
+                (have / 2..have / 2 + add).map(|n| entry(n, true)).collect();
             want.extend(items.clone());
             insert_batch(&mut map, items);
             assert_eq!(map, want, "{have} + {add}");

@@ -68,7 +68,7 @@ impl Store {
         }
         // Children before parents.
         gone.sort_by_key(|(id, _)| {
-            std::cmp::Reverse(state.chain(id).map(|c| c.len()).unwrap_or(0))
+            std::cmp::Reverse(state.chain_skeleton(id).map(|c| c.len()).unwrap_or(0))
         });
         let mut changed = false;
         // A writer's share hook has its turn in every sweep, without the
@@ -126,7 +126,11 @@ impl Store {
         }
         // A crash while rewriting an image record leaves `.tmp-*` inside it.
         // (A reader's shared images are on the share, which it never writes.)
-        for image in state.images.values().filter(|i| writer || !i.shared) {
+        for image in state
+            .images
+            .skeleton_values()
+            .filter(|i| writer || !i.shared)
+        {
             let dir = self.image_dir_of(&image.id, image.shared);
             if let Err(e) = fsutil::remove_debris_in(&dir) {
                 skip("image", &dir, &e);
