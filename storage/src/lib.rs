@@ -143,7 +143,7 @@ pub use error::{Error, IoContext, Result};
 pub use lock::{LockHolder, LockNotice, LockWait};
 pub use meta::{Image, Layer};
 pub use progress::{EventKind, NoopReporter, ProgressEvent, Reporter};
-pub use share_hook::{IndexLines, MakeShareHook, ShareHook};
+pub use share_hook::{Change, IndexLines, MakeShareHook, ShareHook};
 pub use store::{
     list_id_entries, list_ids, ContainerOptions, ContainerUsage, DiskUsage, FsUsage, GcReport,
     ImageUsage, LayerCheck, LoadOptions, Record, Records, Removed, SharedDelta, State, Store,

@@ -56,6 +56,19 @@ pub struct IndexLines {
     pub sizes: (u64, u64),
 }
 
+/// What the change [`ShareHook::before_generation`] is told of did, as far
+/// as the store knows it without a diff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// A layer was published, and nothing else changed: no image, no
+    /// removal. (containers/storage's index lists a layer only once an
+    /// image uses it, so such a change leaves the index as it is.)
+    LayerAdded,
+    /// Anything else: the hook diffs the state to find out.
+    Other,
+}
+
 /// The writer side of sharing (see the module documentation). An error
 /// stops the change the store was making, as an error of its own would.
 pub trait ShareHook: Send + Sync + fmt::Debug {
@@ -98,7 +111,7 @@ pub trait ShareHook: Send + Sync + fmt::Debug {
     /// state; `generation` moved on since).
     fn removing_layer(&self, id: &str) -> Result<()>;
 
-    /// The state (`state`) changed, and `generation` is about to be
-    /// replaced by `text`.
-    fn before_generation(&self, state: &State, text: &str) -> Result<()>;
+    /// The state (`state`) changed — how, as far as the store knows:
+    /// `change` — and `generation` is about to be replaced by `text`.
+    fn before_generation(&self, state: &State, text: &str, change: Change) -> Result<()>;
 }

@@ -49,7 +49,7 @@ use crate::import::{self, spec, SourceImage, SourceLayer};
 use crate::lock::{LockWait, WriterLock};
 use crate::meta::{self, Image, Layer, CONFIG, MANIFEST};
 use crate::progress::{EventKind, ProgressEvent, ProgressReader, Reporter, DEFAULT_INTERVAL};
-use crate::share_hook::{IndexLines, MakeShareHook, ShareHook};
+use crate::share_hook::{Change, IndexLines, MakeShareHook, ShareHook};
 
 mod containers;
 mod images;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use storectl_storage::csindex::{self, images_index, layers_index, Line, Stamp};
 use storectl_storage::fsutil::{self, write_atomic};
-use storectl_storage::{Image, IoContext, Layer, Result, State};
+use storectl_storage::{Change, Image, IoContext, Layer, Result, State};
 
 /// What the writer knows of the index on its share.
 #[derive(Debug, Default)]
@@ -194,9 +194,21 @@ impl IndexCache {
     /// `images.json` where they changed, in the contract's order — new
     /// layers before the images that use them, images gone before their
     /// layers — each followed by its lock file's change token. The stamp and
-    /// `generation` are the caller's ([`write_stamp`]).
-    pub fn sync(&mut self, share: &Path, state: &State) -> Result<Synced> {
+    /// `generation` are the caller's ([`write_stamp`]). After a
+    /// [`Change::LayerAdded`] with the files as this cache knows them and no
+    /// image marked, nothing is compared: the index lists a layer only once
+    /// an image uses it.
+    pub fn sync(&mut self, share: &Path, state: &State, change: Change) -> Result<Synced> {
         debug_assert!(self.ready);
+        if let (Change::LayerAdded, Some((layers_size, images_size)), true) =
+            (change, self.on_disk, self.dirty_images.is_empty())
+        {
+            return Ok(Synced {
+                layers_size,
+                images_size,
+                ..Synced::default()
+            });
+        }
         // The diff, under the caller's state guard: ids only.
         let mut gone_layers = Vec::new();
         merge_walk(
@@ -808,7 +820,7 @@ mod tests {
         let mut st = state(50);
         let mut cache = IndexCache::default();
         assert!(!cache.init(share, &st, Some("1 x\n")), "no index yet");
-        let first = cache.sync(share, &st).unwrap();
+        let first = cache.sync(share, &st, Change::Other).unwrap();
         assert!(first.layers_written && first.images_written);
         assert_eq!(first.serialized, 0, "init serialized them");
         assert_eq!(on_disk(share), expected(&st));
@@ -830,23 +842,33 @@ mod tests {
         let top = st.images.values().next().unwrap().layer.clone();
         let l = layer(&new_layer, top.as_deref());
         st.layers.insert(new_layer.clone(), l);
-        let s = cache.sync(share, &st).unwrap();
+        let s = cache.sync(share, &st, Change::Other).unwrap();
         let wrote = |s: Synced| (s.layers_written, s.images_written, s.serialized);
         assert_eq!(wrote(s), (false, false, 0));
         assert!(!on_disk(share).0.contains(&new_layer));
+        // Told so, the cache takes the store's word for it (no diff) and
+        // gives the files' sizes for the stamp.
+        let s = cache.sync(share, &st, Change::LayerAdded).unwrap();
+        assert_eq!(wrote(s), (false, false, 0));
+        let size = |p: PathBuf| fs::metadata(p).unwrap().len();
+        assert_eq!(
+            (s.layers_size, s.images_size),
+            (size(layers_index(share)), size(images_index(share)))
+        );
 
         // A new image on it: both files, only it and its layer serialized.
         let new_image = hex(1000, "image");
         let image = image(&new_image, &new_layer, &["new:1"]);
         st.images.insert(new_image.clone(), image);
-        let s = cache.sync(share, &st).unwrap();
+        let s = cache.sync(share, &st, Change::Other).unwrap();
         assert_eq!(wrote(s), (true, true, 2));
         assert_eq!(on_disk(share), expected(&st));
 
-        // A name changes in place.
+        // A name changes in place: written even when the change that
+        // follows is a layer's (an image marked is not left for later).
         st.images.get_mut(&new_image).unwrap().names = vec!["renamed:1".into()];
         cache.mark_image(&new_image);
-        let s = cache.sync(share, &st).unwrap();
+        let s = cache.sync(share, &st, Change::LayerAdded).unwrap();
         assert_eq!(
             (s.layers_written, s.images_written, s.serialized),
             (false, true, 1)
@@ -861,7 +883,7 @@ mod tests {
         };
         st.images.get_mut(&new_image).unwrap().names = vec![first_name.clone()];
         cache.mark_image(&new_image);
-        cache.sync(share, &st).unwrap();
+        cache.sync(share, &st, Change::Other).unwrap();
         let (_, images) = on_disk(share);
         let holders: Vec<&String> = images
             .iter()
@@ -871,20 +893,20 @@ mod tests {
         assert_eq!(holders.len(), 1, "one image per name");
         st.images.get_mut(&first_id).unwrap().names.clear();
         cache.mark_image(&first_id);
-        cache.sync(share, &st).unwrap();
+        cache.sync(share, &st, Change::Other).unwrap();
         assert_eq!(on_disk(share), expected(&st));
 
         // Removal: the image and its layer go, nothing is serialized.
         st.images.remove(&new_image);
         st.layers.remove(&new_layer);
-        let s = cache.sync(share, &st).unwrap();
+        let s = cache.sync(share, &st, Change::Other).unwrap();
         assert_eq!(
             (s.layers_written, s.images_written, s.serialized),
             (true, true, 0)
         );
         assert_eq!(on_disk(share), expected(&st));
         // Nothing changed: nothing written.
-        let s = cache.sync(share, &st).unwrap();
+        let s = cache.sync(share, &st, Change::Other).unwrap();
         assert_eq!(
             (s.layers_written, s.images_written, s.serialized),
             (false, false, 0)
@@ -903,7 +925,10 @@ mod tests {
         let mut st = state(20);
         let mut cache = IndexCache::default();
         cache.init(share, &st, None);
-        assert!(!cache.sync(share, &st).unwrap().appended, "no index yet");
+        assert!(
+            !cache.sync(share, &st, Change::Other).unwrap().appended,
+            "no index yet"
+        );
         let inode = |p: PathBuf| fs::metadata(p).unwrap().ino();
         let token = |lock: &str| fs::read(share.join(lock)).unwrap();
         let read = || {
@@ -927,7 +952,7 @@ mod tests {
         let inodes = (inode(layers_index(share)), inode(images_index(share)));
         let tokens = (token(csindex::LAYERS_LOCK), token(csindex::IMAGES_LOCK));
         let added = add(&mut st, 1);
-        let s = cache.sync(share, &st).unwrap();
+        let s = cache.sync(share, &st, Change::Other).unwrap();
         assert!(s.appended && s.layers_written && s.images_written);
         assert_eq!(s.serialized, 3, "one image and its two layers");
         let (new_l, new_i) = read();
@@ -950,7 +975,7 @@ mod tests {
         st.images.remove(&added);
         st.layers.remove(&hex(5001, "layer"));
         st.layers.remove(&hex(6001, "layer"));
-        let s = cache.sync(share, &st).unwrap();
+        let s = cache.sync(share, &st, Change::Other).unwrap();
         assert!(!s.appended);
         assert_ne!(inode(images_index(share)), inodes.1, "replaced by rename");
         let lines: Vec<Vec<u8>> = st
@@ -967,17 +992,17 @@ mod tests {
         fs::write(layers_index(share), &l).unwrap();
         let before = inode(layers_index(share));
         add(&mut st, 2);
-        let s = cache.sync(share, &st).unwrap();
+        let s = cache.sync(share, &st, Change::Other).unwrap();
         assert!(!s.appended && s.layers_written && s.images_written);
         assert_ne!(inode(layers_index(share)), before);
         assert_eq!(on_disk(share), expected(&st));
         // A share whose settings say no appends: a load rewrites too.
         let mut no = IndexCache::new(false);
         no.init(share, &st, None);
-        no.sync(share, &st).unwrap();
+        no.sync(share, &st, Change::Other).unwrap();
         let before = inode(images_index(share));
         add(&mut st, 4);
-        let s = no.sync(share, &st).unwrap();
+        let s = no.sync(share, &st, Change::Other).unwrap();
         assert!(!s.appended && s.images_written);
         assert_ne!(inode(images_index(share)), before);
         assert_eq!(on_disk(share), expected(&st));
@@ -989,10 +1014,10 @@ mod tests {
         let mut st = State::default();
         let mut cache = IndexCache::default();
         cache.init(&empty, &st, None);
-        cache.sync(&empty, &st).unwrap();
+        cache.sync(&empty, &st, Change::Other).unwrap();
         assert_eq!(fs::read(layers_index(&empty)).unwrap(), b"[]\n");
         add(&mut st, 3);
-        let s = cache.sync(&empty, &st).unwrap();
+        let s = cache.sync(&empty, &st, Change::Other).unwrap();
         assert!(s.appended);
         assert_eq!(on_disk(&empty), expected(&st));
     }
@@ -1009,7 +1034,7 @@ mod tests {
         cache.init(share, &st, None);
         fs::create_dir(images_index(share)).unwrap();
         fs::write(images_index(share).join("x"), "junk").unwrap();
-        assert!(cache.sync(share, &st).is_err());
+        assert!(cache.sync(share, &st, Change::Other).is_err());
         assert_eq!(on_disk_layers(share), expected(&st).0);
         for d in ["overlay-layers", "overlay-images"] {
             let tmp: Vec<_> = fs::read_dir(share.join(d))

@@ -23,8 +23,8 @@ use storectl_storage::digest::is_hex64;
 use storectl_storage::fsutil::{self, create_dir, sync_dir, unique_suffix};
 use storectl_storage::links::{self, Outcome};
 use storectl_storage::{
-    list_id_entries, Error, Image, IndexLines, IoContext, Layout, Result, ShareHook, State, Store,
-    StoreOptions,
+    list_id_entries, Change, Error, Image, IndexLines, IoContext, Layout, Result, ShareHook, State,
+    Store, StoreOptions,
 };
 
 mod cache;
@@ -130,7 +130,7 @@ impl ShareWriter {
             cache.invalidate();
             store.with_state(|state| {
                 cache.init(share, state, None);
-                cache.sync(share, state)
+                cache.sync(share, state, Change::Other)
             })?
         };
         let stamp = Stamp {
@@ -380,13 +380,13 @@ impl ShareHook for ShareWriter {
 
     /// containers/storage's index files in line with `state` (the per-id
     /// directories are published already), then the stamp naming `text`.
-    fn before_generation(&self, state: &State, text: &str) -> Result<()> {
+    fn before_generation(&self, state: &State, text: &str, change: Change) -> Result<()> {
         let mut cache = self.cache.lock();
         if !cache.is_ready() {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let synced = cache.sync(&self.share, state).inspect_err(|_| {
+        let synced = cache.sync(&self.share, state, change).inspect_err(|_| {
             // Unknown now: the next change rebuilds it (moving junk that
             // was in the way aside).
             cache.invalidate();

@@ -554,7 +554,7 @@ impl Store {
                 }
             }
         }
-        self.bump_generation()
+        self.bump_generation_after(Change::LayerAdded)
     }
 
     /// Move whatever is at `path` (an entry storectl did not make, on a name

@@ -101,6 +101,12 @@ impl Store {
     /// Replace `generation` so readers notice a change. A reader's changes
     /// are local and concern nobody else.
     pub(super) fn bump_generation(&self) -> Result<()> {
+        self.bump_generation_after(Change::Other)
+    }
+
+    /// [`Store::bump_generation`] after a change the share hook may take
+    /// the store's word for (`change`).
+    pub(super) fn bump_generation_after(&self, change: Change) -> Result<()> {
         if self.layout.role() == Role::Reader {
             return Ok(());
         }
@@ -115,7 +121,7 @@ impl Store {
         // What the share hook keeps first (the per-id directories are
         // published already), then `generation`.
         if let Some(hook) = &self.share_hook {
-            hook.before_generation(&self.state.read(), &text)?;
+            hook.before_generation(&self.state.read(), &text, change)?;
         }
         write_atomic(&dir, "generation", text.as_bytes())?;
         // The in-memory state is this generation: the next mutation of this
