@@ -240,25 +240,59 @@ fn hex_field<'a>(bytes: &'a [u8], key: &[u8]) -> Option<(&'a str, &'a [u8])> {
 /// A JSON array of plain strings (no escapes) at the start of `bytes`:
 /// the strings, and what follows the `]`.
 fn string_list(bytes: &[u8]) -> Option<(Vec<&str>, &[u8])> {
-    let mut rest = bytes.strip_prefix(b"[")?;
     let mut out = Vec::new();
+    let mut utf8 = true;
+    let rest = each_string(bytes, |s| match std::str::from_utf8(s) {
+        Ok(s) => out.push(s),
+        Err(_) => utf8 = false,
+    })?;
+    utf8.then_some((out, rest))
+}
+
+/// Call `each` with every string of the JSON array of plain strings (no
+/// escapes) at the start of `bytes`, in order; what follows the `]`.
+/// `None` for anything else (an escape: the whole parse decides).
+fn each_string<'a>(bytes: &'a [u8], mut each: impl FnMut(&'a [u8])) -> Option<&'a [u8]> {
+    let mut rest = bytes.strip_prefix(b"[")?;
     if let Some(after) = rest.strip_prefix(b"]") {
-        return Some((out, after));
+        return Some(after);
     }
     loop {
         let body = rest.strip_prefix(b"\"")?;
         let end = memchr::memchr2(b'"', b'\\', body)?;
         if body[end] != b'"' {
-            return None; // an escape: the whole parse decides
+            return None;
         }
-        out.push(std::str::from_utf8(&body[..end]).ok()?);
+        each(&body[..end]);
         rest = &body[end + 1..];
         match rest.first()? {
             b',' => rest = &rest[1..],
-            b']' => return Some((out, &rest[1..])),
+            b']' => return Some(&rest[1..]),
             _ => return None,
         }
     }
+}
+
+/// Whether the image record `line` may have one of `names`: `false` only
+/// when its names are as [`image_skeleton`] reads them and none is one of
+/// `names` (then the line need not be read further), `true` otherwise.
+/// Pure; allocates nothing: a question about a few names over every line
+/// of a big index.
+pub(crate) fn image_line_may_name(line: &[u8], names: &[&str]) -> bool {
+    let names_list = || {
+        let (_, mut rest) = hex_field(line.strip_prefix(b"{")?, b"\"id\":\"")?;
+        if let Some(after) = rest.strip_prefix(b",\"digest\":\"") {
+            let end = memchr::memchr(b'"', after)?;
+            rest = &after[end + 1..];
+        }
+        rest.strip_prefix(b",\"names\":")
+    };
+    let Some(list) = names_list() else {
+        return true;
+    };
+    let mut found = false;
+    let read = each_string(list, |s| found |= names.iter().any(|n| n.as_bytes() == s));
+    found || read.is_none()
 }
 
 /// [`csindex::parse_image_record`] for a record whose strings need no

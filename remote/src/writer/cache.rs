@@ -238,10 +238,24 @@ impl IndexCache {
                 }
             }
         }
-        let dups = if images_moved {
-            csindex::duplicate_names(shared_images(state).map(|(_, i)| i))
-        } else {
+        let dups = if !images_moved {
             BTreeMap::new()
+        } else if self.had_dup_names.is_empty() {
+            // No name was on two images at the last sync: one can be now
+            // only among the images added or changed since and those that
+            // have one of their names (found without reading every record).
+            let names: BTreeSet<&str> = add_images
+                .iter()
+                .chain(&redo)
+                .filter_map(|id| state.images.skeleton(id))
+                .filter(|i| i.shared)
+                .flat_map(|i| i.names.iter().map(String::as_str))
+                .collect();
+            let names: Vec<&str> = names.into_iter().collect();
+            let holders = state.images_named(&names);
+            csindex::duplicate_names(holders.into_iter().filter(|i| i.shared))
+        } else {
+            csindex::duplicate_names(shared_images(state).map(|(_, i)| i))
         };
         if images_moved {
             redo.extend(add_images.iter().cloned());

@@ -22,16 +22,13 @@ impl Store {
                 .any(|n| n == name || Some(n) == normalized.as_ref())
         };
         // Names are in the records' skeletons: only the one found is parsed.
-        let local = state
-            .images
-            .skeleton_values()
-            .filter(|i| !i.shared)
-            .find(named);
-        let shared = state
-            .images
-            .skeleton_values()
-            .filter(|i| i.shared)
-            .find(named);
+        let asked: Vec<&str> = [Some(name), normalized.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let holders = state.images_named(&asked);
+        let local = holders.iter().copied().find(|i| !i.shared);
+        let shared = holders.iter().copied().find(|i| i.shared);
         if let Some(i) = local.or(shared) {
             let image = state.images[&i.id].clone();
             if local.is_some() && shared.is_some() {
@@ -125,11 +122,11 @@ impl Store {
         let reader = self.layout.role() == Role::Reader;
         let state = self.state.read();
         // Skeletons (names, shared) to find them; the whole records to write.
+        let asked: Vec<&str> = names.iter().map(String::as_str).collect();
         let others: Vec<Image> = state
-            .images
-            .skeleton_values()
+            .images_named(&asked)
+            .into_iter()
             .filter(|i| i.id != id && !(reader && i.shared))
-            .filter(|i| i.names.iter().any(|n| names.contains(n)))
             .filter_map(|i| state.images.get(&i.id).cloned())
             .collect();
         drop(state);

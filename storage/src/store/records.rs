@@ -268,6 +268,38 @@ impl<T: Record> Records<T> {
         self.skeleton_iter().map(|(_, t)| t)
     }
 
+    /// The skeletons of the records whose line `may_match` says may be one
+    /// asked for, by id — of those not read yet; every record read already
+    /// (or whole) is given, for the caller to check. The lines are asked in
+    /// parallel when there are many: a question about a few records of a
+    /// big index ([`State::images_named`](super::State::images_named)).
+    pub fn skeletons_where(&self, may_match: impl Fn(&[u8]) -> bool + Sync) -> Vec<(&String, &T)> {
+        fn pick<'a, T: Record>(
+            (id, slot): (&'a String, &'a Slot<T>),
+            may_match: &(impl Fn(&[u8]) -> bool + Sync),
+        ) -> Option<(&'a String, &'a T)> {
+            match slot {
+                Slot::Lazy(lazy)
+                    if lazy.whole.get().is_none()
+                        && lazy.skeleton.get().is_none()
+                        && !may_match(&lazy.line) =>
+                {
+                    None
+                }
+                slot => Some((id, slot.skeleton(id))),
+            }
+        }
+        if self.map.len() >= 1024 {
+            let pick = |entry| pick(entry, &may_match);
+            self.map.par_iter().filter_map(pick).collect()
+        } else {
+            self.map
+                .iter()
+                .filter_map(|entry| pick(entry, &may_match))
+                .collect()
+        }
+    }
+
     /// The ids of the shared records, parsing none.
     pub fn shared_keys(&self) -> impl DoubleEndedIterator<Item = &String> + Clone {
         self.map
@@ -423,6 +455,7 @@ impl<T: Record + PartialEq> PartialEq for Records<T> {
 mod tests {
     use super::*;
     use crate::csindex;
+    use crate::store::State;
 
     fn hex(label: &str) -> String {
         crate::digest::sha256_digest(label.as_bytes())[7..].to_string()
@@ -482,5 +515,56 @@ mod tests {
             Records::<Layer>::from_index([(a.clone(), Line::from(b"{\"id\":".to_vec()), None)]);
         assert_eq!(junk.get(&a), Some(&Layer::unreadable(&a)));
         assert!(junk[&a].shared && junk[&a].parent.is_none());
+    }
+
+    /// How many lazy records have been read at all (skeleton or whole).
+    fn read<T: Record>(records: &Records<T>) -> usize {
+        records
+            .map
+            .values()
+            .filter(|s| match s {
+                Slot::Whole(_) => true,
+                Slot::Lazy(l) => l.whole.get().is_some() || l.skeleton.get().is_some(),
+            })
+            .count()
+    }
+
+    /// Images by name read only the lines whose names list may hold one
+    /// (in parallel over a big index as one by one over a small one); a
+    /// line whose names the scan cannot read (an escape) is read, and
+    /// found when it has the name.
+    #[test]
+    fn images_by_name_read_only_the_lines_that_may_name_them() {
+        let none = std::collections::BTreeSet::new();
+        for n in [10, 2000] {
+            let mut entries: Vec<(String, Line, Option<Box<Image>>)> = (0..n)
+                .map(|i| {
+                    let id = hex(&format!("image{i}"));
+                    let name = format!("localhost/app{i}:1");
+                    let mut image = csindex::tests::image(&id, &hex("top"), &[&name]);
+                    image.shared = true;
+                    (id, Line::from(csindex::image_line(&image, &none)), None)
+                })
+                .collect();
+            // One line as another program may write it: the name escaped.
+            let (escaped, line, _) = entries.pop().unwrap();
+            let text = String::from_utf8(line.to_vec()).unwrap();
+            let text = text.replacen("localhost/app", "localhost\\/app", 1);
+            entries.push((escaped.clone(), Line::from(text.into_bytes()), None));
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let state = State {
+                images: Records::from_index(entries),
+                ..State::default()
+            };
+            let found = state.images_named(&["localhost/app3:1", "localhost/none:1"]);
+            assert_eq!(found.len(), 1);
+            assert_eq!(found[0].id, hex("image3"));
+            assert_eq!(read(&state.images), 2, "the one named and the escaped one");
+            // The escaped name is found, and read whole.
+            let last = format!("localhost/app{}:1", n - 1);
+            let found = state.images_named(&[&last]);
+            assert_eq!(found.iter().map(|i| &i.id).collect::<Vec<_>>(), [&escaped]);
+            assert!(state.images_named(&[]).is_empty());
+        }
     }
 }

@@ -20,12 +20,12 @@ pub(super) fn insert_batch<V: Record>(map: &mut Records<V>, items: Vec<(String, 
 
 /// The names of `names` that a local image of `state` has.
 pub(super) fn local_claims(state: &State, names: Vec<String>) -> Vec<String> {
-    if names.is_empty() || state.images.skeleton_values().all(|i| i.shared) {
+    // Local images are never unread index lines.
+    let local = || state.images.iter_unindexed().map(|(_, i)| i);
+    if names.is_empty() || local().all(|i| i.shared) {
         return Vec::new();
     }
-    let local: BTreeSet<&str> = state
-        .images
-        .skeleton_values()
+    let local: BTreeSet<&str> = local()
         .filter(|i| !i.shared)
         .flat_map(|i| i.names.iter().map(String::as_str))
         .collect();
@@ -37,14 +37,11 @@ pub(super) fn local_claims(state: &State, names: Vec<String>) -> Vec<String> {
 
 /// The names of `names` that a shared image of `state` has.
 pub(super) fn shared_claims(state: &State, names: Vec<String>) -> Vec<String> {
+    let asked: Vec<&str> = names.iter().map(String::as_str).collect();
+    let holders = state.images_named(&asked);
     names
         .into_iter()
-        .filter(|n| {
-            state
-                .images
-                .skeleton_values()
-                .any(|i| i.shared && i.names.contains(n))
-        })
+        .filter(|n| holders.iter().any(|i| i.shared && i.names.contains(n)))
         .collect()
 }
 
@@ -97,6 +94,22 @@ pub struct State {
 }
 
 impl State {
+    /// The images (skeletons: ids, names, `shared`) that have one of
+    /// `names`, by id. Only the index lines whose names list may hold one
+    /// are read ([`Records::skeletons_where`]): on a writer opened from a big
+    /// index, a few microseconds a line rather than a skeleton each.
+    pub fn images_named(&self, names: &[&str]) -> Vec<&Image> {
+        if names.is_empty() {
+            return Vec::new();
+        }
+        self.images
+            .skeletons_where(|line| crate::index_state::image_line_may_name(line, names))
+            .into_iter()
+            .map(|(_, i)| i)
+            .filter(|i| i.names.iter().any(|n| names.contains(&n.as_str())))
+            .collect()
+    }
+
     /// The layers of the chain ending at `top`, top first, whole; `None`
     /// when a layer is missing or the parents loop.
     pub fn chain(&self, top: &str) -> Option<Vec<&Layer>> {
