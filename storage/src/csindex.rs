@@ -87,6 +87,16 @@ pub enum Line {
     In(std::sync::Arc<Vec<u8>>, std::ops::Range<usize>),
 }
 
+/// A record line's id where the writer renders it ([`layer_line`],
+/// [`image_line`]: `{"id":"<64 lowercase hex>",…}`); `None` for a line
+/// with it anywhere else. Pure.
+pub fn line_id(line: &[u8]) -> Option<&str> {
+    let rest = line.strip_prefix(b"{\"id\":\"")?;
+    let id = std::str::from_utf8(rest.get(..64)?).ok()?;
+    let closed = rest.get(64..66) == Some(b"\",") && line.last() == Some(&b'}');
+    (closed && is_hex64(id)).then_some(id)
+}
+
 impl std::ops::Deref for Line {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

@@ -373,7 +373,7 @@ pub(crate) fn lazy_entries<'a, T: Send>(
     lines
         .par_iter()
         .with_min_len(1024)
-        .map(|raw| match line_id(raw) {
+        .map(|raw| match csindex::line_id(raw) {
             Some(id) => Ok((id.to_string(), *raw, None)),
             None => {
                 let whole = parse(raw)?;
@@ -392,12 +392,6 @@ pub(crate) fn lazy_entries<'a, T: Send>(
 /// A record of an index file as a lazy open reads it: its id, its line,
 /// and the record when the line had to be parsed whole for its id.
 pub(crate) type LazyEntry<'a, T> = (String, &'a [u8], Option<Box<T>>);
-
-/// A record line's id where the writer renders it: `{"id":"<64 hex>",`.
-fn line_id(line: &[u8]) -> Option<&str> {
-    let (id, rest) = hex_field(line.strip_prefix(b"{")?, b"\"id\":\"")?;
-    (rest.first() == Some(&b',') && line.last() == Some(&b'}')).then_some(id)
-}
 
 /// A layer with an id alone (shared unset).
 pub(crate) fn bare_layer(id: &str) -> Layer {

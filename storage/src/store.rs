@@ -529,29 +529,31 @@ impl Store {
         if self.read_generation().as_ref() != Some(&generation) {
             return fallback("the share changed while the index was read".into());
         }
-        let line = |file: &std::sync::Arc<Vec<u8>>, raw: &[u8]| {
-            let start = raw.as_ptr() as usize - file.as_ptr() as usize;
-            csindex::Line::In(std::sync::Arc::clone(file), start..start + raw.len())
-        };
+        // The hook keeps each line by id too (its cache of the files). The
+        // two maps are built at the same time.
         let keep_lines = self.share_hook.is_some();
-        let mut layer_lines = Vec::with_capacity(if keep_lines { layer_entries.len() } else { 0 });
-        let mut image_lines = Vec::with_capacity(if keep_lines { image_entries.len() } else { 0 });
-        let mut shared_layers: Records<Layer> =
-            Records::from_index(layer_entries.into_iter().map(|(id, raw, whole)| {
-                let raw = line(&layers, raw);
+        fn build<T: Record>(
+            entries: Vec<crate::index_state::LazyEntry<'_, T>>,
+            file: &std::sync::Arc<Vec<u8>>,
+            keep_lines: bool,
+        ) -> (Records<T>, Vec<(Option<String>, csindex::Line)>) {
+            let mut lines = Vec::with_capacity(if keep_lines { entries.len() } else { 0 });
+            let records = Records::from_index(entries.into_iter().map(|(id, raw, whole)| {
+                let start = raw.as_ptr() as usize - file.as_ptr() as usize;
+                let raw = csindex::Line::In(std::sync::Arc::clone(file), start..start + raw.len());
                 if keep_lines {
-                    layer_lines.push((id.clone(), raw.clone()));
+                    // Parsed whole for its id: the id is not where
+                    // `csindex::line_id` reads it.
+                    lines.push((whole.is_some().then(|| id.clone()), raw.clone()));
                 }
                 (id, raw, whole)
             }));
-        let shared_images: Records<Image> =
-            Records::from_index(image_entries.into_iter().map(|(id, raw, whole)| {
-                let raw = line(&images, raw);
-                if keep_lines {
-                    image_lines.push((id.clone(), raw.clone()));
-                }
-                (id, raw, whole)
-            }));
+            (records, lines)
+        }
+        let ((mut shared_layers, layer_lines), (shared_images, image_lines)) = rayon::join(
+            || build(layer_entries, &layers, keep_lines),
+            || build(image_entries, &images, keep_lines),
+        );
         // Layers an `rmi` left waiting out the share's grace period are on
         // the share but in no image's chain, so not in the index: read from
         // their records, as opening from the records reads them.

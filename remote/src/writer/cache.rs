@@ -19,13 +19,15 @@ use storectl_storage::csindex::{self, images_index, layers_index, Line, Stamp};
 use storectl_storage::fsutil::{self, write_atomic};
 use storectl_storage::{Change, Image, IoContext, Layer, Result, State};
 
+use super::lines::IdLines;
+
 /// What the writer knows of the index on its share.
 #[derive(Debug, Default)]
 pub(super) struct IndexCache {
     /// False until [`IndexCache::init`]: nothing is known.
     ready: bool,
-    layers: BTreeMap<String, Line>,
-    images: BTreeMap<String, Line>,
+    layers: IdLines,
+    images: IdLines,
     /// Images whose record changed in place (names): re-serialized at the
     /// next sync.
     dirty_images: BTreeSet<String>,
@@ -172,12 +174,13 @@ impl IndexCache {
     /// next sync rewrites both.
     pub fn seed(
         &mut self,
-        layers: Vec<(String, Line)>,
-        images: Vec<(String, Line)>,
+        layers: Vec<(Option<String>, Line)>,
+        images: Vec<(Option<String>, Line)>,
         sizes: (u64, u64),
     ) {
-        self.layers = layers.into_iter().collect();
-        self.images = images.into_iter().collect();
+        // The lines as they are, no id copied (`IdLines`).
+        self.layers = IdLines::from_sorted(layers);
+        self.images = IdLines::from_sorted(images);
         // The index had no name on two images (else it was not used).
         self.had_dup_names.clear();
         self.dirty_images.clear();
@@ -213,17 +216,17 @@ impl IndexCache {
         let mut gone_layers = Vec::new();
         merge_walk(
             self.layers.keys(),
-            state.layers.shared_keys(),
-            |id| gone_layers.push(id.clone()),
+            state.layers.shared_keys().map(String::as_str),
+            |id| gone_layers.push(id.to_string()),
             |_| {},
         );
         let mut add_images = Vec::new();
         let mut gone_images = Vec::new();
         merge_walk(
             self.images.keys(),
-            state.images.shared_keys(),
-            |id| gone_images.push(id.clone()),
-            |id| add_images.push(id.clone()),
+            state.images.shared_keys().map(String::as_str),
+            |id| gone_images.push(id.to_string()),
+            |id| add_images.push(id.to_string()),
         );
         let mut redo: BTreeSet<String> = std::mem::take(&mut self.dirty_images);
         // Names held twice can change only when images do.
@@ -292,7 +295,7 @@ impl IndexCache {
         }
         let removed: BTreeMap<String, Line> = gone_layers
             .iter()
-            .filter_map(|id| self.layers.remove_entry(id))
+            .filter_map(|id| self.layers.remove(id).map(|l| (id.clone(), l)))
             .collect();
 
         let unknown = self.on_disk.is_none();
@@ -311,8 +314,10 @@ impl IndexCache {
                 .iter()
                 .filter_map(|id| self.images.get(id).map(|l| &l[..]))
                 .collect();
-            let added_layers: Vec<&[u8]> =
-                add_layers.iter().map(|id| &self.layers[id][..]).collect();
+            let added_layers: Vec<&[u8]> = add_layers
+                .iter()
+                .map(|id| &self.layers[id.as_str()][..])
+                .collect();
             layers_done = added_layers.is_empty();
             if !layers_done {
                 if let Some(size) =
@@ -403,10 +408,10 @@ impl IndexCache {
 /// Call `only_old` for keys only in `old`, `only_new` for keys only in
 /// `new`; both sorted ascending.
 fn merge_walk<'a>(
-    old: impl Iterator<Item = &'a String>,
-    new: impl Iterator<Item = &'a String>,
-    mut only_old: impl FnMut(&'a String),
-    mut only_new: impl FnMut(&'a String),
+    old: impl Iterator<Item = &'a str>,
+    new: impl Iterator<Item = &'a str>,
+    mut only_old: impl FnMut(&'a str),
+    mut only_new: impl FnMut(&'a str),
 ) {
     let mut old = old.peekable();
     let mut new = new.peekable();
@@ -431,11 +436,13 @@ fn merge_walk<'a>(
 
 /// The lines of `a` and `b` (disjoint) in id order.
 fn merge_lines<'a>(
-    a: &'a BTreeMap<String, Line>,
+    a: &'a IdLines,
     b: &'a BTreeMap<String, Line>,
 ) -> impl Iterator<Item = &'a [u8]> {
-    let mut all: Vec<(&String, &Line)> = a.iter().chain(b.iter()).collect();
-    if !b.is_empty() {
+    let sorted = b.is_empty();
+    let b = b.iter().map(|(id, line)| (id.as_str(), line));
+    let mut all: Vec<(&str, &Line)> = a.iter().chain(b).collect();
+    if !sorted {
         all.sort_by(|x, y| x.0.cmp(y.0));
     }
     all.into_iter().map(|(_, l)| &l[..])
@@ -1072,10 +1079,10 @@ mod tests {
         let new: Vec<String> = ["b", "c", "d", "e"].map(String::from).to_vec();
         let (mut gone, mut added) = (vec![], vec![]);
         merge_walk(
-            old.iter(),
-            new.iter(),
-            |x| gone.push(x.clone()),
-            |x| added.push(x.clone()),
+            old.iter().map(String::as_str),
+            new.iter().map(String::as_str),
+            |x| gone.push(x.to_string()),
+            |x| added.push(x.to_string()),
         );
         assert_eq!(gone, vec!["a"]);
         assert_eq!(added, vec!["c", "e"]);

@@ -28,6 +28,7 @@ use storectl_storage::{
 };
 
 mod cache;
+mod lines;
 #[cfg(test)]
 mod tests;
 
