@@ -61,13 +61,18 @@ pub struct IndexLines {
 
 /// What the change [`ShareHook::before_generation`] is told of did, as far
 /// as the store knows it without a diff.
+/// Besides, records rewritten in place were each told of
+/// ([`ShareHook::image_changed`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Change {
+pub enum Change<'a> {
     /// A layer was published, and nothing else changed: no image, no
     /// removal. (containers/storage's index lists a layer only once an
     /// image uses it, so such a change leaves the index as it is.)
     LayerAdded,
+    /// Image `id` was published (a new record), and nothing else changed:
+    /// nothing removed; the layers it needs were published before.
+    ImageAdded(&'a str),
     /// Anything else: the hook diffs the state to find out.
     Other,
 }
@@ -116,5 +121,5 @@ pub trait ShareHook: Send + Sync + fmt::Debug {
 
     /// The state (`state`) changed — how, as far as the store knows:
     /// `change` — and `generation` is about to be replaced by `text`.
-    fn before_generation(&self, state: &State, text: &str, change: Change) -> Result<()>;
+    fn before_generation(&self, state: &State, text: &str, change: Change<'_>) -> Result<()>;
 }

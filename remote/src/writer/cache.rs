@@ -212,22 +212,33 @@ impl IndexCache {
                 ..Synced::default()
             });
         }
-        // The diff, under the caller's state guard: ids only.
+        // The diff, under the caller's state guard: ids only. After an
+        // image's publish, with the files as this cache knows them, that
+        // image (a shared one not listed yet) is the whole of it.
         let mut gone_layers = Vec::new();
-        merge_walk(
-            self.layers.keys(),
-            state.layers.shared_keys().map(String::as_str),
-            |id| gone_layers.push(id.to_string()),
-            |_| {},
-        );
         let mut add_images = Vec::new();
         let mut gone_images = Vec::new();
-        merge_walk(
-            self.images.keys(),
-            state.images.shared_keys().map(String::as_str),
-            |id| gone_images.push(id.to_string()),
-            |id| add_images.push(id.to_string()),
-        );
+        match (change, self.on_disk) {
+            (Change::ImageAdded(id), Some(_)) if !self.images.contains_key(id) => {
+                if state.images.skeleton(id).is_some_and(|i| i.shared) {
+                    add_images.push(id.to_string());
+                }
+            }
+            _ => {
+                merge_walk(
+                    self.layers.keys(),
+                    state.layers.shared_keys().map(String::as_str),
+                    |id| gone_layers.push(id.to_string()),
+                    |_| {},
+                );
+                merge_walk(
+                    self.images.keys(),
+                    state.images.shared_keys().map(String::as_str),
+                    |id| gone_images.push(id.to_string()),
+                    |id| add_images.push(id.to_string()),
+                );
+            }
+        }
         let mut redo: BTreeSet<String> = std::mem::take(&mut self.dirty_images);
         // Names held twice can change only when images do.
         let images_moved = !(add_images.is_empty() && gone_images.is_empty() && redo.is_empty());
@@ -881,7 +892,11 @@ mod tests {
         let new_image = hex(1000, "image");
         let image = image(&new_image, &new_layer, &["new:1"]);
         st.images.insert(new_image.clone(), image);
-        let s = cache.sync(share, &st, Change::Other).unwrap();
+        // Told which image was added, the cache finds it and its new layer
+        // without a diff of the state.
+        let s = cache
+            .sync(share, &st, Change::ImageAdded(&new_image))
+            .unwrap();
         assert_eq!(wrote(s), (true, true, 2));
         assert_eq!(on_disk(share), expected(&st));
 

@@ -17,12 +17,17 @@ pub(super) struct IdLines {
     lines: Vec<(Option<Box<str>>, Line)>,
 }
 
-/// `line`'s id: beside it, or where the writer renders it.
+/// `line`'s id: beside it, or where the writer renders it (`{"id":"` and
+/// 64 hex: checked by [`csindex::line_id`] when the line was kept without
+/// it, so not again at each of the many reads of a walk or a search).
 fn id_of<'a>(own: &'a Option<Box<str>>, line: &'a Line) -> &'a str {
+    const AT: std::ops::Range<usize> = 7..71;
     match own {
         Some(id) => id,
-        // Only lines `line_id` reads are kept without their id.
-        None => csindex::line_id(line).unwrap_or_default(),
+        None => line
+            .get(AT)
+            .and_then(|id| std::str::from_utf8(id).ok())
+            .unwrap_or_default(),
     }
 }
 
@@ -45,6 +50,9 @@ impl IdLines {
                 None => (None, line),
             })
             .collect();
+        debug_assert!(lines
+            .iter()
+            .all(|(own, line)| own.is_some() || csindex::line_id(line).is_some()));
         debug_assert!(lines
             .windows(2)
             .all(|w| id_of(&w[0].0, &w[0].1) < id_of(&w[1].0, &w[1].1)));

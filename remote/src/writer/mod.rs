@@ -381,7 +381,7 @@ impl ShareHook for ShareWriter {
 
     /// containers/storage's index files in line with `state` (the per-id
     /// directories are published already), then the stamp naming `text`.
-    fn before_generation(&self, state: &State, text: &str, change: Change) -> Result<()> {
+    fn before_generation(&self, state: &State, text: &str, change: Change<'_>) -> Result<()> {
         let mut cache = self.cache.lock();
         if !cache.is_ready() {
             return Ok(());

@@ -611,24 +611,30 @@ impl Store {
             let link = self.images_dir().join(&image.id);
             std::os::unix::fs::symlink(format!("{RO}/{}", image.id), &link).at(&link)?;
         }
+        let id = image.id.clone();
         let mut image = image.clone();
         image.shared = shared;
-        let collisions = {
+        let (collisions, replaced) = {
             let mut state = self.state.write();
             let names = image.names.clone();
-            if let Some(old) = state.images.insert(image.id.clone(), image) {
-                if old.shared && !shared {
-                    state.hidden_images.insert(old.id.clone(), old);
-                }
+            let old = state.images.insert(image.id.clone(), image);
+            let replaced = old.is_some();
+            if let Some(old) = old.filter(|old| old.shared && !shared) {
+                state.hidden_images.insert(old.id.clone(), old);
             }
-            if shared {
+            let collisions = if shared {
                 Vec::new()
             } else {
                 shared_claims(&state, names)
-            }
+            };
+            (collisions, replaced)
         };
         self.warn_collisions(collisions);
-        self.bump_generation()
+        self.bump_generation_after(if replaced {
+            Change::Other
+        } else {
+            Change::ImageAdded(&id)
+        })
     }
 }
 

@@ -148,7 +148,7 @@ impl ShareHook for Recorder {
         self.note("removing_layer", id);
         Ok(())
     }
-    fn before_generation(&self, _: &State, _: &str, _: crate::Change) -> Result<()> {
+    fn before_generation(&self, _: &State, _: &str, _: crate::Change<'_>) -> Result<()> {
         self.note("before_generation", "");
         Ok(())
     }

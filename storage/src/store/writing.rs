@@ -106,7 +106,7 @@ impl Store {
 
     /// [`Store::bump_generation`] after a change the share hook may take
     /// the store's word for (`change`).
-    pub(super) fn bump_generation_after(&self, change: Change) -> Result<()> {
+    pub(super) fn bump_generation_after(&self, change: Change<'_>) -> Result<()> {
         if self.layout.role() == Role::Reader {
             return Ok(());
         }
