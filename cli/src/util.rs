@@ -12,6 +12,15 @@ use storectl_storage::{LockHolder, LockWait, Role, Store, StoreOptions};
 /// `--lock-timeout`, set once by `main`; `None` = wait forever.
 static LOCK_TIMEOUT: OnceLock<Option<Duration>> = OnceLock::new();
 
+/// Set by the daemon before it opens its store: a long-lived process.
+static LONG_LIVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This process keeps its store open for long (the daemon): a writer's
+/// index is read, not mapped (see `StoreOptions::map_index`).
+pub fn set_long_lived() {
+    LONG_LIVED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub fn set_lock_timeout(timeout: Option<Duration>) {
     let _ = LOCK_TIMEOUT.set(timeout);
 }
@@ -22,6 +31,9 @@ pub fn set_lock_timeout(timeout: Option<Duration>) {
 /// whom it waits for once that takes more than a second.
 pub fn open_store(root: &Path) -> anyhow::Result<Store> {
     let mut opts = StoreOptions::new(root);
+    // A one-shot command maps a writer's index files (a third of its
+    // opening time at 10,000 images); the daemon reads them.
+    opts.map_index = !LONG_LIVED.load(std::sync::atomic::Ordering::Relaxed);
     opts.lock_wait = LockWait {
         timeout: LOCK_TIMEOUT.get().copied().flatten(),
         on_wait: Some(Arc::new(|holder: &LockHolder| {

@@ -84,7 +84,10 @@ pub fn images_index(share: &Path) -> PathBuf {
 #[derive(Debug, Clone)]
 pub enum Line {
     Own(Box<[u8]>),
-    In(std::sync::Arc<Vec<u8>>, std::ops::Range<usize>),
+    In(
+        std::sync::Arc<crate::fsutil::FileBytes>,
+        std::ops::Range<usize>,
+    ),
 }
 
 /// A record line's id where the writer renders it ([`layer_line`],

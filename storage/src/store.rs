@@ -94,6 +94,12 @@ pub struct StoreOptions {
     /// ([`crate::share_hook`]; storectl-remote's `open_store` sets it).
     /// Without it a writer store refuses changes.
     pub share_hook: Option<MakeShareHook>,
+    /// A writer opening from containers/storage's index on a local share
+    /// maps its files rather than reading them
+    /// ([`fsutil::read_or_map`](crate::fsutil::read_or_map)): a third less
+    /// time to open at 10,000 images. For short-lived processes (the CLI's
+    /// one-shot commands); off by default.
+    pub map_index: bool,
 }
 
 impl StoreOptions {
@@ -103,6 +109,7 @@ impl StoreOptions {
             config: None,
             lock_wait: LockWait::default(),
             share_hook: None,
+            map_index: false,
         }
     }
 }
@@ -127,6 +134,8 @@ pub struct Store {
     /// Why the root cannot be written, when it cannot.
     read_only: Option<String>,
     lock_wait: LockWait,
+    /// [`StoreOptions::map_index`].
+    map_index: bool,
     /// A reader's upkeep of the legacy names of shared entries.
     links: parking_lot::Mutex<LinkUpkeep>,
     /// Names already warned about as claimed by a local and a shared image.
@@ -274,6 +283,7 @@ impl Store {
             state: RwLock::new(State::default()),
             read_only,
             lock_wait: opts.lock_wait,
+            map_index: opts.map_index,
             links: Default::default(),
             warned_names: Default::default(),
             synced_generation: parking_lot::Mutex::new(None),
@@ -481,12 +491,13 @@ impl Store {
         let stamp = fsutil::read_small_file(&share.join(csindex::STAMP), csindex::MAX_STAMP)
             .ok()
             .and_then(|b| csindex::parse_stamp(&b).ok());
-        let read = |path: &Path| fsutil::read_small_file(path, csindex::MAX_INDEX).ok();
+        let map = self.map_index;
+        let read = |path: &Path| fsutil::read_or_map(path, csindex::MAX_INDEX, map).ok();
         let (layers, images) = rayon::join(
             || read(&csindex::layers_index(share)),
             || read(&csindex::images_index(share)),
         );
-        let size = |b: &Option<Vec<u8>>| b.as_ref().map(|b| b.len() as u64);
+        let size = |b: &Option<fsutil::FileBytes>| b.as_ref().map(|b| b.len() as u64);
         let sizes = (size(&layers), size(&images));
         if let Err(why) =
             crate::index_state::trusted(generation.as_deref(), released, stamp.as_ref(), sizes)
@@ -534,7 +545,7 @@ impl Store {
         let keep_lines = self.share_hook.is_some();
         fn build<T: Record>(
             entries: Vec<crate::index_state::LazyEntry<'_, T>>,
-            file: &std::sync::Arc<Vec<u8>>,
+            file: &std::sync::Arc<fsutil::FileBytes>,
             keep_lines: bool,
         ) -> (Records<T>, Vec<(Option<String>, csindex::Line)>) {
             let mut lines = Vec::with_capacity(if keep_lines { entries.len() } else { 0 });

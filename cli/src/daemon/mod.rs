@@ -139,6 +139,7 @@ pub fn serve(root: &Path, args: Args) -> anyhow::Result<()> {
     storectl_storage::metrics::describe();
     storectl_remote::metrics::describe();
 
+    crate::util::set_long_lived();
     let (store, refresher) = open_store_scanned(root)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
