@@ -196,8 +196,8 @@ impl<R: Reporter> Reporter for MetricsReporter<R> {
 /// under the state's read lock; call it before each scrape.
 pub fn record_store(store: &Store) {
     let (images, layers) = store.with_state(|s| {
-        let images = s.images.skeleton_values().filter(|i| i.shared).count();
-        let layers = s.layers.skeleton_values().filter(|l| l.shared).count();
+        let images = s.images.shared_keys().count();
+        let layers = s.layers.shared_keys().count();
         (
             (s.images.len() - images, images),
             (s.layers.len() - layers, layers),

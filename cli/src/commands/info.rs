@@ -20,8 +20,8 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     let layout = store.layout();
     let cfg = &layout.config;
     let (images, layers) = store.with_state(|st| {
-        let shared_images = st.images.skeleton_values().filter(|i| i.shared).count();
-        let shared_layers = st.layers.skeleton_values().filter(|l| l.shared).count();
+        let shared_images = st.images.shared_keys().count();
+        let shared_layers = st.layers.shared_keys().count();
         (
             (st.images.len() - shared_images, shared_images),
             (st.layers.len() - shared_layers, shared_layers),
