@@ -7,12 +7,14 @@
 //! them behind it ([`trusted`]): the stamp names the `generation` the store
 //! read, the files have the sizes the stamp gives, and the last holder of
 //! the writer lock let go normally (a crash between publishing a directory
-//! and rewriting the index leaves the lock file without `released`). Then
-//! [`parse`] must find every record clean — each parses, ids and parents
-//! are 64 hex, no id twice, every layer's parent and every
-//! image's top layer listed, no name on two images, and the checks a shared
-//! record gets ([`crate::meta::check_shared_layer`],
-//! [`crate::meta::check_shared_image`]) note nothing. Anything else and the
+//! and rewriting the index leaves the lock file without `released`): the
+//! files are then the ones that writer rendered from its checked state.
+//! [`lazy_entries`] reads each line's id where the writer renders it (the
+//! whole parse for a line with it elsewhere), in id order, each id once;
+//! the records themselves are parsed when first used ([`crate::Records`]:
+//! the whole parse with the checks a shared record gets, [`layer`],
+//! [`image`]; or a skeleton scan, [`layer_skeleton`], [`image_skeleton`]).
+//! Files that do not split into records, or list an id twice, and the
 //! store reads the records as before: the fallback is the slow path, never
 //! a different answer.
 

@@ -87,8 +87,9 @@
 //!   records only when `generation` changed: its work does not grow with
 //!   the store. A writer opens (and re-reads) its shared layers and images
 //!   from containers/storage's index on the share when the index can stand
-//!   for their records (current stamp, a holder that let go normally, every
-//!   record clean: `index_state.rs`), not from 40,000 per-id records. At
+//!   for their records (current stamp, a holder that let go normally:
+//!   `index_state.rs`), not from 40,000 per-id records; each record is
+//!   parsed when first used ([`Records`]). At
 //!   most [`MAX_LAYERS`] layers per image, extracted `jobs` at a time.
 //! * **Everything is checked.** Every blob's sha256 against its descriptor,
 //!   every layer's uncompressed sha256 against the config's `rootfs.diff_ids`;

@@ -26,7 +26,8 @@
 //!
 //! A line that does not parse when used (the index was trusted at open:
 //! this can only be damage at the same size) stands as its skeleton, or as
-//! a record with its id alone, with a warning: never a panic.
+//! a record with its id alone, with a warning that says how to have the
+//! writer read the directories instead: never a panic.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -112,8 +113,10 @@ impl<T: Record> Lazy<T> {
             Ok(t) => t,
             Err(why) => {
                 tracing::warn!(
-                    "record {id} in containers/storage's index does not parse \
-                     (the share's next change by this writer rewrites the index): {why}"
+                    "record {id} in containers/storage's index does not parse: {why} \
+                     (remove the share's {} and the writer reads the records from their \
+                     directories, and rebuilds the index at its next change)",
+                    crate::csindex::STAMP
                 );
                 T::skeleton_from_line(&self.line).unwrap_or_else(|| T::unreadable(id))
             }
