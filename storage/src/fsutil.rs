@@ -41,12 +41,10 @@ pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
     result
 }
 
-/// Read a small metadata file without ever blocking or following a symlink:
-/// opened `O_NOFOLLOW | O_NONBLOCK` (a FIFO planted as junk cannot hang us),
-/// it must be a regular file of at most `cap` bytes.
-pub fn read_small_file(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-
+/// Open a metadata file without ever blocking or following a symlink:
+/// `O_NOFOLLOW | O_NONBLOCK` (a FIFO planted as junk cannot hang us); it
+/// must be a regular file of at most `cap` bytes. Its fd and size.
+fn open_metadata(path: &Path, cap: u64) -> std::io::Result<(rustix::fd::OwnedFd, u64)> {
     use rustix::fs::{FileType, Mode, OFlags};
     let fd = rustix::fs::open(
         path,
@@ -60,16 +58,26 @@ pub fn read_small_file(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
             "not a regular file",
         ));
     }
-    if st.st_size as u64 > cap {
+    let size = st.st_size as u64;
+    if size > cap {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!(
-                "{} bytes, more than the {cap} a metadata file may have",
-                st.st_size
-            ),
+            format!("{size} bytes, more than the {cap} a metadata file may have"),
         ));
     }
-    let mut buf = Vec::with_capacity(st.st_size as usize);
+    Ok((fd, size))
+}
+
+/// Read a small metadata file without ever blocking or following a symlink
+/// ([`open_metadata`]: a regular file of at most `cap` bytes).
+pub fn read_small_file(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    let (fd, size) = open_metadata(path, cap)?;
+    read_opened(fd, size, cap)
+}
+
+fn read_opened(fd: rustix::fd::OwnedFd, size: u64, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(size as usize);
     File::from(fd).take(cap + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > cap {
         return Err(std::io::Error::new(
@@ -307,21 +315,10 @@ pub fn is_local_fs(fd: impl rustix::fd::AsFd) -> bool {
 /// mapping (git maps its index and packs the same way): so for short-lived
 /// processes, and never over NFS or FUSE.
 pub fn read_or_map(path: &Path, cap: u64, map: bool) -> std::io::Result<FileBytes> {
-    use rustix::fs::{FileType, Mode, OFlags};
     const BIG: u64 = 1 << 20;
-    if !map {
-        return read_small_file(path, cap).map(FileBytes::from);
-    }
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let st = rustix::fs::fstat(&fd)?;
-    let size = st.st_size as u64;
-    let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
-    if !regular || !(BIG..=cap).contains(&size) || !is_local_fs(&fd) {
-        return read_small_file(path, cap).map(FileBytes::from);
+    let (fd, size) = open_metadata(path, cap)?;
+    if !map || size < BIG || !is_local_fs(&fd) {
+        return read_opened(fd, size, cap).map(FileBytes::from);
     }
     let len = size as usize;
     // SAFETY: a new private read-only mapping of `len` bytes of a regular
