@@ -22,6 +22,8 @@
 //!   a share: its `ls` is the merged view, and `Events.Subscribe` (Python)
 //!   gets the image and its layers added, then removed, as the writer loads
 //!   and removes it.
+//! * `a_list_bigger_than_a_request_reaches_the_client` — a 10 MB `ls` (as a
+//!   store of 10,000 images gives) over the socket.
 //!
 //! Needs root; tools missing (docker-registry, skopeo, htpasswd, tmux,
 //! setpriv, python3-grpcio) skip a test, saying why.
@@ -751,4 +753,46 @@ fn reader_daemon_streams_the_refreshers_events() {
             "{id}: {kinds:?}"
         );
     }
+}
+
+/// A reply bigger than a request may be (8 MiB) reaches the client whole:
+/// `ls` of 10 images with 4,000 long names each (about 10 MB of list), as a
+/// store of 10,000 images gives (before: "decoded message length too
+/// large", and no list).
+#[test]
+#[ignore = "needs root"]
+fn a_list_bigger_than_a_request_reaches_the_client() {
+    require_root!();
+    let env = Env::new();
+    let root = env.dir().join("store");
+    let mut ids = Vec::new();
+    for k in 0..10u64 {
+        let layout = env.path(&format!("layout{k}"));
+        let img = image(&format!("localhost/big{k}:1"), 40 + k, &[100]);
+        write_oci_layout(&layout, std::slice::from_ref(&img)).unwrap();
+        ids.push(env.load(&layout, &["-q"]));
+    }
+    // Many long names, written into the records while no daemon runs.
+    let long = "x".repeat(230);
+    for (k, id) in ids.iter().enumerate() {
+        let record = root.join("overlay-images").join(id).join("images.json");
+        let mut json: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        let names: Vec<String> = (0..4000)
+            .map(|n| format!("localhost/{long}{k}:{n}"))
+            .collect();
+        json["names"] = serde_json::json!(names);
+        std::fs::write(&record, serde_json::to_vec(&json).unwrap()).unwrap();
+    }
+    let socket = socket_in(&env);
+    let daemon = Daemon::start(&root, &socket, &[]);
+    let out = daemon.client(&["ls", "--format", "json"]).ok();
+    assert!(out.len() > 8 << 20, "{} bytes of list", out.len());
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let names: usize = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["names"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(names, 40_000);
 }

@@ -39,11 +39,17 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         }
     }
     if !bad.is_empty() {
+        // Each is on its own line above: the error names a few.
+        const NAMED: usize = 5;
+        let more = match bad.len().saturating_sub(NAMED) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
         anyhow::bail!(
-            "{} of {} layers failed verification: {}",
+            "{} of {} layers failed verification: {}{more}",
             bad.len(),
             layers.len(),
-            bad.join(", ")
+            bad[..bad.len().min(NAMED)].join(", ")
         );
     }
     Ok(())

@@ -63,7 +63,7 @@ impl Client {
             .map_err(|e| anyhow::anyhow!("{}", transport_error(&e)))
             .with_context(|| format!("cannot reach the storectl daemon at {}", socket.display()))?;
         let images = pb::images_client::ImagesClient::new(channel)
-            .max_decoding_message_size(super::MAX_MESSAGE);
+            .max_decoding_message_size(super::MAX_REPLY);
         Ok(Client {
             runtime,
             images,

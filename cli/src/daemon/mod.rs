@@ -39,6 +39,9 @@ use crate::util::open_store_scanned;
 pub const DEFAULT_SOCKET: &str = "/run/storectl/storectl.sock";
 /// The largest message the daemon takes (a load streams 1 MiB chunks).
 pub const MAX_MESSAGE: usize = 8 << 20;
+/// The largest reply a client takes from its daemon: a list of 10,000
+/// images is about 12 MB, of 100,000 about 120 MB.
+pub const MAX_REPLY: usize = 512 << 20;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
