@@ -371,22 +371,32 @@ pub(crate) fn lazy_entries<'a, T: Send>(
     id_of: impl Fn(&T) -> &str + Sync,
     what: &str,
 ) -> Result<Vec<LazyEntry<'a, T>>, String> {
-    let mut out: Vec<Result<LazyEntry<'a, T>, String>> = Vec::with_capacity(lines.len());
+    // Straight into the entries (40,000 at 10,000 images): a line that
+    // parses in no way leaves its reason aside (and an empty entry).
+    let failed = parking_lot::Mutex::new(None);
+    let mut out: Vec<LazyEntry<'a, T>> = Vec::with_capacity(lines.len());
     lines
         .par_iter()
         .with_min_len(1024)
         .map(|raw| match csindex::line_id(raw) {
-            Some(id) => Ok((id.to_string(), *raw, None)),
-            None => {
-                let whole = parse(raw)?;
-                Ok((id_of(&whole).to_string(), *raw, Some(Box::new(whole))))
-            }
+            Some(id) => (id.to_string(), *raw, None),
+            None => match parse(raw) {
+                Ok(whole) => (id_of(&whole).to_string(), *raw, Some(Box::new(whole))),
+                Err(why) => {
+                    failed.lock().get_or_insert(why);
+                    (String::new(), *raw, None)
+                }
+            },
         })
         .collect_into_vec(&mut out);
-    let mut out = out.into_iter().collect::<Result<Vec<_>, String>>()?;
+    if let Some(why) = failed.into_inner() {
+        return Err(why);
+    }
     // In id order, but for records a load appended since the last whole
     // rewrite (at the end): a stable sort finds the runs.
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    if !out.is_sorted_by(|a, b| a.0 <= b.0) {
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+    }
     each_once(out.iter().map(|(id, ..)| id.as_str()), what)?;
     Ok(out)
 }
