@@ -29,21 +29,24 @@ struct Local {
     layers: BTreeSet<String>,
 }
 
+/// Local records are never unread lines of a writer's index
+/// (`Records::iter_unindexed`): a writer of a 10,000-image share does not
+/// parse and copy its 40,000 shared records after each of its operations.
 fn local(store: &Store) -> Local {
-    Local {
-        images: store
-            .images()
-            .into_iter()
-            .filter(|i| !i.shared)
-            .map(|i| (i.id, i.names))
+    store.with_state(|st| Local {
+        images: st
+            .images
+            .iter_unindexed()
+            .filter(|(_, i)| !i.shared)
+            .map(|(id, i)| (id.clone(), i.names.clone()))
             .collect(),
-        layers: store
-            .layers()
-            .into_iter()
-            .filter(|l| !l.shared)
-            .map(|l| l.id)
+        layers: st
+            .layers
+            .iter_unindexed()
+            .filter(|(_, l)| !l.shared)
+            .map(|(id, _)| id.clone())
             .collect(),
-    }
+    })
 }
 
 fn image_event(id: &str, names: &[String]) -> pb::ImageEvent {
