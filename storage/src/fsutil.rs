@@ -292,13 +292,18 @@ impl From<Vec<u8>> for FileBytes {
     }
 }
 
+/// Filesystem magic numbers (`statfs`'s `f_type`).
+pub mod fs_magic {
+    pub const EXT4: u64 = 0xEF53;
+    pub const XFS: u64 = 0x5846_5342;
+    pub const BTRFS: u64 = 0x9123_683E;
+    pub const TMPFS: u64 = 0x0102_1994;
+}
+
 /// Is the filesystem of `fd` a local one (ext4, xfs, btrfs, tmpfs)? `false`
 /// for NFS, FUSE, anything else, and when it cannot tell.
 pub fn is_local_fs(fd: impl rustix::fd::AsFd) -> bool {
-    const EXT4: u64 = 0xEF53;
-    const XFS: u64 = 0x5846_5342;
-    const BTRFS: u64 = 0x9123_683E;
-    const TMPFS: u64 = 0x0102_1994;
+    use fs_magic::*;
     rustix::fs::fstatfs(fd).is_ok_and(|fs| matches!(fs.f_type as u64, EXT4 | XFS | BTRFS | TMPFS))
 }
 

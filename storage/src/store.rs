@@ -223,9 +223,8 @@ fn list_entries(dir: &Path, symlinks: bool) -> Result<Vec<(String, bool)>> {
 /// hex-named file goes unwarned until a store opens without the index.
 fn holds_no_subdirs(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    const EXT4: u64 = 0xEF53;
-    const XFS: u64 = 0x5846_5342;
-    const TMPFS: u64 = 0x0102_1994;
+
+    use fsutil::fs_magic::{EXT4, TMPFS, XFS};
     let counts =
         rustix::fs::statfs(dir).is_ok_and(|fs| matches!(fs.f_type as u64, EXT4 | XFS | TMPFS));
     let Ok(meta) = fs::symlink_metadata(dir) else {
