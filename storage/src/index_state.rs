@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use crate::csindex::{self, Stamp};
 use crate::digest::is_hex64;
 use crate::meta::{self, Image, Layer};
+use crate::store::Record;
 
 /// Why the index does not stand for the records now, or `Ok`. Pure.
 ///
@@ -357,20 +358,21 @@ fn image_borrowed(bytes: &[u8]) -> Option<Image> {
     Some(image)
 }
 
-/// The records of one index file for a lazy open ([`crate::store::Records`]):
-/// each line's id and the line, in id order (a load appends its records
-/// after the others: a stable sort finds the runs). The id is read where
-/// the writer renders it (`{"id":"<64 hex>"`); a line with it elsewhere
-/// is parsed whole by `parse` (and kept whole). `Err`: a line that parses
-/// in no way, or an id twice — then the index cannot stand for the
-/// records. Nothing else is checked: a trusted index ([`trusted`]) has the
-/// bytes this writer wrote from its checked state. Pure.
-pub(crate) fn lazy_entries<'a, T: Send>(
-    lines: &[&'a [u8]],
-    parse: impl Fn(&[u8]) -> Result<T, String> + Sync,
-    id_of: impl Fn(&T) -> &str + Sync,
+/// The records of index file `file` for a lazy open
+/// ([`crate::store::Records`]): each line's id and the line, in id order (a
+/// load appends its records after the others: a stable sort finds the
+/// runs). The id is read where the writer renders it (`{"id":"<64 hex>"`);
+/// a line with it elsewhere is parsed whole ([`Record::from_line`], and
+/// kept whole). `Err`: a file that does not split into records, a line
+/// that parses in no way, or an id twice — then the index cannot stand for
+/// the records (`what`: "layer" or "image", for the reason). Nothing else
+/// is checked: a trusted index ([`trusted`]) has the bytes this writer
+/// wrote from its checked state. Pure.
+pub(crate) fn lazy_entries<'a, T: Record>(
+    file: &'a [u8],
     what: &str,
 ) -> Result<Vec<LazyEntry<'a, T>>, String> {
+    let lines = records(file)?;
     // Straight into the entries (40,000 at 10,000 images): a line that
     // parses in no way leaves its reason aside (and an empty entry).
     let failed = parking_lot::Mutex::new(None);
@@ -380,8 +382,8 @@ pub(crate) fn lazy_entries<'a, T: Send>(
         .with_min_len(1024)
         .map(|raw| match csindex::line_id(raw) {
             Some(id) => (id.to_string(), *raw, None),
-            None => match parse(raw) {
-                Ok(whole) => (id_of(&whole).to_string(), *raw, Some(Box::new(whole))),
+            None => match T::from_line(raw) {
+                Ok(whole) => (whole.id().to_string(), *raw, Some(Box::new(whole))),
                 Err(why) => {
                     failed.lock().get_or_insert(why);
                     (String::new(), *raw, None)
@@ -505,8 +507,8 @@ mod tests {
     type Entries<'a> = (Vec<LazyEntry<'a, Layer>>, Vec<LazyEntry<'a, Image>>);
 
     fn lazy<'a>(l: &'a [u8], i: &'a [u8]) -> Result<Entries<'a>, String> {
-        let layers = lazy_entries(&records(l)?, layer, |l| &l.id, "layer")?;
-        let images = lazy_entries(&records(i)?, image, |i| &i.id, "image")?;
+        let layers = lazy_entries(l, "layer")?;
+        let images = lazy_entries(i, "image")?;
         Ok((layers, images))
     }
 

@@ -511,24 +511,8 @@ impl Store {
         let read_in = started.elapsed();
         // Each record's line by its id, parsed when first used (`Records`).
         let (layer_entries, image_entries) = rayon::join(
-            || {
-                let lines = crate::index_state::records(&layers)?;
-                crate::index_state::lazy_entries(
-                    &lines,
-                    crate::index_state::layer,
-                    |l| &l.id,
-                    "layer",
-                )
-            },
-            || {
-                let lines = crate::index_state::records(&images)?;
-                crate::index_state::lazy_entries(
-                    &lines,
-                    crate::index_state::image,
-                    |i| &i.id,
-                    "image",
-                )
-            },
+            || crate::index_state::lazy_entries::<Layer>(&layers, "layer"),
+            || crate::index_state::lazy_entries::<Image>(&images, "image"),
         );
         let entries = layer_entries.and_then(|l| Ok((l, image_entries?)));
         let (layer_entries, image_entries) = match entries {

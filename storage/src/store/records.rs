@@ -49,6 +49,7 @@ pub trait Record: Clone + fmt::Debug + Send + Sync {
     /// What a line that parses in no way stands as: its id, shared.
     fn unreadable(id: &str) -> Self;
     fn is_shared(&self) -> bool;
+    fn id(&self) -> &str;
 }
 
 impl Record for Layer {
@@ -66,6 +67,9 @@ impl Record for Layer {
     fn is_shared(&self) -> bool {
         self.shared
     }
+    fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 impl Record for Image {
@@ -82,6 +86,9 @@ impl Record for Image {
     }
     fn is_shared(&self) -> bool {
         self.shared
+    }
+    fn id(&self) -> &str {
+        &self.id
     }
 }
 
